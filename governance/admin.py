@@ -1,0 +1,44 @@
+from django.contrib import admin
+
+from governance.models import ApiKey, AuditEntry, Feature, Membership, Tenant
+
+
+class MembershipInline(admin.TabularInline):
+    model = Membership
+    extra = 0
+    autocomplete_fields = ["user"]
+
+
+@admin.register(Tenant)
+class TenantAdmin(admin.ModelAdmin):
+    list_display = ["slug", "name", "timezone", "active", "created_at"]
+    search_fields = ["slug", "name"]
+    inlines = [MembershipInline]
+
+
+@admin.register(Feature)
+class FeatureAdmin(admin.ModelAdmin):
+    list_display = ["key", "tenant", "name", "default_model", "max_tokens_cap", "interactive", "active"]
+    list_filter = ["tenant", "active", "interactive"]
+    search_fields = ["key", "name"]
+
+
+@admin.register(ApiKey)
+class ApiKeyAdmin(admin.ModelAdmin):
+    list_display = ["name", "tenant", "role", "prefix", "last_used_at", "revoked_at"]
+    list_filter = ["tenant", "role"]
+    readonly_fields = ["prefix", "secret_hash", "last_used_at", "created_at"]
+    search_fields = ["name", "prefix"]
+
+
+@admin.register(AuditEntry)
+class AuditEntryAdmin(admin.ModelAdmin):
+    list_display = ["at", "tenant", "action", "object_type", "object_repr"]
+    list_filter = ["tenant", "action", "object_type"]
+    readonly_fields = [f.name for f in AuditEntry._meta.fields]
+
+    def has_add_permission(self, request):
+        return False
+
+    def has_change_permission(self, request, obj=None):
+        return False

@@ -1,0 +1,63 @@
+"""Bearer API keys: ``cpt_<prefix>_<secret>``, stored as prefix + SHA-256, compared in constant time."""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import secrets
+from datetime import timedelta
+
+from django.utils import timezone
+from rest_framework import authentication, exceptions
+
+from governance.models import ApiKey
+
+KEY_SCHEME = "cpt"
+LAST_USED_RESOLUTION = timedelta(minutes=1)
+
+
+def hash_secret(secret: str) -> str:
+    return hashlib.sha256(secret.encode()).hexdigest()
+
+
+def generate_secret() -> tuple[str, str]:
+    """Return a new (prefix, full secret) pair."""
+    prefix = secrets.token_hex(6)
+    return prefix, f"{KEY_SCHEME}_{prefix}_{secrets.token_urlsafe(32)}"
+
+
+def key_from_secret(secret: str) -> ApiKey | None:
+    """Return the live key this secret belongs to, or None."""
+    parts = secret.split("_", 2)
+    if len(parts) != 3 or parts[0] != KEY_SCHEME or not parts[1] or not parts[2]:
+        return None
+    key = ApiKey.objects.select_related("tenant").filter(prefix=parts[1][:16]).first()
+    if key is None or not hmac.compare_digest(key.secret_hash, hash_secret(secret)):
+        return None
+    if key.revoked_at is not None or not key.tenant.active:
+        return None
+    return key
+
+
+class ApiKeyAuthentication(authentication.BaseAuthentication):
+    """Authenticate ``Authorization: Bearer <key>``; request.auth is the ApiKey."""
+
+    def authenticate(self, request):
+        header = request.META.get("HTTP_AUTHORIZATION", "")
+        if not header:
+            raise exceptions.NotAuthenticated("Send your API key as 'Authorization: Bearer <key>'.")
+        scheme, _, secret = header.partition(" ")
+        if scheme.lower() != "bearer" or not secret.strip():
+            raise exceptions.AuthenticationFailed("Malformed Authorization header; use 'Bearer <key>'.")
+        key = key_from_secret(secret.strip())
+        if key is None:
+            raise exceptions.AuthenticationFailed("Unknown, revoked or malformed API key.")
+        now = timezone.now()
+        if key.last_used_at is None or now - key.last_used_at >= LAST_USED_RESOLUTION:
+            # At most one write a minute per key, so the hot path stays read-only.
+            ApiKey.objects.filter(pk=key.pk).update(last_used_at=now)
+            key.last_used_at = now
+        return (None, key)
+
+    def authenticate_header(self, request) -> str:
+        return 'Bearer realm="comptroller"'

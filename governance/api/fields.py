@@ -1,0 +1,79 @@
+"""Serializer fields shared by the API: money as decimal strings, public ids."""
+
+from __future__ import annotations
+
+from decimal import Decimal, InvalidOperation
+
+from drf_spectacular.types import OpenApiTypes
+from drf_spectacular.utils import extend_schema_field
+from rest_framework import serializers
+
+from usage.models import NANO
+
+
+def nano_to_usd(nano: int | None) -> str | None:
+    """Render nano-USD as a decimal string with at least six places: 12_500_000 -> '0.012500'."""
+    if nano is None:
+        return None
+    value = (Decimal(nano) / NANO).quantize(Decimal("0.000000001"))
+    text = f"{value:f}".rstrip("0")
+    whole, _, frac = text.partition(".")
+    return f"{whole}.{frac.ljust(6, '0')}"
+
+
+@extend_schema_field(OpenApiTypes.STR)
+class UsdField(serializers.Field):
+    """A USD amount: a decimal string (or number) in, nano-USD int inside, a decimal string out."""
+
+    default_error_messages = {
+        "invalid": "Give a USD amount as a decimal string, e.g. \"12.50\".",
+        "negative": "Must not be negative.",
+        "too_precise": "At most 9 decimal places.",
+        "too_large": "Must be at most 1000000000.",
+    }
+
+    def __init__(self, **kwargs):
+        kwargs.setdefault("help_text", "USD as a decimal string")
+        super().__init__(**kwargs)
+
+    def to_internal_value(self, data) -> int:
+        if isinstance(data, bool) or not isinstance(data, (str, int, float)):
+            self.fail("invalid")
+        try:
+            value = Decimal(str(data).strip())
+        except InvalidOperation:
+            self.fail("invalid")
+        if not value.is_finite():
+            self.fail("invalid")
+        if value < 0:
+            self.fail("negative")
+        if value > 1_000_000_000:
+            self.fail("too_large")
+        nano = value * NANO
+        if nano != nano.to_integral_value():
+            self.fail("too_precise")
+        return int(nano)
+
+    def to_representation(self, value: int) -> str | None:
+        return nano_to_usd(value)
+
+
+class StrictSerializer(serializers.Serializer):
+    """Reject fields the endpoint does not know, so a typo is an error and not a silent default."""
+
+    def to_internal_value(self, data):
+        if isinstance(data, dict):
+            unknown = sorted(set(data) - set(self.fields))
+            if unknown:
+                raise serializers.ValidationError({name: ["Unknown field."] for name in unknown})
+        return super().to_internal_value(data)
+
+
+MAX_TOKENS_VALUE = 100_000_000
+
+
+def token_count(**kwargs) -> serializers.IntegerField:
+    """Return a non-negative token-count field with a sane upper bound."""
+    kwargs.setdefault("min_value", 0)
+    kwargs.setdefault("max_value", MAX_TOKENS_VALUE)
+    return serializers.IntegerField(**kwargs)

@@ -1,0 +1,60 @@
+"""Keep /api/ answers in the contract's JSON error format, even outside DRF views."""
+
+from __future__ import annotations
+
+import logging
+
+from django.core.exceptions import RequestDataTooBig
+from django.db import DatabaseError
+
+from governance.api.errors import json_error
+
+logger = logging.getLogger(__name__)
+
+
+def is_api(request) -> bool:
+    return request.path.startswith("/api/")
+
+
+class ApiErrorMiddleware:
+    def __init__(self, get_response):
+        self.get_response = get_response
+
+    def __call__(self, request):
+        if is_api(request):
+            try:
+                # Reading the body here enforces DATA_UPLOAD_MAX_MEMORY_SIZE; DRF then
+                # parses the buffered copy.
+                request.body  # noqa: B018
+            except RequestDataTooBig:
+                return json_error(413, "too_large", "The request body is over the 1 MiB limit.")
+        response = self.get_response(request)
+        if is_api(request) and response.status_code >= 400 and not response.get(
+            "Content-Type", ""
+        ).startswith("application/json"):
+            return self._json_for(response)
+        return response
+
+    def _json_for(self, response):
+        status = response.status_code
+        if status == 404:
+            return json_error(404, "not_found", "No such endpoint or object.")
+        if status == 405:
+            return json_error(405, "method_not_allowed", "Method not allowed on this endpoint.")
+        if status == 400:
+            return json_error(400, "invalid_request", "Bad request.")
+        if status == 403:
+            return json_error(403, "forbidden", "Forbidden.")
+        if status >= 500:
+            return json_error(status, "internal_error", "Internal error; it has been logged.")
+        return json_error(status, "error", "Request failed.")
+
+    def process_exception(self, request, exception):
+        if not is_api(request):
+            return None
+        if isinstance(exception, DatabaseError):
+            logger.exception("database error on %s", request.path)
+            return json_error(503, "unavailable", "The database is unreachable; retry shortly.",
+                              headers={"Retry-After": "5"})
+        logger.exception("unhandled error on %s", request.path)
+        return json_error(500, "internal_error", "Internal error; it has been logged.")

@@ -1,0 +1,39 @@
+"""Reads of the tenancy domain. Every selector takes its tenant."""
+
+from __future__ import annotations
+
+import uuid
+
+from django.db.models import QuerySet
+
+from governance.models import ApiKey, AuditEntry, Feature, Membership, Tenant
+
+
+def feature_list(*, tenant: Tenant) -> QuerySet[Feature]:
+    return Feature.objects.filter(tenant=tenant)
+
+
+def feature_get(*, tenant: Tenant, key: str) -> Feature | None:
+    return Feature.objects.filter(tenant=tenant, key=key).first()
+
+
+def api_key_list(*, tenant: Tenant) -> QuerySet[ApiKey]:
+    return ApiKey.objects.filter(tenant=tenant).prefetch_related("features")
+
+
+def api_key_get(*, tenant: Tenant, key_id: uuid.UUID) -> ApiKey | None:
+    return api_key_list(tenant=tenant).filter(pk=key_id).first()
+
+
+def audit_for(*, tenant: Tenant, obj) -> QuerySet[AuditEntry]:
+    return AuditEntry.objects.filter(
+        tenant=tenant, object_type=obj._meta.model_name, object_id=str(obj.pk)
+    ).select_related("actor_user", "actor_key")
+
+
+def memberships_for_user(*, user) -> QuerySet[Membership]:
+    return Membership.objects.filter(user=user, tenant__active=True).select_related("tenant")
+
+
+def membership_get(*, user, tenant_slug: str) -> Membership | None:
+    return memberships_for_user(user=user).filter(tenant__slug=tenant_slug).first()

@@ -1,0 +1,79 @@
+"""Shared fixtures: tenants, keys and an API client that speaks bearer keys."""
+
+from __future__ import annotations
+
+import pytest
+from rest_framework.test import APIClient
+
+from governance.audit import Actor
+from governance.models import KeyRole
+from governance.services import api_key_create
+from tests.factories import FeatureFactory, TenantFactory
+
+
+def pytest_report_header(config):
+    from django.conf import settings
+
+    engine = settings.DATABASES["default"]["ENGINE"].rsplit(".", 1)[-1]
+    return f"database: {engine}; broker: {settings.CELERY_BROKER_URL.split('://')[0]}"
+
+
+@pytest.fixture
+def tenant(db):
+    return TenantFactory(slug="acme", name="Acme")
+
+
+@pytest.fixture
+def other_tenant(db):
+    return TenantFactory(slug="globex", name="Globex")
+
+
+@pytest.fixture
+def feature(tenant):
+    return FeatureFactory(tenant=tenant, key="support-bot", default_model="claude-sonnet-4-5")
+
+
+def make_client(secret: str | None) -> APIClient:
+    client = APIClient()
+    if secret:
+        client.credentials(HTTP_AUTHORIZATION=f"Bearer {secret}")
+    return client
+
+
+@pytest.fixture
+def admin_key(tenant):
+    return api_key_create(tenant=tenant, actor=Actor.system(), name="admin", role=KeyRole.ADMIN)
+
+
+@pytest.fixture
+def service_key(tenant):
+    return api_key_create(tenant=tenant, actor=Actor.system(), name="svc", role=KeyRole.SERVICE)
+
+
+@pytest.fixture
+def admin_api(admin_key):
+    return make_client(admin_key[1])
+
+
+@pytest.fixture
+def api(service_key):
+    return make_client(service_key[1])
+
+
+@pytest.fixture
+def outsider_api(other_tenant):
+    _, secret = api_key_create(tenant=other_tenant, actor=Actor.system(), name="x", role=KeyRole.ADMIN)
+    return make_client(secret)
+
+
+def pytest_collection_modifyitems(config, items):
+    from django.conf import settings
+
+    if settings.DATABASES["default"]["ENGINE"].endswith("postgresql"):
+        return
+    skip = pytest.mark.skip(
+        reason="needs PostgreSQL (row locks, real concurrency): set DATABASE_URL=postgres://... to run"
+    )
+    for item in items:
+        if "postgres" in item.keywords:
+            item.add_marker(skip)

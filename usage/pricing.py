@@ -1,0 +1,209 @@
+"""Exact cost of Claude API usage, from the dated price table.
+
+Costs are computed exactly in ``Decimal`` USD, then stored as integer nano-USD:
+actual costs round half-up, worst-case holds round up, so a hold is never below
+the actual cost of a call that stays within it.
+"""
+
+from __future__ import annotations
+
+import re
+import threading
+import time
+from dataclasses import dataclass, fields
+from datetime import datetime
+from decimal import ROUND_CEILING, ROUND_HALF_UP, Decimal
+
+from django.db.models.signals import post_delete, post_save
+from django.utils import timezone
+
+from usage.models import NANO, ModelPrice, ServiceTier
+
+MTOK = Decimal(1_000_000)
+_FAMILY_RE = re.compile(r"^claude-(?:\d+(?:-\d+)?-)?(opus|sonnet|haiku)\b")
+
+
+class UnknownModel(Exception):
+    def __init__(self, model: str) -> None:
+        super().__init__(f"No price is known for model '{model}'.")
+        self.model = model
+
+
+@dataclass(frozen=True)
+class TokenUsage:
+    """Token counts as Anthropic reports them; ``input_tokens`` is uncached input only."""
+
+    input_tokens: int = 0
+    output_tokens: int = 0
+    cache_write_5m_tokens: int = 0
+    cache_write_1h_tokens: int = 0
+    cache_read_tokens: int = 0
+    web_search_requests: int = 0
+
+    @property
+    def total_input(self) -> int:
+        return self.input_tokens + self.cache_write_5m_tokens + self.cache_write_1h_tokens + self.cache_read_tokens
+
+    @property
+    def total_tokens(self) -> int:
+        return self.total_input + self.output_tokens
+
+    def __add__(self, other: TokenUsage) -> TokenUsage:
+        return TokenUsage(**{f.name: getattr(self, f.name) + getattr(other, f.name) for f in fields(self)})
+
+
+def model_family(model: str) -> str | None:
+    """Return the family word of a Claude model id (``claude-3-5-haiku-…`` is haiku)."""
+    match = _FAMILY_RE.match(model)
+    return match.group(1) if match else None
+
+
+# --- the price table, cached per process ------------------------------------------
+
+_CACHE_TTL_SECONDS = 60.0
+_lock = threading.Lock()
+_cache: dict[str, list[ModelPrice]] | None = None
+_cache_loaded_at = 0.0
+
+
+def _load() -> dict[str, list[ModelPrice]]:
+    by_name: dict[str, list[ModelPrice]] = {}
+    for row in ModelPrice.objects.order_by("-effective_from"):
+        for name in [row.model, *row.aliases]:
+            by_name.setdefault(name, []).append(row)
+    return by_name
+
+
+def _table() -> dict[str, list[ModelPrice]]:
+    global _cache, _cache_loaded_at
+    now = time.monotonic()
+    with _lock:
+        if _cache is None or now - _cache_loaded_at > _CACHE_TTL_SECONDS:
+            _cache = _load()
+            _cache_loaded_at = now
+        return _cache
+
+
+def clear_price_cache(**kwargs) -> None:
+    global _cache
+    with _lock:
+        _cache = None
+
+
+post_save.connect(clear_price_cache, sender=ModelPrice)
+post_delete.connect(clear_price_cache, sender=ModelPrice)
+
+
+def is_priced(model: str) -> bool:
+    return model in _table()
+
+
+def priced_models() -> list[ModelPrice]:
+    """Return the newest row of every model (one per canonical id), for pickers and tiering."""
+    seen: dict[str, ModelPrice] = {}
+    for rows in _table().values():
+        for row in rows:
+            if not row.service_tier and row.model not in seen:
+                seen[row.model] = row
+    return sorted(seen.values(), key=lambda r: (r.family, -r.generation, r.model))
+
+
+def price_for(model: str, *, at: datetime | None = None, service_tier: str = ServiceTier.STANDARD) -> ModelPrice:
+    """Return the price row in effect for ``model`` at ``at`` (now by default)."""
+    rows = _table().get(model)
+    if not rows:
+        raise UnknownModel(model)
+    at = at or timezone.now()
+    effective = [r for r in rows if r.effective_from <= at] or [rows[-1]]
+    if service_tier == ServiceTier.PRIORITY:
+        for row in effective:
+            if row.service_tier == ServiceTier.PRIORITY:
+                return row
+    for row in effective:
+        if not row.service_tier:
+            return row
+    raise UnknownModel(model)
+
+
+def canonical_model(model: str) -> str:
+    return price_for(model).model
+
+
+# --- cost ----------------------------------------------------------------------------
+
+
+def usage_cost(
+    price: ModelPrice, usage: TokenUsage, *, service_tier: str = ServiceTier.STANDARD, inference_geo: str = ""
+) -> Decimal:
+    """Return the exact cost in USD of one request's usage at ``price``."""
+    long_context = (
+        price.long_context_threshold is not None
+        and price.lc_input is not None
+        and usage.total_input > price.long_context_threshold
+    )
+    if long_context:
+        rates = (price.lc_input, price.lc_output, price.lc_cache_write_5m, price.lc_cache_write_1h, price.lc_cache_read)
+    else:
+        rates = (price.input, price.output, price.cache_write_5m, price.cache_write_1h, price.cache_read)
+    input_rate, output_rate, write_5m_rate, write_1h_rate, read_rate = (Decimal(r) for r in rates)
+    tokens = (
+        usage.input_tokens * input_rate
+        + usage.output_tokens * output_rate
+        + usage.cache_write_5m_tokens * write_5m_rate
+        + usage.cache_write_1h_tokens * write_1h_rate
+        + usage.cache_read_tokens * read_rate
+    ) / MTOK
+    if service_tier == ServiceTier.BATCH and price.service_tier != ServiceTier.BATCH:
+        tokens *= Decimal(price.batch_factor)
+    if inference_geo == "us":
+        tokens *= Decimal(price.geo_us_factor)
+    return tokens + usage.web_search_requests * Decimal(price.web_search_per_request)
+
+
+def to_nano(usd: Decimal, *, rounding: str = ROUND_HALF_UP) -> int:
+    return int((usd * NANO).to_integral_value(rounding=rounding))
+
+
+def usage_cost_nano(
+    model: str,
+    usage: TokenUsage,
+    *,
+    service_tier: str = ServiceTier.STANDARD,
+    inference_geo: str = "",
+    at: datetime | None = None,
+) -> int:
+    """Return the cost of one request in nano-USD, rounded half-up."""
+    price = price_for(model, at=at, service_tier=service_tier)
+    return to_nano(usage_cost(price, usage, service_tier=service_tier, inference_geo=inference_geo))
+
+
+def planned_usage(
+    *,
+    input_tokens: int,
+    max_tokens: int,
+    cache_read_tokens: int = 0,
+    cache_write_5m_tokens: int = 0,
+    cache_write_1h_tokens: int = 0,
+) -> TokenUsage:
+    """Return the worst case of a planned call: declared input split by cache, plus max_tokens out."""
+    declared_cache = cache_read_tokens + cache_write_5m_tokens + cache_write_1h_tokens
+    return TokenUsage(
+        input_tokens=max(input_tokens - declared_cache, 0),
+        output_tokens=max_tokens,
+        cache_write_5m_tokens=cache_write_5m_tokens,
+        cache_write_1h_tokens=cache_write_1h_tokens,
+        cache_read_tokens=cache_read_tokens,
+    )
+
+
+def worst_case_nano(
+    model: str, planned: TokenUsage, *, service_tier: str = ServiceTier.STANDARD, inference_geo: str = ""
+) -> int:
+    """Return the hold for a planned call in nano-USD, rounded up.
+
+    Priced as the caller declared the input split (DESIGN.md): a call whose usage
+    stays within each declared count and ``max_tokens`` never costs more than this.
+    """
+    price = price_for(model, service_tier=service_tier)
+    cost = usage_cost(price, planned, service_tier=service_tier, inference_geo=inference_geo)
+    return to_nano(cost, rounding=ROUND_CEILING)
