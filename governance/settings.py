@@ -31,7 +31,9 @@ INSTALLED_APPS = [
     "drf_spectacular_sidecar",
     "governance",
     "usage",
+    "usage.provider",
     "budgets",
+    "governance.notify",
 ]
 
 MIDDLEWARE = [
@@ -124,6 +126,9 @@ DEFAULT_FROM_EMAIL = env("DEFAULT_FROM_EMAIL", default="Comptroller <comptroller
 # A Fernet key (or several, comma-separated, newest first, for rotation).
 # Without one, a key is derived from SECRET_KEY, which then must never change.
 ENCRYPTION_KEYS = env.list("ENCRYPTION_KEYS", default=[])
+
+# --- Anthropic Admin API (provider sync); point elsewhere for tests or air-gapped mirrors.
+ANTHROPIC_API_BASE_URL = env("ANTHROPIC_API_BASE_URL", default="https://api.anthropic.com")
 
 # --- Auth, sessions, security -------------------------------------------------
 AUTH_PASSWORD_VALIDATORS = [

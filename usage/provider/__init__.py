@@ -1,0 +1,1 @@
+"""Provider sync: Anthropic's Usage and Cost Admin API, and reconciliation against the ledger."""
