@@ -107,6 +107,7 @@ class HoldState(models.TextChoices):
     COMMITTED = "committed", "Committed"
     RELEASED = "released", "Released"
     EXPIRED = "expired", "Expired"
+    DENIED = "denied", "Denied (kept only to answer idempotent repeats)"
 
 
 class Hold(models.Model):

@@ -83,3 +83,33 @@ def budget_statuses(*, tenant: Tenant, feature: Feature | None = None) -> list[d
             or b.feature_id == feature.pk
         ]
     return [window_status(current_window(b)) for b in budgets]
+
+
+def window_forecast_nano(window: BudgetWindow, *, now: datetime | None = None) -> int | None:
+    """Return the spend projected at the window's end at the burn rate so far (None without an end)."""
+    if window.end is None:
+        return None
+    now = now or timezone.now()
+    total = (window.end - window.start).total_seconds()
+    elapsed = min(max((now - window.start).total_seconds(), 0.0), total)
+    if elapsed <= 0:
+        return window.spent_nano
+    # Integer arithmetic on microseconds keeps money exact.
+    return window.spent_nano * int(total * 1_000_000) // int(elapsed * 1_000_000)
+
+
+def budget_detail(budget: Budget, *, now: datetime | None = None) -> dict[str, Any]:
+    """Return a budget's configuration with its current window status and forecast."""
+    window = current_window(budget, at=now)
+    data = window_status(window)
+    data.update(
+        feature=budget.feature.key if budget.feature_id else None,
+        model_families=budget.model_families,
+        thresholds=budget.thresholds,
+        forecast_alert=budget.forecast_alert,
+        active=budget.active,
+        forecast_usd=nano_to_usd(window_forecast_nano(window, now=now)),
+        created_at=budget.created_at,
+        updated_at=budget.updated_at,
+    )
+    return data

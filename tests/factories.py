@@ -23,3 +23,15 @@ class FeatureFactory(factory.django.DjangoModelFactory):
     key = factory.Sequence(lambda n: f"feature-{n}")
     name = factory.LazyAttribute(lambda f: f.key.replace("-", " ").title())
     default_model = "claude-sonnet-4-5"
+
+
+class BudgetFactory(factory.django.DjangoModelFactory):
+    class Meta:
+        model = "budgets.Budget"
+
+    tenant = factory.SubFactory(TenantFactory)
+    name = factory.Sequence(lambda n: f"Budget {n}")
+    scope = "tenant"
+    period = "month"
+    enforcement = "block"
+    limit_nano = 100 * 1_000_000_000

@@ -48,6 +48,25 @@ class TokenUsage:
     def total_tokens(self) -> int:
         return self.total_input + self.output_tokens
 
+    @classmethod
+    def from_anthropic(cls, usage: dict) -> TokenUsage:
+        """Read an Anthropic usage object; cache writes without a breakdown count as 5-minute writes."""
+        breakdown = usage.get("cache_creation") or {}
+        write_5m = int(breakdown.get("ephemeral_5m_input_tokens") or 0)
+        write_1h = int(breakdown.get("ephemeral_1h_input_tokens") or 0)
+        total_writes = int(usage.get("cache_creation_input_tokens") or 0)
+        if total_writes > write_5m + write_1h:
+            write_5m += total_writes - write_5m - write_1h
+        tools = usage.get("server_tool_use") or {}
+        return cls(
+            input_tokens=int(usage.get("input_tokens") or 0),
+            output_tokens=int(usage.get("output_tokens") or 0),
+            cache_write_5m_tokens=write_5m,
+            cache_write_1h_tokens=write_1h,
+            cache_read_tokens=int(usage.get("cache_read_input_tokens") or 0),
+            web_search_requests=int(tools.get("web_search_requests") or 0),
+        )
+
     def __add__(self, other: TokenUsage) -> TokenUsage:
         return TokenUsage(**{f.name: getattr(self, f.name) + getattr(other, f.name) for f in fields(self)})
 

@@ -1,2 +1,8 @@
+from django.urls import path
 
-urlpatterns: list = []
+from usage.apis import UsageReportApi, UsageSummaryApi
+
+urlpatterns = [
+    path("usage", UsageReportApi.as_view(), name="api-usage"),
+    path("usage/summary", UsageSummaryApi.as_view(), name="api-usage-summary"),
+]

@@ -1,0 +1,293 @@
+"""Allowance endpoints (hold, commit, release, read) and budget management."""
+
+from __future__ import annotations
+
+from django.core.exceptions import ValidationError as DjangoValidationError
+from drf_spectacular.types import OpenApiTypes
+from drf_spectacular.utils import OpenApiParameter, extend_schema
+from rest_framework import serializers, status
+from rest_framework.response import Response
+
+from budgets import selectors, services
+from budgets.models import Budget, Enforcement, Hold, HoldState, Period, Scope
+from governance.api.base import TenantAPIView
+from governance.api.errors import ApiError, NotFound
+from governance.api.fields import StrictSerializer, UsdField, nano_to_usd, token_count
+from governance.api.ids import parse_public_id, public_id
+from governance.selectors import feature_get
+from usage.models import ModelFamily, ServiceTier
+from usage.pricing import TokenUsage, is_priced
+from usage.serializers import CommitInput, validate_metadata
+from usage.services import UsageInput
+
+ERROR_STATUS = {"forbidden": 403, "not_found": 404, "conflict": 409}
+
+
+def raise_allowance_error(exc: services.AllowanceError):
+    raise ApiError(exc.message, code=exc.code, status_code=ERROR_STATUS.get(exc.code, 400), details=exc.details)
+
+
+def statuses(windows, binding_ids=frozenset()) -> list[dict]:
+    return [selectors.window_status(w, binding=w.id in binding_ids) for w in windows]
+
+
+# --- allowances ----------------------------------------------------------------------
+
+
+class AllowanceInput(StrictSerializer):
+    feature = serializers.CharField(max_length=63)
+    model = serializers.CharField(max_length=100)
+    input_tokens = token_count(help_text="Estimated prompt tokens, cached parts included")
+    max_tokens = serializers.IntegerField(min_value=1, max_value=1_000_000)
+    cache_read_tokens = token_count(required=False, default=0)
+    cache_write_5m_tokens = token_count(required=False, default=0)
+    cache_write_1h_tokens = token_count(required=False, default=0)
+    service_tier = serializers.ChoiceField(choices=ServiceTier.choices, default=ServiceTier.STANDARD)
+    run_id = serializers.CharField(required=False, allow_blank=True, max_length=200, default="")
+    idempotency_key = serializers.CharField(required=False, allow_blank=True, max_length=255, default="")
+    ttl_seconds = serializers.IntegerField(required=False, min_value=10, max_value=90000, default=600)
+    metadata = serializers.JSONField(required=False, default=dict, validators=[validate_metadata])
+
+    def validate(self, attrs):
+        cached = attrs["cache_read_tokens"] + attrs["cache_write_5m_tokens"] + attrs["cache_write_1h_tokens"]
+        if cached > attrs["input_tokens"]:
+            raise serializers.ValidationError(
+                {"input_tokens": ["Must include the declared cache reads and writes."]}
+            )
+        return attrs
+
+
+def allowance_body(decision: services.AllowanceDecision) -> dict:
+    granted = decision.granted
+    return {
+        "id": public_id(decision.hold) if granted and decision.hold else None,
+        "granted": granted,
+        "decision": decision.decision,
+        "reason": None if granted else "budget_exhausted",
+        "model": decision.model,
+        "max_tokens": decision.max_tokens,
+        "clamped": decision.clamped,
+        "reserved_usd": nano_to_usd(decision.amount_nano if granted else 0),
+        "reserved_tokens": decision.tokens if granted else 0,
+        "requested_usd": nano_to_usd(decision.amount_nano),
+        "expires_at": decision.expires_at,
+        "retry_after": decision.retry_after,
+        "budgets": statuses(decision.windows, decision.binding_ids),
+    }
+
+
+class AllowanceApi(TenantAPIView):
+    @extend_schema(
+        request=AllowanceInput,
+        responses={201: OpenApiTypes.OBJECT, 200: OpenApiTypes.OBJECT},
+        summary="Ask before a call: hold its worst-case cost",
+        description="201 when granted or downgraded; 200 with granted=false when denied (nothing is held).",
+    )
+    def post(self, request):
+        data = self.validate(AllowanceInput, request.data)
+        try:
+            decision = services.allowance_request(
+                tenant=self.tenant, api_key=self.api_key, req=services.AllowanceRequest(**data)
+            )
+        except services.AllowanceError as exc:
+            raise_allowance_error(exc)
+        return Response(allowance_body(decision), status=201 if decision.granted else 200)
+
+
+def hold_body(hold: Hold) -> dict:
+    event = hold.usage_event if hold.usage_event_id else None
+    return {
+        "id": public_id(hold),
+        "state": hold.state,
+        "feature": hold.feature.key,
+        "decision": hold.decision,
+        "requested_model": hold.requested_model,
+        "model": hold.model,
+        "max_tokens": hold.max_tokens,
+        "clamped": hold.clamped,
+        "service_tier": hold.service_tier,
+        "run_id": hold.run_id or None,
+        "reserved_usd": nano_to_usd(hold.amount_nano),
+        "reserved_tokens": hold.tokens,
+        "expires_at": hold.expires_at,
+        "created_at": hold.created_at,
+        "finished_at": hold.finished_at,
+        "late": hold.late,
+        "cost_usd": nano_to_usd(event.cost_nano) if event else None,
+        "usage_event_id": public_id(event) if event else None,
+        "metadata": hold.metadata,
+    }
+
+
+class HoldMixin:
+    def hold_id(self, hold_id: str):
+        pk = parse_public_id(hold_id, "hold")
+        if pk is None:
+            raise NotFound("No such allowance.")
+        return pk
+
+
+class AllowanceDetailApi(HoldMixin, TenantAPIView):
+    @extend_schema(responses=OpenApiTypes.OBJECT, summary="A hold's current state, amounts and expiry")
+    def get(self, request, hold_id: str):
+        hold = selectors.hold_get(tenant=self.tenant, hold_id=self.hold_id(hold_id))
+        if hold is None or hold.state == HoldState.DENIED:
+            raise NotFound("No such allowance.")
+        return Response(hold_body(hold))
+
+
+class AllowanceCommitApi(HoldMixin, TenantAPIView):
+    @extend_schema(request=CommitInput, responses=OpenApiTypes.OBJECT, summary="Report a call's actual usage")
+    def post(self, request, hold_id: str):
+        pk = self.hold_id(hold_id)
+        data = self.validate(CommitInput, request.data)
+        hold = selectors.hold_get(tenant=self.tenant, hold_id=pk)
+        if hold is None or hold.state == HoldState.DENIED:
+            raise NotFound("No such allowance.")
+        model = data.get("model") or hold.model
+        if not is_priced(model):
+            raise ApiError(f"No price is known for model '{model}'.", code="unknown_model", details={"model": model})
+        usage = data["usage"]
+        item = UsageInput(
+            feature=hold.feature,
+            model=model,
+            usage=TokenUsage.from_anthropic(usage),
+            service_tier=usage.get("service_tier") or hold.service_tier,
+            inference_geo=usage.get("inference_geo") or "",
+            request_id=data.get("request_id") or "",
+            stop_reason=data.get("stop_reason") or "",
+            latency_ms=data.get("latency_ms"),
+            ttft_ms=data.get("ttft_ms"),
+            streamed=data.get("streamed"),
+            metadata={**hold.metadata, **(data.get("metadata") or {})},
+        )
+        fingerprint = services.AllowanceRequest.fingerprint_of(request.data)
+        try:
+            result = services.hold_commit(
+                tenant=self.tenant, hold_id=pk, api_key=self.api_key, item=item, fingerprint=fingerprint
+            )
+        except services.AllowanceError as exc:
+            raise_allowance_error(exc)
+        return Response(
+            {
+                "id": public_id(result.hold),
+                "state": result.hold.state,
+                "model": result.event.model,
+                "cost_usd": nano_to_usd(result.event.cost_nano),
+                "released_usd": nano_to_usd(result.released_nano),
+                "usage_event_id": public_id(result.event),
+                "late": result.hold.late,
+                "budgets": statuses(result.windows),
+            }
+        )
+
+
+class AllowanceReleaseApi(HoldMixin, TenantAPIView):
+    @extend_schema(request=None, responses=OpenApiTypes.OBJECT, summary="The call did not happen: drop the hold")
+    def post(self, request, hold_id: str):
+        try:
+            hold = services.hold_release(tenant=self.tenant, hold_id=self.hold_id(hold_id))
+        except services.AllowanceError as exc:
+            raise_allowance_error(exc)
+        return Response({"id": public_id(hold), "state": hold.state})
+
+
+# --- budgets ----------------------------------------------------------------------------
+
+
+class BudgetInput(StrictSerializer):
+    name = serializers.CharField(max_length=200)
+    scope = serializers.ChoiceField(choices=Scope.choices)
+    feature = serializers.CharField(required=False, allow_null=True, max_length=63)
+    model_families = serializers.ListField(
+        child=serializers.ChoiceField(choices=ModelFamily.choices), required=False, max_length=3
+    )
+    period = serializers.ChoiceField(choices=Period.choices, required=False)
+    limit_usd = UsdField(required=False, allow_null=True)
+    limit_tokens = serializers.IntegerField(required=False, allow_null=True, min_value=1, max_value=10**15)
+    enforcement = serializers.ChoiceField(choices=Enforcement.choices, required=False)
+    thresholds = serializers.ListField(
+        child=serializers.IntegerField(min_value=1, max_value=1000), required=False, max_length=20
+    )
+    forecast_alert = serializers.BooleanField(required=False)
+    active = serializers.BooleanField(required=False)
+
+
+class BudgetMixin:
+    def budget_fields(self, data: dict) -> dict:
+        fields = dict(data)
+        if "limit_usd" in fields:
+            fields["limit_nano"] = fields.pop("limit_usd")
+        if "feature" in fields:
+            key = fields["feature"]
+            fields["feature"] = None
+            if key:
+                feature = feature_get(tenant=self.tenant, key=key)
+                if feature is None:
+                    raise ApiError(f"No feature '{key}'.", code="unknown_feature", details={"feature": key})
+                fields["feature"] = feature
+        return fields
+
+    def budget_or_404(self, budget_id: str) -> Budget:
+        pk = parse_public_id(budget_id, "budget")
+        budget = selectors.budget_get(tenant=self.tenant, budget_id=pk) if pk else None
+        if budget is None:
+            raise NotFound("No such budget.")
+        return budget
+
+
+def raise_model_errors(exc: DjangoValidationError):
+    details = exc.message_dict if hasattr(exc, "error_dict") else {"non_field_errors": exc.messages}
+    raise ApiError("Invalid budget: " + "; ".join(f"{k}: {' '.join(v)}" for k, v in details.items()),
+                   details=details)
+
+
+class BudgetListApi(BudgetMixin, TenantAPIView):
+    @extend_schema(
+        parameters=[OpenApiParameter("feature", OpenApiTypes.STR, description="Only budgets touching this feature")],
+        responses=OpenApiTypes.OBJECT,
+        summary="Budgets with their current window status, thresholds and forecast",
+    )
+    def get(self, request):
+        budgets = selectors.budget_list(tenant=self.tenant)
+        key = request.query_params.get("feature")
+        if key:
+            feature = feature_get(tenant=self.tenant, key=key)
+            if feature is None:
+                raise ApiError(f"No feature '{key}'.", code="unknown_feature", details={"feature": key})
+            self.check_feature_access(feature)
+            budgets = [b for b in budgets if b.feature_id in (None, feature.pk)]
+        return Response({"results": [selectors.budget_detail(b) for b in budgets]})
+
+    @extend_schema(request=BudgetInput, responses={201: OpenApiTypes.OBJECT}, summary="Create a budget (admin)")
+    def post(self, request):
+        self.require_admin()
+        data = self.budget_fields(self.validate(BudgetInput, request.data))
+        try:
+            budget = services.budget_create(tenant=self.tenant, actor=self.actor, **data)
+        except DjangoValidationError as exc:
+            raise_model_errors(exc)
+        return Response(selectors.budget_detail(budget), status=status.HTTP_201_CREATED)
+
+
+class BudgetDetailApi(BudgetMixin, TenantAPIView):
+    @extend_schema(responses=OpenApiTypes.OBJECT, summary="One budget with its current window")
+    def get(self, request, budget_id: str):
+        return Response(selectors.budget_detail(self.budget_or_404(budget_id)))
+
+    @extend_schema(request=BudgetInput(partial=True), responses=OpenApiTypes.OBJECT, summary="Update (admin)")
+    def patch(self, request, budget_id: str):
+        self.require_admin()
+        budget = self.budget_or_404(budget_id)
+        data = self.budget_fields(self.validate(BudgetInput, request.data, partial=True))
+        try:
+            budget = services.budget_update(budget=budget, actor=self.actor, data=data)
+        except DjangoValidationError as exc:
+            raise_model_errors(exc)
+        return Response(selectors.budget_detail(budget))
+
+    @extend_schema(responses={204: None}, summary="Delete a budget (admin); its windows go with it")
+    def delete(self, request, budget_id: str):
+        self.require_admin()
+        services.budget_delete(budget=self.budget_or_404(budget_id), actor=self.actor)
+        return Response(status=status.HTTP_204_NO_CONTENT)

@@ -1,0 +1,561 @@
+"""Writes of budgets: budget CRUD, the allowance decision, commit, release and expiry of holds.
+
+Lock order, everywhere: a hold row first, then budget windows by ascending id, then
+usage rollups. Every path that raises or lowers a window's counters follows it, so
+racing requests serialise on the rows they share and never deadlock.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+from collections import defaultdict
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from typing import Any
+
+from django.core.exceptions import ValidationError
+from django.db import IntegrityError, transaction
+from django.db.models import F
+from django.forms.models import model_to_dict
+from django.utils import timezone
+
+from budgets import alerting
+from budgets.models import Budget, BudgetWindow, Enforcement, Hold, HoldState, Period, Scope
+from budgets.periods import window_bounds
+from governance.audit import Actor, audit_record
+from governance.models import ApiKey, Feature, Tenant
+from usage.models import ModelFamily, ServiceTier, UsageEvent, UsageSource
+from usage.pricing import (
+    canonical_model,
+    is_priced,
+    model_family,
+    planned_usage,
+    worst_case_nano,
+)
+from usage.services import UsageInput, event_tokens, rollups_add, usage_event_build
+
+logger = logging.getLogger(__name__)
+
+BUDGET_FIELDS = (
+    "name", "scope", "feature", "model_families", "period", "limit_nano", "limit_tokens",
+    "enforcement", "thresholds", "forecast_alert", "active",
+)
+
+
+class AllowanceError(Exception):
+    """A request the allowance flow refuses before deciding: unknown feature, model, conflict …"""
+
+    def __init__(self, code: str, message: str, details: dict[str, Any] | None = None) -> None:
+        super().__init__(message)
+        self.code = code
+        self.message = message
+        self.details = details or {}
+
+
+# --- budgets ---------------------------------------------------------------------------
+
+
+def budget_snapshot(budget: Budget) -> dict[str, Any]:
+    data = model_to_dict(budget, fields=BUDGET_FIELDS)
+    data["feature"] = budget.feature.key if budget.feature_id else None
+    return data
+
+
+def budget_validate(budget: Budget) -> None:
+    errors: dict[str, str] = {}
+    if budget.scope == Scope.FEATURE and budget.feature_id is None:
+        errors["feature"] = "A feature budget needs a feature."
+    if budget.scope == Scope.TENANT and budget.feature_id is not None:
+        errors["feature"] = "A tenant budget covers every feature; leave the feature empty."
+    if budget.feature_id is not None and budget.feature.tenant_id != budget.tenant_id:
+        errors["feature"] = "No such feature."
+    if budget.limit_nano is None and budget.limit_tokens is None:
+        errors["limit_usd"] = "Set a USD limit, a token limit, or both."
+    if budget.limit_nano is not None and budget.limit_nano <= 0:
+        errors["limit_usd"] = "The limit must be above zero."
+    if budget.limit_tokens is not None and budget.limit_tokens <= 0:
+        errors["limit_tokens"] = "The limit must be above zero."
+    families = budget.model_families
+    if not isinstance(families, list) or any(f not in ModelFamily.values for f in families):
+        errors["model_families"] = f"Choose among {', '.join(ModelFamily.values)}."
+    thresholds = budget.thresholds
+    if (
+        not isinstance(thresholds, list)
+        or any(isinstance(t, bool) or not isinstance(t, int) or not 1 <= t <= 1000 for t in thresholds)
+    ):
+        errors["thresholds"] = "Give whole percentages between 1 and 1000."
+    else:
+        budget.thresholds = sorted(set(thresholds))
+    if budget.scope == Scope.RUN:
+        budget.period = Period.TOTAL  # a run budget lives as long as its run
+    if errors:
+        raise ValidationError(errors)
+    budget.full_clean(exclude=["tenant", "feature", "thresholds", "model_families"])
+
+
+@transaction.atomic
+def budget_create(
+    *,
+    tenant: Tenant,
+    actor: Actor,
+    name: str,
+    scope: str,
+    period: str = Period.MONTH,
+    enforcement: str = Enforcement.BLOCK,
+    feature: Feature | None = None,
+    model_families: list[str] | tuple[str, ...] = (),
+    limit_nano: int | None = None,
+    limit_tokens: int | None = None,
+    thresholds: list[int] | None = None,
+    forecast_alert: bool = True,
+    active: bool = True,
+) -> Budget:
+    budget = Budget(
+        tenant=tenant, name=name, scope=scope, period=period, enforcement=enforcement, feature=feature,
+        model_families=list(model_families), limit_nano=limit_nano, limit_tokens=limit_tokens,
+        thresholds=[50, 80, 100] if thresholds is None else list(thresholds),
+        forecast_alert=forecast_alert, active=active,
+    )
+    budget_validate(budget)
+    budget.save()
+    audit_record(tenant=tenant, actor=actor, action="create", obj=budget, after=budget_snapshot(budget))
+    return budget
+
+
+@transaction.atomic
+def budget_update(*, budget: Budget, actor: Actor, data: dict[str, Any]) -> Budget:
+    before = budget_snapshot(budget)
+    for name, value in data.items():
+        if name in BUDGET_FIELDS:
+            setattr(budget, name, list(value) if name == "model_families" else value)
+    budget_validate(budget)
+    budget.save()
+    after = budget_snapshot(budget)
+    if after != before:
+        audit_record(tenant=budget.tenant, actor=actor, action="update", obj=budget, before=before, after=after)
+    return budget
+
+
+@transaction.atomic
+def budget_delete(*, budget: Budget, actor: Actor) -> None:
+    before = budget_snapshot(budget)
+    pk = budget.pk
+    budget.delete()
+    budget.pk = pk
+    audit_record(tenant=budget.tenant, actor=actor, action="delete", obj=budget, before=before)
+
+
+# --- windows ---------------------------------------------------------------------------
+
+
+def windows_get_or_create(
+    budgets: list[Budget], *, tenant: Tenant, at: datetime, run_id: str
+) -> dict[Any, BudgetWindow]:
+    """Return each budget's window containing ``at`` (its run's window for run budgets), by budget id."""
+    if not budgets:
+        return {}
+    wanted: dict[Any, tuple[datetime, datetime | None, str]] = {}
+    for budget in budgets:
+        start, end = window_bounds(budget.period, at, tenant.tz)
+        wanted[budget.pk] = (start, end, run_id if budget.scope == Scope.RUN else "")
+    found: dict[Any, BudgetWindow] = {}
+    starts = {start for start, _, _ in wanted.values()}
+    for window in BudgetWindow.objects.filter(budget_id__in=list(wanted), start__in=starts):
+        start, _, run = wanted[window.budget_id]
+        if window.start == start and window.run_id == run:
+            found[window.budget_id] = window
+    for budget in budgets:
+        if budget.pk in found:
+            continue
+        start, end, run = wanted[budget.pk]
+        try:
+            with transaction.atomic():
+                found[budget.pk] = BudgetWindow.objects.create(budget=budget, start=start, end=end, run_id=run)
+        except IntegrityError:
+            found[budget.pk] = BudgetWindow.objects.get(budget=budget, start=start, run_id=run)
+    for budget in budgets:
+        found[budget.pk].budget = budget
+    return found
+
+
+def windows_lock(window_ids: list[int]) -> dict[int, BudgetWindow]:
+    """Lock windows in ascending id order (the global lock order) and return them fresh."""
+    locked = BudgetWindow.objects.select_for_update().filter(id__in=window_ids).order_by("id")
+    return {w.id: w for w in locked}
+
+
+def windows_add(window_ids: list[int], *, spent: int = 0, reserved: int = 0, spent_tokens: int = 0,
+                reserved_tokens: int = 0) -> None:
+    """Move every window's counters by the same amounts, in one UPDATE."""
+    if not window_ids:
+        return
+    BudgetWindow.objects.filter(id__in=window_ids).update(
+        spent_nano=F("spent_nano") + spent,
+        reserved_nano=F("reserved_nano") + reserved,
+        spent_tokens=F("spent_tokens") + spent_tokens,
+        reserved_tokens=F("reserved_tokens") + reserved_tokens,
+    )
+
+
+def _applicable(budgets: list[Budget], *, feature: Feature, model: str, run_id: str) -> list[Budget]:
+    family = model_family(canonical_model(model)) if is_priced(model) else model_family(model)
+    return [b for b in budgets if b.applies_to(feature=feature, family=family, run_id=run_id)]
+
+
+def windows_charge_usage(*, tenant: Tenant, events: list[UsageEvent]) -> None:
+    """Add reported usage (no hold) to the spent counters of the windows it falls in."""
+    if not events:
+        return
+    budgets = list(Budget.objects.filter(tenant=tenant, active=True))
+    if not budgets:
+        return
+    deltas: dict[int, list[int]] = defaultdict(lambda: [0, 0])
+    for event in events:
+        applicable = [
+            b for b in budgets if b.applies_to(feature=event.feature, family=event.family, run_id=event.run_id)
+        ]
+        windows = windows_get_or_create(applicable, tenant=tenant, at=event.occurred_at, run_id=event.run_id)
+        for window in windows.values():
+            deltas[window.id][0] += event.cost_nano
+            deltas[window.id][1] += event_tokens(event)
+    windows_lock(sorted(deltas))
+    for window_id in sorted(deltas):
+        spent, tokens = deltas[window_id]
+        windows_add([window_id], spent=spent, spent_tokens=tokens)
+    alerting.windows_evaluate_later(sorted(deltas))
+
+
+# --- allowances ------------------------------------------------------------------------
+
+
+@dataclass
+class AllowanceRequest:
+    feature: str
+    model: str
+    input_tokens: int
+    max_tokens: int
+    cache_read_tokens: int = 0
+    cache_write_5m_tokens: int = 0
+    cache_write_1h_tokens: int = 0
+    service_tier: str = ServiceTier.STANDARD
+    run_id: str = ""
+    idempotency_key: str = ""
+    ttl_seconds: int = 600
+    metadata: dict[str, Any] = field(default_factory=dict)
+
+    def fingerprint(self) -> str:
+        return self.fingerprint_of({k: v for k, v in self.__dict__.items() if k != "idempotency_key"})
+
+    @staticmethod
+    def fingerprint_of(data: Any) -> str:
+        """Return a stable hash of a request body, to tell a repeat from a different request."""
+        return hashlib.sha256(json.dumps(data, sort_keys=True, default=str).encode()).hexdigest()
+
+
+@dataclass
+class AllowanceDecision:
+    decision: str  # granted / downgraded / denied
+    model: str
+    max_tokens: int
+    clamped: bool
+    amount_nano: int
+    tokens: int
+    windows: list[BudgetWindow]
+    binding_ids: set[int]
+    hold: Hold | None = None
+    expires_at: datetime | None = None
+    retry_after: datetime | None = None
+
+    @property
+    def granted(self) -> bool:
+        return self.decision != "denied"
+
+
+def feature_for_call(*, tenant: Tenant, api_key: ApiKey | None, key: str) -> Feature:
+    """Return the tenant's feature ``key`` if this API key may call it, else raise AllowanceError."""
+    from governance.api.base import key_may_use_feature
+
+    feature = Feature.objects.filter(tenant=tenant, key=key).first()
+    if feature is None:
+        raise AllowanceError("unknown_feature", f"No feature '{key}'.", {"feature": key})
+    if api_key is not None and not key_may_use_feature(api_key, feature):
+        raise AllowanceError("forbidden", f"This API key may not use feature '{key}'.", {"feature": key})
+    return feature
+
+
+def _check_model(feature: Feature, model: str) -> None:
+    if not is_priced(model):
+        raise AllowanceError("unknown_model", f"No price is known for model '{model}'.", {"model": model})
+    if feature.allowed_models:
+        allowed = {canonical_model(m) for m in feature.allowed_models if is_priced(m)}
+        if canonical_model(model) not in allowed:
+            raise AllowanceError(
+                "model_not_allowed",
+                f"Feature '{feature.key}' does not allow model '{model}'.",
+                {"model": model, "allowed_models": feature.allowed_models},
+            )
+
+
+def _fits(budget: Budget, window: BudgetWindow, amount: int, tokens: int) -> bool:
+    if budget.limit_nano is not None and window.spent_nano + window.reserved_nano + amount > budget.limit_nano:
+        return False
+    return not (
+        budget.limit_tokens is not None
+        and window.spent_tokens + window.reserved_tokens + tokens > budget.limit_tokens
+    )
+
+
+def allowance_request(*, tenant: Tenant, api_key: ApiKey | None, req: AllowanceRequest) -> AllowanceDecision:
+    """Decide whether a call may go ahead, and hold its worst-case cost on every window it touches."""
+    feature = feature_for_call(tenant=tenant, api_key=api_key, key=req.feature)
+    if not feature.active:
+        raise AllowanceError("feature_inactive", f"Feature '{feature.key}' is inactive.", {"feature": feature.key})
+    _check_model(feature, req.model)
+    max_tokens = req.max_tokens
+    clamped = feature.max_tokens_cap is not None and max_tokens > feature.max_tokens_cap
+    if clamped:
+        max_tokens = feature.max_tokens_cap
+    fingerprint = req.fingerprint()
+    if req.idempotency_key:
+        replay = _replay(tenant, req.idempotency_key, fingerprint)
+        if replay is not None:
+            return replay
+    try:
+        with transaction.atomic():
+            return _decide(tenant, api_key, feature, req, max_tokens, clamped, fingerprint)
+    except IntegrityError:
+        if not req.idempotency_key:
+            raise
+        # A concurrent request with the same idempotency key won the race.
+        replay = _replay(tenant, req.idempotency_key, fingerprint)
+        if replay is None:
+            raise
+        return replay
+
+
+def _decide(tenant, api_key, feature, req, max_tokens, clamped, fingerprint) -> AllowanceDecision:
+    now = timezone.now()
+    planned = planned_usage(
+        input_tokens=req.input_tokens,
+        max_tokens=max_tokens,
+        cache_read_tokens=req.cache_read_tokens,
+        cache_write_5m_tokens=req.cache_write_5m_tokens,
+        cache_write_1h_tokens=req.cache_write_1h_tokens,
+    )
+    tokens = planned.total_tokens
+    budgets = [b for b in Budget.objects.filter(tenant=tenant, active=True) if b.scope != Scope.RUN or req.run_id]
+    candidates = [req.model]
+    if any(b.enforcement == Enforcement.DOWNGRADE for b in budgets):
+        candidates += [m for m in feature.fallback_models if is_priced(m) and m != req.model]
+    per_candidate = {m: _applicable(budgets, feature=feature, model=m, run_id=req.run_id) for m in candidates}
+    union = {b.pk: b for bs in per_candidate.values() for b in bs}
+    windows_by_budget = windows_get_or_create(list(union.values()), tenant=tenant, at=now, run_id=req.run_id)
+    locked = windows_lock([w.id for w in windows_by_budget.values()])
+    for window in locked.values():
+        window.budget = union[window.budget_id]
+
+    binding: set[int] = set()
+    first_windows: list[BudgetWindow] = []
+    for index, model in enumerate(candidates):
+        amount = worst_case_nano(model, planned, service_tier=req.service_tier)
+        windows = [locked[windows_by_budget[b.pk].id] for b in per_candidate[model]]
+        if index == 0:
+            first_windows = windows
+        refusing = [
+            w for w in windows
+            if w.budget.enforcement != Enforcement.ALERT and not _fits(w.budget, w, amount, tokens)
+        ]
+        if index == 0:
+            binding = {w.id for w in refusing}
+        if any(w.budget.enforcement == Enforcement.BLOCK for w in refusing):
+            break  # a block budget refuses whatever the model: no fallback can help
+        if refusing:
+            continue  # only downgrade budgets refuse: try the next cheaper model
+        hold = Hold.objects.create(
+            tenant=tenant, feature=feature, api_key=api_key, run_id=req.run_id,
+            requested_model=req.model, model=canonical_model(model),
+            decision="granted" if index == 0 else "downgraded",
+            max_tokens=max_tokens, clamped=clamped, service_tier=req.service_tier,
+            input_tokens=req.input_tokens, amount_nano=amount, tokens=tokens,
+            window_ids=[w.id for w in windows], expires_at=now + timedelta(seconds=req.ttl_seconds),
+            idempotency_key=req.idempotency_key, request_hash=fingerprint, metadata=req.metadata,
+        )
+        windows_add(hold.window_ids, reserved=amount, reserved_tokens=tokens)
+        for w in windows:
+            w.reserved_nano += amount
+            w.reserved_tokens += tokens
+        alerting.windows_evaluate_later(hold.window_ids)
+        return AllowanceDecision(
+            decision=hold.decision, model=hold.model, max_tokens=max_tokens, clamped=clamped,
+            amount_nano=amount, tokens=tokens, windows=windows, binding_ids=set(), hold=hold,
+            expires_at=hold.expires_at,
+        )
+
+    # Denied: nothing is held. With an idempotency key the denial is kept, so a repeat gets it again.
+    amount = worst_case_nano(req.model, planned, service_tier=req.service_tier)
+    if req.idempotency_key:
+        Hold.objects.create(
+            tenant=tenant, feature=feature, api_key=api_key, run_id=req.run_id,
+            requested_model=req.model, model=canonical_model(req.model), decision="denied",
+            max_tokens=max_tokens, clamped=clamped, service_tier=req.service_tier,
+            input_tokens=req.input_tokens, amount_nano=amount, tokens=tokens,
+            window_ids=[w.id for w in first_windows], state=HoldState.DENIED, expires_at=now,
+            idempotency_key=req.idempotency_key, request_hash=fingerprint, metadata=req.metadata,
+            finished_at=now,
+        )
+    alerting.window_denied(sorted(binding))
+    return AllowanceDecision(
+        decision="denied", model=canonical_model(req.model), max_tokens=max_tokens, clamped=clamped,
+        amount_nano=amount, tokens=tokens, windows=first_windows, binding_ids=binding,
+        retry_after=_retry_after([w for w in first_windows if w.id in binding]),
+    )
+
+
+def _retry_after(windows: list[BudgetWindow]) -> datetime | None:
+    ends = [w.end for w in windows]
+    if not ends or any(end is None for end in ends):
+        return None  # a total or run budget never resets
+    return max(ends)
+
+
+def _replay(tenant: Tenant, idempotency_key: str, fingerprint: str) -> AllowanceDecision | None:
+    hold = Hold.objects.filter(tenant=tenant, idempotency_key=idempotency_key).first()
+    if hold is None:
+        return None
+    if hold.request_hash != fingerprint:
+        raise AllowanceError(
+            "conflict",
+            "This idempotency key was used with a different request.",
+            {"idempotency_key": idempotency_key},
+        )
+    windows = list(BudgetWindow.objects.filter(id__in=hold.window_ids).select_related("budget").order_by("id"))
+    denied = hold.state == HoldState.DENIED
+    binding = {w.id for w in windows if denied and not _fits(w.budget, w, hold.amount_nano, hold.tokens)}
+    return AllowanceDecision(
+        decision=hold.decision, model=hold.model, max_tokens=hold.max_tokens, clamped=hold.clamped,
+        amount_nano=hold.amount_nano, tokens=hold.tokens, windows=windows, binding_ids=binding,
+        hold=None if denied else hold, expires_at=None if denied else hold.expires_at,
+        retry_after=_retry_after([w for w in windows if w.id in binding]) if denied else None,
+    )
+
+
+# --- commit / release / expire --------------------------------------------------------------
+
+
+@dataclass
+class CommitResult:
+    hold: Hold
+    event: UsageEvent
+    windows: list[BudgetWindow]
+
+    @property
+    def released_nano(self) -> int:
+        return self.hold.amount_nano - self.event.cost_nano
+
+
+def _hold_locked(tenant: Tenant, hold_id) -> Hold:
+    hold = (
+        Hold.objects.select_for_update()
+        .filter(tenant=tenant, pk=hold_id)
+        .exclude(state=HoldState.DENIED)
+        .select_related("feature", "usage_event")
+        .first()
+    )
+    if hold is None:
+        raise AllowanceError("not_found", "No such allowance.")
+    return hold
+
+
+def _windows_for(hold: Hold) -> list[BudgetWindow]:
+    return list(BudgetWindow.objects.filter(id__in=hold.window_ids).select_related("budget").order_by("id"))
+
+
+@transaction.atomic
+def hold_commit(
+    *, tenant: Tenant, hold_id, api_key: ApiKey | None, item: UsageInput, fingerprint: str
+) -> CommitResult:
+    """Charge a call's actual usage to the windows its hold reserved on, and write it to the ledger.
+
+    A commit after expiry is still charged (the money was spent) and marked late.
+    """
+    hold = _hold_locked(tenant, hold_id)
+    if hold.state == HoldState.RELEASED:
+        raise AllowanceError("conflict", "This allowance was released; it cannot be committed.")
+    if hold.state == HoldState.COMMITTED:
+        if hold.commit_hash != fingerprint:
+            raise AllowanceError("conflict", "This allowance was already committed with a different body.")
+        return CommitResult(hold=hold, event=hold.usage_event, windows=_windows_for(hold))
+    if item.request_id and UsageEvent.objects.filter(tenant=tenant, request_id=item.request_id).exists():
+        raise AllowanceError(
+            "conflict", f"Usage for request_id '{item.request_id}' is already recorded.",
+            {"request_id": item.request_id},
+        )
+    now = timezone.now()
+    was_held = hold.state == HoldState.HELD
+    item.feature = hold.feature
+    item.run_id = hold.run_id
+    item.max_tokens = hold.max_tokens
+    event = usage_event_build(tenant=tenant, api_key=api_key, item=item, source=UsageSource.COMMIT)
+    windows_lock(hold.window_ids)
+    windows_add(
+        hold.window_ids,
+        spent=event.cost_nano,
+        spent_tokens=event_tokens(event),
+        reserved=-hold.amount_nano if was_held else 0,
+        reserved_tokens=-hold.tokens if was_held else 0,
+    )
+    event.save(force_insert=True)
+    rollups_add(tenant=tenant, events=[event])
+    hold.state = HoldState.COMMITTED
+    hold.late = not was_held or now > hold.expires_at
+    hold.usage_event = event
+    hold.commit_hash = fingerprint
+    hold.finished_at = now
+    hold.save(update_fields=["state", "late", "usage_event", "commit_hash", "finished_at"])
+    alerting.windows_evaluate_later(hold.window_ids)
+    return CommitResult(hold=hold, event=event, windows=_windows_for(hold))
+
+
+@transaction.atomic
+def hold_release(*, tenant: Tenant, hold_id) -> Hold:
+    """Drop a hold the call did not use; releasing twice is harmless, a committed hold is a conflict."""
+    hold = _hold_locked(tenant, hold_id)
+    if hold.state == HoldState.COMMITTED:
+        raise AllowanceError("conflict", "This allowance was already committed.")
+    if hold.state in (HoldState.HELD, HoldState.EXPIRED):
+        if hold.state == HoldState.HELD:
+            windows_lock(hold.window_ids)
+            windows_add(hold.window_ids, reserved=-hold.amount_nano, reserved_tokens=-hold.tokens)
+        hold.state = HoldState.RELEASED
+        hold.finished_at = timezone.now()
+        hold.save(update_fields=["state", "finished_at"])
+    return hold
+
+
+def holds_expire(*, now: datetime | None = None, batch_size: int = 500) -> int:
+    """Release every hold past its expiry; safe to run twice or on several workers at once."""
+    now = now or timezone.now()
+    expired = 0
+    while True:
+        ids = list(
+            Hold.objects.filter(state=HoldState.HELD, expires_at__lt=now)
+            .order_by("expires_at")
+            .values_list("id", flat=True)[:batch_size]
+        )
+        if not ids:
+            return expired
+        for hold_id in ids:
+            with transaction.atomic():
+                hold = Hold.objects.select_for_update().filter(pk=hold_id, state=HoldState.HELD).first()
+                if hold is None:
+                    continue  # committed, released or expired by someone else meanwhile
+                windows_lock(hold.window_ids)
+                windows_add(hold.window_ids, reserved=-hold.amount_nano, reserved_tokens=-hold.tokens)
+                hold.state = HoldState.EXPIRED
+                hold.finished_at = now
+                hold.save(update_fields=["state", "finished_at"])
+                expired += 1
+        if len(ids) < batch_size:
+            return expired

@@ -1,0 +1,163 @@
+"""Usage endpoints: report usage without a hold, and the grouped summary."""
+
+from __future__ import annotations
+
+from datetime import timedelta
+
+from django.utils import timezone
+from drf_spectacular.types import OpenApiTypes
+from drf_spectacular.utils import OpenApiParameter, extend_schema
+from rest_framework import serializers, status
+from rest_framework.response import Response
+
+from governance.api.base import TenantAPIView
+from governance.api.errors import ApiError, Forbidden
+from governance.api.fields import StrictSerializer, nano_to_usd
+from governance.api.ids import public_id
+from governance.selectors import feature_get
+from usage import selectors
+from usage.models import ServiceTier
+from usage.pricing import TokenUsage, is_priced
+from usage.serializers import UsageEventInput
+from usage.services import UsageInput, usage_report
+
+MAX_EVENTS = 1000
+
+
+class UsageResult(serializers.Serializer):
+    request_id = serializers.CharField()
+    status = serializers.ChoiceField(choices=["recorded", "duplicate"])
+    cost_usd = serializers.CharField()
+    usage_event_id = serializers.CharField()
+
+
+class UsageReportApi(TenantAPIView):
+    @extend_schema(
+        request=UsageEventInput,
+        responses={201: UsageResult(many=True)},
+        summary="Report usage without a hold (one event, or {\"events\": [...]} up to 1,000)",
+        description="Idempotent per request_id. All-or-nothing validation: one invalid event makes it 400 "
+        "with details naming its index. Always recorded, even over budget.",
+    )
+    def post(self, request):
+        body = request.data
+        if not isinstance(body, dict):
+            raise ApiError("The body must be a JSON object.", details={"body": "expected an object"})
+        if "events" in body:
+            events = body["events"]
+            if set(body) != {"events"}:
+                raise ApiError("A batch body has only 'events'.", details={"body": "unexpected keys"})
+            if not isinstance(events, list) or not events:
+                raise ApiError("'events' must be a non-empty list.", details={"events": "expected a list"})
+            if len(events) > MAX_EVENTS:
+                raise ApiError(
+                    f"At most {MAX_EVENTS} events per batch; got {len(events)}.",
+                    code="too_large", status_code=413, details={"events": len(events)},
+                )
+        else:
+            events = [body]
+        items = [self._item(index, event) for index, event in enumerate(events)]
+        results = usage_report(tenant=self.tenant, api_key=self.api_key, items=items)
+        return Response(
+            {
+                "results": [
+                    {
+                        "request_id": r.event.request_id,
+                        "status": "recorded" if r.created else "duplicate",
+                        "cost_usd": nano_to_usd(r.event.cost_nano),
+                        "usage_event_id": public_id(r.event),
+                    }
+                    for r in results
+                ]
+            },
+            status=status.HTTP_201_CREATED,
+        )
+
+    def _item(self, index: int, event) -> UsageInput:
+        def fail(message: str, code: str = "invalid_request", details=None, status_code=None):
+            raise ApiError(
+                f"events[{index}]: {message}", code=code, status_code=status_code,
+                details={"index": index, **(details or {})},
+            )
+
+        if not isinstance(event, dict):
+            fail("must be a JSON object.", details={"errors": {"non_field_errors": ["Expected an object."]}})
+        serializer = UsageEventInput(data=event)
+        if not serializer.is_valid():
+            fail("invalid fields.", details={"errors": serializer.errors})
+        data = serializer.validated_data
+        feature = feature_get(tenant=self.tenant, key=data["feature"])
+        if feature is None:
+            fail(f"no feature '{data['feature']}'.", code="unknown_feature", details={"feature": data["feature"]})
+        try:
+            self.check_feature_access(feature)
+        except Forbidden as exc:
+            fail(str(exc.detail), code="forbidden", status_code=403, details={"feature": feature.key})
+        if not is_priced(data["model"]):
+            fail(f"no price is known for model '{data['model']}'.", code="unknown_model",
+                 details={"model": data["model"]})
+        usage = data["usage"]
+        return UsageInput(
+            feature=feature,
+            model=data["model"],
+            usage=TokenUsage.from_anthropic(usage),
+            service_tier=usage.get("service_tier") or ServiceTier.STANDARD,
+            inference_geo=usage.get("inference_geo") or "",
+            request_id=data["request_id"],
+            run_id=data.get("run_id", ""),
+            occurred_at=data.get("occurred_at"),
+            stop_reason=data.get("stop_reason") or "",
+            latency_ms=data.get("latency_ms"),
+            ttft_ms=data.get("ttft_ms"),
+            streamed=data.get("streamed"),
+            metadata=data.get("metadata") or {},
+        )
+
+
+class SummaryQuery(StrictSerializer):
+    start = serializers.DateField(required=False, help_text="First tenant-local day (default: 30 days ago)")
+    end = serializers.DateField(required=False, help_text="Last tenant-local day, inclusive (default: today)")
+    group_by = serializers.CharField(required=False, default="feature", help_text="Comma list of: "
+                                     + ", ".join(selectors.GROUPS))
+    feature = serializers.CharField(required=False, max_length=63)
+
+    def validate_group_by(self, value: str) -> list[str]:
+        groups = [g.strip() for g in value.split(",") if g.strip()]
+        unknown = [g for g in groups if g not in selectors.GROUPS]
+        if unknown:
+            raise serializers.ValidationError(f"Unknown group(s): {', '.join(unknown)}.")
+        return list(dict.fromkeys(groups))
+
+    def validate(self, attrs):
+        if attrs.get("start") and attrs.get("end") and attrs["start"] > attrs["end"]:
+            raise serializers.ValidationError({"start": ["Must not be after end."]})
+        return attrs
+
+
+class UsageSummaryApi(TenantAPIView):
+    @extend_schema(
+        parameters=[
+            OpenApiParameter("start", OpenApiTypes.DATE), OpenApiParameter("end", OpenApiTypes.DATE),
+            OpenApiParameter("group_by", OpenApiTypes.STR, description="feature, model, day, service_tier, family"),
+            OpenApiParameter("feature", OpenApiTypes.STR),
+        ],
+        responses={200: OpenApiTypes.OBJECT},
+        summary="Cost, calls and tokens by type, grouped (from daily rollups)",
+    )
+    def get(self, request):
+        query = self.validate(SummaryQuery, request.query_params.dict())
+        today = timezone.now().astimezone(self.tenant.tz).date()
+        end = query.get("end") or today
+        start = query.get("start") or end - timedelta(days=29)
+        feature = None
+        if query.get("feature"):
+            feature = feature_get(tenant=self.tenant, key=query["feature"])
+            if feature is None:
+                raise ApiError(f"No feature '{query['feature']}'.", code="unknown_feature",
+                               details={"feature": query["feature"]})
+            self.check_feature_access(feature)
+        return Response(
+            selectors.usage_summary(
+                tenant=self.tenant, start=start, end=end, group_by=query["group_by"], feature=feature
+            )
+        )

@@ -1,0 +1,54 @@
+"""Reads of the ledger, always from the daily rollups (never a ledger scan)."""
+
+from __future__ import annotations
+
+from datetime import date
+from typing import Any
+
+from django.db.models import QuerySet, Sum
+
+from governance.api.fields import nano_to_usd
+from governance.models import Feature, Tenant
+from usage.models import UsageRollup
+
+GROUPS = {"feature": "feature__key", "model": "model", "day": "day", "service_tier": "service_tier", "family": "family"}
+TOKEN_SUMS = (
+    "input_tokens", "output_tokens", "cache_write_5m_tokens", "cache_write_1h_tokens", "cache_read_tokens",
+    "web_search_requests",
+)
+
+
+def rollups_in(*, tenant: Tenant, start: date, end: date, feature: Feature | None = None) -> QuerySet[UsageRollup]:
+    """Return the tenant's rollups for tenant-local days start..end inclusive."""
+    rollups = UsageRollup.objects.filter(tenant=tenant, day__gte=start, day__lte=end)
+    if feature is not None:
+        rollups = rollups.filter(feature=feature)
+    return rollups
+
+
+def usage_summary(
+    *, tenant: Tenant, start: date, end: date, group_by: list[str], feature: Feature | None = None
+) -> dict[str, Any]:
+    """Return cost, calls and tokens by type over the range, grouped, plus the totals."""
+    columns = [GROUPS[g] for g in group_by]
+    sums = {name: Sum(name) for name in ("calls", "cost_nano", *TOKEN_SUMS)}
+    rollups = rollups_in(tenant=tenant, start=start, end=end, feature=feature)
+    rows = rollups.values(*columns).annotate(**sums).order_by(*columns) if columns else []
+    totals = rollups.aggregate(**sums)
+
+    def render(row: dict[str, Any], groups: list[str]) -> dict[str, Any]:
+        out: dict[str, Any] = {g: row[GROUPS[g]] for g in groups}
+        if "day" in out:
+            out["day"] = out["day"].isoformat()
+        out["cost_usd"] = nano_to_usd(row["cost_nano"] or 0)
+        out["calls"] = row["calls"] or 0
+        out["tokens"] = {name: row[name] or 0 for name in TOKEN_SUMS}
+        return out
+
+    return {
+        "start": start.isoformat(),
+        "end": end.isoformat(),
+        "group_by": group_by,
+        "rows": [render(r, group_by) for r in rows],
+        "total": render(totals, []),
+    }
