@@ -1,11 +1,436 @@
-"""Threshold, exhaustion and forecast evaluation of budget windows (alerts issue fills this in)."""
+"""Threshold, exhaustion and forecast evaluation of budget windows.
+
+Thresholds count *spent* only, never *reserved*: holds are worst cases that are mostly
+released, so counting them would announce spend that never happens. USD and tokens are
+compared separately against their own limits; a window crosses a threshold when either does.
+
+Each alert is claimed by a dedup key (unique per tenant), so racing evaluators raise it once:
+
+- ``threshold:<window>:<percent>`` — once per window and threshold; a new window re-arms it.
+  Only the highest threshold crossed is raised, so a jump from 10 % to 85 % says "80 %"
+  once instead of "50 %" and "80 %" together.
+- ``exhausted:<window>`` — the first denial in a window.
+- ``forecast:<window>`` — the burn rate so far projects the window's end above its limit.
+
+Commits and usage reports call ``windows_evaluate_later`` inside their transaction; after it
+commits, a cheap check decides whether a threshold may have been crossed, and only then is
+evaluation enqueued. The beat task ``budgets_evaluate`` re-checks every live window each
+minute, so a lost task (broker down) only delays an alert, and it computes forecasts.
+"""
 
 from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from decimal import ROUND_HALF_UP, Decimal
+
+from django.core.cache import cache
+from django.db import transaction
+from django.db.models import Q
+from django.utils import timezone
+
+from budgets.models import Budget, BudgetWindow, Period, Scope
+from usage.models import NANO
+
+logger = logging.getLogger(__name__)
+
+# A forecast needs some history: a tenth of the window, at most a day, must have passed.
+FORECAST_MIN_ELAPSED_SHARE = 10
+FORECAST_MIN_ELAPSED_CAP = timedelta(days=1)
+# Open-ended run windows stop being swept this long after they were created.
+RUN_WINDOW_SWEEP_AGE = timedelta(days=7)
+# Windows that ended recently are still swept for thresholds a lost task missed.
+ENDED_WINDOW_GRACE = timedelta(hours=1)
+SWEEP_CHUNK = 500
+
+
+# --- Hook points called by the allowance services -------------------------------------------
 
 
 def windows_evaluate_later(window_ids: list[int]) -> None:
     """Enqueue evaluation of these windows after the current transaction commits."""
+    ids = sorted({int(i) for i in window_ids})
+    if ids:
+        transaction.on_commit(lambda: _evaluate_if_crossed(ids), robust=True)
 
 
 def window_denied(window_ids: list[int]) -> None:
     """Note that a call was denied on these windows (raises 'exhausted' once per window)."""
+    ids = sorted({int(i) for i in window_ids})
+    if ids:
+        transaction.on_commit(lambda: windows_exhausted(window_ids=ids), robust=True)
+
+
+def _evaluate_if_crossed(window_ids: list[int]) -> None:
+    """Enqueue evaluation only when some window is past a threshold not yet alerted.
+
+    Runs after every allowance and commit, so it is two indexed queries and usually no task.
+    """
+    from governance.notify.models import Alert
+    from governance.notify.tasks import enqueue_window_evaluation
+
+    windows = list(BudgetWindow.objects.filter(pk__in=window_ids, budget__active=True).select_related("budget"))
+    wanted = {}
+    for window in windows:
+        threshold = highest_threshold_crossed(window)
+        if threshold is not None:
+            wanted[threshold_key(window, threshold)] = window
+    if not wanted:
+        return
+    tenant_ids = {w.budget.tenant_id for w in wanted.values()}
+    raised = set(
+        Alert.objects.filter(tenant_id__in=tenant_ids, dedup_key__in=list(wanted)).values_list("dedup_key", flat=True)
+    )
+    pending = sorted({w.pk for key, w in wanted.items() if key not in raised})
+    if pending:
+        enqueue_window_evaluation(pending)
+
+
+# --- Arithmetic --------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Measure:
+    """One limited quantity of a window: USD (in nano-USD) or tokens."""
+
+    unit: str  # "usd" or "tokens"
+    spent: int
+    limit: int
+
+    def crossed(self, percent: int) -> bool:
+        # Exact integer comparison: spent / limit >= percent / 100. Nothing spent crosses nothing.
+        return self.spent > 0 and self.spent * 100 >= percent * self.limit
+
+    @property
+    def percent(self) -> Decimal | None:
+        if self.limit <= 0:
+            return None
+        return (Decimal(self.spent) * 100 / Decimal(self.limit)).quantize(Decimal("0.1"), ROUND_HALF_UP)
+
+
+def window_measures(window: BudgetWindow) -> list[Measure]:
+    budget = window.budget
+    measures = []
+    if budget.limit_nano is not None:
+        measures.append(Measure("usd", window.spent_nano, budget.limit_nano))
+    if budget.limit_tokens is not None:
+        measures.append(Measure("tokens", window.spent_tokens, budget.limit_tokens))
+    return measures
+
+
+def budget_thresholds(budget: Budget) -> list[int]:
+    """Return the budget's valid threshold percents, ascending (bad entries are ignored)."""
+    values = budget.thresholds if isinstance(budget.thresholds, list) else []
+    return sorted({int(t) for t in values if isinstance(t, int) and not isinstance(t, bool) and 0 < t <= 1000})
+
+
+def highest_threshold_crossed(window: BudgetWindow) -> int | None:
+    measures = window_measures(window)
+    crossed = [t for t in budget_thresholds(window.budget) if any(m.crossed(t) for m in measures)]
+    return crossed[-1] if crossed else None
+
+
+@dataclass(frozen=True)
+class Projection:
+    unit: str
+    spent: int
+    limit: int
+    projected: int
+    reaches_limit_at: datetime | None  # None when the projection stays within the limit
+
+    @property
+    def over(self) -> bool:
+        return self.projected > self.limit
+
+
+def window_projections(window: BudgetWindow, *, now: datetime) -> list[Projection]:
+    """Return the linear burn-rate projection of each measure to the window's end.
+
+    projected = spent / elapsed × window length. Empty for windows without an end (total,
+    run), for windows not yet under way long enough to trust a rate, and for ended ones.
+    """
+    if window.end is None or not (window.start < now < window.end):
+        return []
+    length = window.end - window.start
+    elapsed = now - window.start
+    if elapsed < min(length / FORECAST_MIN_ELAPSED_SHARE, FORECAST_MIN_ELAPSED_CAP):
+        return []
+    length_us, elapsed_us = _microseconds(length), _microseconds(elapsed)
+    projections = []
+    for m in window_measures(window):
+        projected = m.spent * length_us // elapsed_us
+        reaches = None
+        if projected > m.limit and m.spent > 0:
+            # At the same rate the limit is met at start + elapsed × limit / spent.
+            reaches = window.start + timedelta(microseconds=elapsed_us * m.limit // m.spent)
+        projections.append(Projection(m.unit, m.spent, m.limit, projected, reaches))
+    return projections
+
+
+def _microseconds(delta: timedelta) -> int:
+    return (delta.days * 86_400 + delta.seconds) * 1_000_000 + delta.microseconds
+
+
+# --- Evaluation ----------------------------------------------------------------------------------
+
+
+def threshold_key(window: BudgetWindow, percent: int) -> str:
+    return f"threshold:{window.pk}:{percent}"
+
+
+def forecast_key(window: BudgetWindow) -> str:
+    return f"forecast:{window.pk}"
+
+
+def exhausted_key(window: BudgetWindow) -> str:
+    return f"exhausted:{window.pk}"
+
+
+def windows_evaluate(*, window_ids: list[int], now: datetime | None = None) -> int:
+    """Raise the threshold alerts these windows are due; return how many were raised."""
+    now = now or timezone.now()
+    windows = _windows_with_budgets().filter(pk__in=window_ids)
+    return _evaluate(list(windows), now=now, forecasts=False)
+
+
+def budgets_evaluate(*, now: datetime | None = None) -> int:
+    """Sweep every live window: thresholds a lost task missed, and forecasts; return alerts raised."""
+    now = now or timezone.now()
+    live = (
+        _windows_with_budgets()
+        .filter(start__lte=now)
+        .filter(Q(spent_nano__gt=0) | Q(spent_tokens__gt=0))
+        .filter(
+            Q(end__gt=now - ENDED_WINDOW_GRACE)
+            | Q(end__isnull=True, budget__period=Period.TOTAL)
+            | Q(end__isnull=True, budget__scope=Scope.RUN, created_at__gte=now - RUN_WINDOW_SWEEP_AGE)
+        )
+        .order_by("pk")
+    )
+    raised = 0
+    last_pk = 0
+    while True:
+        chunk = list(live.filter(pk__gt=last_pk)[:SWEEP_CHUNK])
+        if not chunk:
+            return raised
+        raised += _evaluate(chunk, now=now, forecasts=True)
+        last_pk = chunk[-1].pk
+
+
+def _windows_with_budgets():
+    return BudgetWindow.objects.filter(budget__active=True).select_related("budget__tenant", "budget__feature")
+
+
+def _evaluate(windows: list[BudgetWindow], *, now: datetime, forecasts: bool) -> int:
+    from governance.notify.models import Alert
+
+    candidates: dict[tuple[int, str], tuple[str, BudgetWindow, object]] = {}
+    for window in windows:
+        threshold = highest_threshold_crossed(window)
+        if threshold is not None:
+            key = threshold_key(window, threshold)
+            candidates[(window.budget.tenant_id, key)] = ("threshold", window, threshold)
+        if forecasts and window.budget.forecast_alert:
+            projections = window_projections(window, now=now)
+            # Once spend is past the limit the threshold alerts have said it; a forecast is moot.
+            if any(p.over for p in projections) and not any(p.spent >= p.limit for p in projections):
+                candidates[(window.budget.tenant_id, forecast_key(window))] = ("forecast", window, projections)
+    if not candidates:
+        return 0
+    existing = set(
+        Alert.objects.filter(
+            tenant_id__in={t for t, _ in candidates}, dedup_key__in=[k for _, k in candidates]
+        ).values_list("tenant_id", "dedup_key")
+    )
+    raised = 0
+    for (tenant_id, key), (kind, window, extra) in sorted(candidates.items(), key=lambda item: item[0][1]):
+        if (tenant_id, key) in existing:
+            continue
+        if kind == "threshold":
+            alert = _raise_threshold(window, extra, now=now)
+        else:
+            alert = _raise_forecast(window, extra, now=now)
+        raised += alert is not None
+    return raised
+
+
+def windows_exhausted(*, window_ids: list[int], now: datetime | None = None) -> int:
+    """Raise 'exhausted' for each window's first denial; return how many were raised.
+
+    Runs in the denying request, after its transaction: denials keep coming while a window is
+    exhausted, so a cache mark skips the database once the alert is known to exist.
+    """
+    now = now or timezone.now()
+    raised = 0
+    for window_id in window_ids:
+        mark = f"notify:exhausted:{window_id}"
+        if _cache_get(mark):
+            continue
+        window = _windows_with_budgets().filter(pk=window_id).first()
+        if window is None:
+            continue
+        alert = _raise_exhausted(window, now=now)
+        raised += alert is not None
+        _cache_set(mark, timeout=int((window.end - now).total_seconds()) + 60 if window.end else 86_400)
+    return raised
+
+
+def _cache_get(key: str):
+    try:
+        return cache.get(key)
+    except Exception:  # a cache outage must not cost an alert
+        logger.warning("cache unavailable", exc_info=True)
+        return None
+
+
+def _cache_set(key: str, *, timeout: int) -> None:
+    try:
+        cache.set(key, 1, timeout=max(timeout, 60))
+    except Exception:
+        logger.warning("cache unavailable", exc_info=True)
+
+
+# --- Alert content -----------------------------------------------------------------------------
+
+
+def format_usd(nano: int) -> str:
+    value = Decimal(nano) / NANO
+    if value == 0 or abs(value) >= 1:
+        return f"${value.quantize(Decimal('0.01'), ROUND_HALF_UP):,}"
+    return f"${value.quantize(Decimal('0.0001'), ROUND_HALF_UP)}"
+
+
+def format_amount(unit: str, amount: int) -> str:
+    return format_usd(amount) if unit == "usd" else f"{amount:,} tokens"
+
+
+def _scope_text(window: BudgetWindow) -> str:
+    budget = window.budget
+    if budget.scope == Scope.FEATURE:
+        text = f"Feature {budget.feature.key}" if budget.feature_id else "Feature"
+    elif budget.scope == Scope.RUN:
+        text = f"Run {window.run_id}" + (f" of feature {budget.feature.key}" if budget.feature_id else "")
+    else:
+        text = "Whole tenant"
+    if budget.model_families:
+        text += f" ({', '.join(budget.model_families)} models)"
+    return text
+
+
+def _window_text(window: BudgetWindow) -> str:
+    if window.end is None:
+        return "Whole run" if window.budget.scope == Scope.RUN else "All time"
+    tz = window.budget.tenant.tz
+    start = window.start.astimezone(tz)
+    last_day = (window.end - timedelta(microseconds=1)).astimezone(tz)
+    if window.budget.period == Period.DAY:
+        return f"{start:%a %d %b %Y}"
+    return f"{start:%d %b} – {last_day:%d %b %Y} ({window.budget.period})"
+
+
+def _reach_text(window: BudgetWindow, when: datetime) -> str:
+    return f"{when.astimezone(window.budget.tenant.tz):%a %d %b %Y, %H:%M} ({window.budget.tenant.timezone})"
+
+
+def _facts(window: BudgetWindow, *, now: datetime, projections: list[Projection] | None = None) -> dict:
+    measures = window_measures(window)
+    if projections is None:
+        projections = window_projections(window, now=now)
+    percents = [f"{m.percent}%" + (" of tokens" if m.unit == "tokens" and len(measures) > 1 else "") for m in measures if m.percent is not None]
+    reaches = [p.reaches_limit_at for p in projections if p.reaches_limit_at is not None]
+    return {
+        "budget": window.budget.name,
+        "scope": _scope_text(window),
+        "window": _window_text(window),
+        "spent": "; ".join(f"{format_amount(m.unit, m.spent)} / {format_amount(m.unit, m.limit)}" for m in measures),
+        "percent": ", ".join(percents),
+        "forecast": "; ".join(
+            f"{format_amount(p.unit, p.projected)}" + (" (over the limit)" if p.over else "") for p in projections
+        ),
+        "reaches_limit_at": _reach_text(window, min(reaches)) if reaches else "",
+    }
+
+
+def _data(window: BudgetWindow, facts: dict, **extra) -> dict:
+    budget = window.budget
+    return {
+        "budget_id": budget.pk.hex,
+        "window_id": window.pk,
+        "window_start": window.start.isoformat(),
+        "window_end": window.end.isoformat() if window.end else None,
+        "run_id": window.run_id or None,
+        "spent_nano": window.spent_nano,
+        "limit_nano": budget.limit_nano,
+        "spent_tokens": window.spent_tokens,
+        "limit_tokens": budget.limit_tokens,
+        "facts": facts,
+        **extra,
+    }
+
+
+def _raise(window: BudgetWindow, *, kind: str, key: str, title: str, body: str, data: dict, threshold=None):
+    from governance.notify.services import alert_record
+
+    return alert_record(
+        tenant=window.budget.tenant,
+        kind=kind,
+        dedup_key=key,
+        title=title,
+        body=body,
+        data=data,
+        budget=window.budget,
+        window=window,
+        threshold=threshold,
+    )
+
+
+def _raise_threshold(window: BudgetWindow, percent: int, *, now: datetime):
+    budget = window.budget
+    facts = _facts(window, now=now)
+    if percent >= 100:
+        title = f"{budget.name} has reached {percent}% of its limit"
+    else:
+        title = f"{budget.name} has used {percent}% of its limit"
+    crossed = [m for m in window_measures(window) if m.crossed(percent)]
+    body = "; ".join(
+        f"{format_amount(m.unit, m.spent)} of {format_amount(m.unit, m.limit)} spent ({m.percent}%)" for m in crossed
+    ) + f" — {facts['window']}."
+    if percent >= 100 and budget.enforcement == "block":
+        body += " Calls that do not fit are now denied."
+    return _raise(
+        window, kind="threshold", key=threshold_key(window, percent), title=title, body=body,
+        data=_data(window, facts, threshold=percent), threshold=percent,
+    )
+
+
+def _raise_forecast(window: BudgetWindow, projections: list[Projection], *, now: datetime):
+    budget = window.budget
+    facts = _facts(window, now=now, projections=projections)
+    over = [p for p in projections if p.over]
+    title = f"{budget.name} is on course to exceed its limit"
+    body = "; ".join(
+        f"At the current burn rate this window ends at {format_amount(p.unit, p.projected)} "
+        f"against a limit of {format_amount(p.unit, p.limit)}" for p in over
+    )
+    if facts["reaches_limit_at"]:
+        body += f"; the limit is reached around {facts['reaches_limit_at']}"
+    body += "."
+    extra = {
+        "projected_nano": next((p.projected for p in projections if p.unit == "usd"), None),
+        "projected_tokens": next((p.projected for p in projections if p.unit == "tokens"), None),
+        "reaches_limit_at": min(p.reaches_limit_at for p in over if p.reaches_limit_at).isoformat(),
+    }
+    return _raise(window, kind="forecast", key=forecast_key(window), title=title, body=body, data=_data(window, facts, **extra))
+
+
+def _raise_exhausted(window: BudgetWindow, *, now: datetime):
+    budget = window.budget
+    facts = _facts(window, now=now)
+    title = f"{budget.name} is exhausted: calls are being denied"
+    until = "until the window ends" if window.end else "until its limit is raised"
+    body = (
+        f"A call was refused because it did not fit in what is left of this budget "
+        f"({facts['spent']} spent, plus live holds). Calls that do not fit are denied {until}."
+    )
+    return _raise(window, kind="exhausted", key=exhausted_key(window), title=title, body=body, data=_data(window, facts))
