@@ -1,0 +1,459 @@
+"""The lever board's numbers, checked against values computed by hand from PRICING.md."""
+
+from __future__ import annotations
+
+from datetime import UTC, date, datetime
+
+import pytest
+import time_machine
+
+from budgets.models import Budget, BudgetWindow, Period, Scope
+from tests.factories import FeatureFactory
+from usage.levers import histogram_percentile, lever_board, one_tier_down
+from usage.models import HISTOGRAM_SIZE, NANO, UsageRollup, histogram_bucket
+from usage.pricing import model_family
+
+DAY = date(2026, 11, 2)
+RANGE = {"start": date(2026, 11, 1), "end": date(2026, 11, 30)}
+
+
+def usd(text: str) -> int:
+    """'0.0105' -> nano-USD, so expectations read like the hand computation."""
+    from decimal import Decimal
+
+    return int(Decimal(text) * NANO)
+
+
+def rollup(feature, model, *, tier="standard", day=DAY, **sums) -> UsageRollup:
+    return UsageRollup.objects.create(
+        tenant=feature.tenant,
+        feature=feature,
+        model=model,
+        family=model_family(model),
+        service_tier=tier,
+        day=day,
+        **sums,
+    )
+
+
+def histogram(**counts_by_ms: int) -> list[int]:
+    counts = [0] * HISTOGRAM_SIZE
+    for ms, count in counts_by_ms.items():
+        counts[histogram_bucket(int(ms.lstrip("_")))] += count
+    return counts
+
+
+def board_feature(board, key):
+    [row] = [f for f in board["features"] if f["key"] == key]
+    return row
+
+
+# --- model selection ------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("model", "lower"),
+    [
+        ("claude-opus-4-5-20251101", "claude-sonnet-4-5-20250929"),  # same generation
+        ("claude-opus-4-5", "claude-sonnet-4-5-20250929"),  # alias
+        ("claude-opus-4-6", "claude-sonnet-4-6"),
+        ("claude-opus-4-20250514", "claude-sonnet-4-20250514"),
+        ("claude-opus-5", "claude-sonnet-5"),
+        ("claude-opus-4-7", "claude-sonnet-5"),  # no Sonnet 4.7: the newest Sonnet
+        ("claude-opus-4-1-20250805", "claude-sonnet-5"),
+        ("claude-sonnet-4-5-20250929", "claude-haiku-4-5-20251001"),
+        ("claude-sonnet-5", "claude-haiku-4-5-20251001"),  # newest Haiku, not a retired one
+        ("claude-sonnet-4-20250514", "claude-haiku-4-5-20251001"),
+        ("claude-haiku-4-5-20251001", None),
+        ("claude-3-haiku-20240307", None),
+        ("not-a-model", None),
+    ],
+)
+def test_one_tier_down_follows_the_pricing_rule(db, model, lower):
+    found = one_tier_down(model)
+    assert (found.model if found else None) == lower
+
+
+def test_model_selection_prices_the_same_usage_one_tier_down(tenant):
+    # Given a feature using Opus 4.1, Sonnet 4.5 (batch) and Haiku 4.5
+    feature = FeatureFactory(tenant=tenant, key="assistant")
+    # Opus 4.1: 100,000 × $15 + 20,000 × $75 = $3.00; Sonnet 5: 100,000 × $2 + 20,000 × $10 = $0.40
+    rollup(feature, "claude-opus-4-1-20250805", calls=10, input_tokens=100_000, output_tokens=20_000,
+           cost_nano=usd("3.00"))
+    # Sonnet 4.5 batch: (10,000 × $3 + 2,000 × $15) × 0.5 = $0.03; Haiku 4.5 batch: (10,000 + 10,000) × $1/M × 0.5 = $0.01
+    rollup(feature, "claude-sonnet-4-5-20250929", tier="batch", calls=4, input_tokens=10_000,
+           output_tokens=2_000, cost_nano=usd("0.03"))
+    rollup(feature, "claude-sonnet-4-5-20250929", tier="batch", day=date(2026, 11, 3), calls=1,
+           output_tokens=0, cost_nano=0)
+    # Haiku 4.5 has nothing below it: 1,000 × $1 + 100 × $5 = $0.0015
+    rollup(feature, "claude-haiku-4-5-20251001", calls=6, input_tokens=1_000, output_tokens=100,
+           cost_nano=usd("0.0015"))
+
+    # When the board is read
+    row = board_feature(lever_board(tenant=tenant, **RANGE), "assistant")
+
+    # Then spend, calls and the one-tier-down costs are as computed by hand
+    lever = row["levers"]["model_selection"]
+    assert row["spend_nano"] == usd("3.0315")
+    assert row["calls"] == 21
+    assert [(f["family"], f["calls"], f["spend_usd"]) for f in lever["by_family"]] == [
+        ("opus", 10, "3.000000"),
+        ("sonnet", 5, "0.030000"),
+        ("haiku", 6, "0.001500"),
+    ]
+    by_model = {m["model"]: m for m in lever["by_model"]}
+    opus = by_model["claude-opus-4-1-20250805"]
+    assert opus["one_tier_down_model"] == "claude-sonnet-5"
+    assert opus["one_tier_down_cost_usd"] == "0.400000"
+    assert opus["potential_saving_usd"] == "2.600000"
+    sonnet = by_model["claude-sonnet-4-5-20250929"]
+    assert sonnet["one_tier_down_model"] == "claude-haiku-4-5-20251001"
+    assert sonnet["one_tier_down_cost_nano"] == usd("0.01")
+    assert sonnet["potential_saving_nano"] == usd("0.02")
+    haiku = by_model["claude-haiku-4-5-20251001"]
+    assert haiku["one_tier_down_model"] is None
+    assert haiku["potential_saving_nano"] == 0
+    assert lever["one_tier_down_cost_usd"] == "0.411500"
+    assert lever["potential_saving_usd"] == "2.620000"
+    assert lever["potential_note"] == "potential, if the smaller model passes your evals"
+    assert "Claude Sonnet 5" in lever["recommendation"]
+    assert "if the smaller model passes your evals" in lever["recommendation"]
+
+
+def test_one_tier_down_uses_base_rates_not_the_long_context_rule(tenant):
+    # Given a million input tokens on Opus 4.5 summed over many calls ($5.00)
+    feature = FeatureFactory(tenant=tenant, key="long")
+    rollup(feature, "claude-opus-4-5-20251101", calls=100, input_tokens=1_000_000, cost_nano=usd("5"))
+
+    # Then Sonnet 4.5 is priced at $3/M, not its $6/M long-context price (which is per request)
+    lever = board_feature(lever_board(tenant=tenant, **RANGE), "long")["levers"]["model_selection"]
+    assert lever["one_tier_down_cost_usd"] == "3.000000"
+    assert lever["potential_saving_usd"] == "2.000000"
+
+
+# --- prompt caching -------------------------------------------------------------------
+
+
+def test_cache_share_savings_and_unread_writes(tenant):
+    # Given Haiku 4.5 usage with good caching on one day and writes never read on the next
+    feature = FeatureFactory(tenant=tenant, key="rag")
+    rollup(feature, "claude-haiku-4-5-20251001", calls=10, input_tokens=10_000,
+           cache_write_5m_tokens=4_000, cache_read_tokens=20_000, cost_nano=1)
+    rollup(feature, "claude-haiku-4-5-20251001", day=date(2026, 11, 3), calls=2,
+           cache_write_1h_tokens=3_000, cache_read_tokens=1_000, cost_nano=1)
+
+    lever = board_feature(lever_board(tenant=tenant, **RANGE), "rag")["levers"]["prompt_caching"]
+
+    # Then 21,000 of 38,000 input tokens came from cache
+    assert lever["total_input_tokens"] == 38_000
+    assert lever["cache_read_share"] == round(21_000 / 38_000, 4)
+    # Saved vs uncached: reads 21,000 × ($1 − $0.10) − 5m writes 4,000 × ($1.25 − $1)
+    # − 1h writes 3,000 × ($2 − $1) = 18,900 − 1,000 − 3,000 = $0.0149
+    assert lever["saved_by_caching_usd"] == "0.014900"
+    # Day two wrote 3,000 (1 h) and read 1,000: 2,000 tokens never read back, 2,000 × $2 = $0.004
+    assert lever["unread_write_tokens"] == 2_000
+    assert lever["unread_writes_usd"] == "0.004000"
+    # Not writing them would have saved the premium over plain input: 2,000 × ($2 − $1) = $0.002
+    assert lever["potential_saving_usd"] == "0.002000"
+    assert lever["large_input_little_caching"] is False
+    assert "never read back" in lever["recommendation"]
+
+
+def test_unread_writes_split_between_5m_and_1h_in_proportion(tenant):
+    # Given one day writing 3,000 (5 m) and 1,000 (1 h) on Sonnet 4.5 and reading 2,000
+    feature = FeatureFactory(tenant=tenant, key="split")
+    rollup(feature, "claude-sonnet-4-5-20250929", calls=1, cache_write_5m_tokens=3_000,
+           cache_write_1h_tokens=1_000, cache_read_tokens=2_000, cost_nano=1)
+
+    lever = board_feature(lever_board(tenant=tenant, **RANGE), "split")["levers"]["prompt_caching"]
+
+    # Then 2,000 unread tokens split 1,500 (5 m) / 500 (1 h): 1,500 × $3.75 + 500 × $6 = $0.008625
+    assert lever["unread_write_tokens"] == 2_000
+    assert lever["unread_writes_usd"] == "0.008625"
+    # Premium over input: 1,500 × $0.75 + 500 × $3 = $0.002625
+    assert lever["potential_saving_usd"] == "0.002625"
+
+
+def test_large_uncached_input_is_flagged_with_its_potential(tenant):
+    # Given 10 Sonnet 4.5 calls averaging 5,000 uncached input tokens, nothing cached
+    feature = FeatureFactory(tenant=tenant, key="docs")
+    rollup(feature, "claude-sonnet-4-5-20250929", calls=10, input_tokens=50_000, cost_nano=usd("0.15"))
+
+    lever = board_feature(lever_board(tenant=tenant, **RANGE), "docs")["levers"]["prompt_caching"]
+
+    assert lever["average_input_tokens_per_call"] == 5_000
+    assert lever["cache_read_share"] == 0
+    assert lever["large_input_little_caching"] is True
+    # Half of 50,000 tokens read from cache at $0.30 instead of $3: 25,000 × $2.70 = $0.0675
+    assert lever["potential_saving_usd"] == "0.067500"
+    assert "cache_control" in lever["recommendation"]
+
+
+def test_batch_tier_caching_savings_are_halved(tenant):
+    feature = FeatureFactory(tenant=tenant, key="batched")
+    rollup(feature, "claude-haiku-4-5-20251001", tier="batch", calls=1, cache_read_tokens=10_000,
+           cost_nano=1)
+    lever = board_feature(lever_board(tenant=tenant, **RANGE), "batched")["levers"]["prompt_caching"]
+    # 10,000 × ($1 − $0.10) × 0.5 = $0.0045
+    assert lever["saved_by_caching_usd"] == "0.004500"
+
+
+# --- batch ----------------------------------------------------------------------------
+
+
+def test_latency_tolerant_standard_spend_and_batch_potential(tenant):
+    # Given a feature that is not interactive, mostly on the standard tier
+    feature = FeatureFactory(tenant=tenant, key="nightly", interactive=False)
+    # 100,000 × $3 + 10,000 × $15 = $0.45 of tokens, plus 3 web searches × $0.01
+    rollup(feature, "claude-sonnet-4-5-20250929", calls=5, input_tokens=100_000, output_tokens=10_000,
+           web_search_requests=3, cost_nano=usd("0.48"))
+    rollup(feature, "claude-sonnet-4-5-20250929", tier="batch", calls=5, input_tokens=66_667,
+           cost_nano=usd("0.10"))
+
+    lever = board_feature(lever_board(tenant=tenant, **RANGE), "nightly")["levers"]["batch"]
+
+    assert lever["latency_tolerant"] is True
+    assert lever["batch_spend_usd"] == "0.100000"
+    assert lever["standard_spend_usd"] == "0.480000"
+    assert lever["movable_spend_usd"] == "0.480000"
+    assert lever["batch_share"] == round(0.10 / 0.58, 4)
+    # Batch halves token prices, not web search: $0.45 × 0.5 = $0.225
+    assert lever["potential_saving_usd"] == "0.225000"
+    assert "Message Batches" in lever["recommendation"]
+
+
+def test_interactive_features_have_no_batch_potential(tenant, feature):
+    rollup(feature, "claude-sonnet-4-5-20250929", calls=5, input_tokens=100_000, cost_nano=usd("0.3"))
+    lever = board_feature(lever_board(tenant=tenant, **RANGE), feature.key)["levers"]["batch"]
+    assert lever["standard_spend_usd"] == "0.300000"
+    assert lever["movable_spend_nano"] == 0
+    assert lever["potential_saving_nano"] == 0
+    assert lever["recommendation"] is None
+
+
+# --- max_tokens -----------------------------------------------------------------------
+
+
+def test_truncation_rate_cap_utilisation_and_missing_cap(tenant):
+    # Given 200 calls, 10 of which stopped at max_tokens; 180 carried max_tokens=1000
+    feature = FeatureFactory(tenant=tenant, key="extract", max_tokens_cap=None)
+    rollup(feature, "claude-haiku-4-5-20251001", calls=150, truncations=6, max_tokens_sum=130_000,
+           max_tokens_calls=130, output_tokens_capped=30_000, output_tokens=35_000, cost_nano=usd("0.75"))
+    rollup(feature, "claude-haiku-4-5-20251001", day=date(2026, 11, 4), calls=50, truncations=4,
+           max_tokens_sum=50_000, max_tokens_calls=50, output_tokens_capped=15_000,
+           output_tokens=15_000, cost_nano=usd("0.25"))
+
+    lever = board_feature(lever_board(tenant=tenant, **RANGE), "extract")["levers"]["max_tokens"]
+
+    assert lever["truncations"] == 10
+    assert lever["truncation_rate"] == 0.05
+    # 45,000 output tokens of 180,000 max_tokens held
+    assert lever["cap_utilisation"] == 0.25
+    assert lever["calls_without_max_tokens"] == 20
+    assert lever["has_cap"] is False
+    # 5% of the $1.00 spent went to cut-off answers
+    assert lever["truncated_spend_usd"] == "0.050000"
+    assert lever["potential_saving_usd"] == "0.050000"
+    assert "5.0% of calls stopped at max_tokens" in lever["recommendation"]
+    assert "No max_tokens cap" in lever["recommendation"]
+
+
+def test_low_cap_utilisation_suggests_lowering_max_tokens(tenant):
+    feature = FeatureFactory(tenant=tenant, key="short", max_tokens_cap=4096)
+    rollup(feature, "claude-haiku-4-5-20251001", calls=10, max_tokens_sum=40_000, max_tokens_calls=10,
+           output_tokens_capped=2_000, output_tokens=2_000, cost_nano=usd("0.01"))
+    lever = board_feature(lever_board(tenant=tenant, **RANGE), "short")["levers"]["max_tokens"]
+    assert lever["cap_utilisation"] == 0.05
+    assert lever["truncation_rate"] == 0
+    assert lever["potential_saving_nano"] == 0
+    assert "lower max_tokens" in lever["recommendation"]
+
+
+# --- streaming and latency ------------------------------------------------------------
+
+
+def test_latency_percentiles_come_from_the_merged_histograms(tenant):
+    # Given an interactive feature's histograms over two days
+    feature = FeatureFactory(tenant=tenant, key="chat", interactive=True, max_tokens_cap=1024)
+    rollup(feature, "claude-haiku-4-5-20251001", calls=4, streamed_calls=4,
+           latency_histogram=histogram(_250=3), ttft_histogram=histogram(_80=4),
+           latency_sum_ms=900, latency_count=3, ttft_sum_ms=320, ttft_count=4, cost_nano=1)
+    rollup(feature, "claude-haiku-4-5-20251001", day=date(2026, 11, 3), calls=6, streamed_calls=2,
+           latency_histogram=histogram(_260=2, _4000=4, _90000=1), ttft_histogram=histogram(_80=2, _700=4),
+           latency_sum_ms=106_520, latency_count=7, ttft_sum_ms=2_960, ttft_count=6, cost_nano=1)
+    # and one day whose histograms were never filled (an empty list is all zeros)
+    rollup(feature, "claude-haiku-4-5-20251001", day=date(2026, 11, 4), calls=0, cost_nano=0)
+
+    lever = board_feature(lever_board(tenant=tenant, **RANGE), "chat")["levers"]["latency"]
+
+    # Latency samples: 5 × ≤300 ms, 4 × ≤5 s, 1 × over 60 s: the 5th is the median, the 10th the p95
+    assert lever["latency_p50_ms"] == 300
+    assert lever["latency_p95_ms"] == 60_000
+    # ttft samples: 6 × ≤100 ms, 4 × ≤750 ms
+    assert lever["ttft_p50_ms"] == 100
+    assert lever["ttft_p95_ms"] == 750
+    assert lever["streamed_share"] == 0.6
+    assert lever["latency_avg_ms"] == 10_742
+    assert lever["ttft_avg_ms"] == 328
+    assert lever["recommendation"] is None  # most calls stream
+
+
+def test_slow_unstreamed_interactive_feature_is_told_to_stream(tenant):
+    feature = FeatureFactory(tenant=tenant, key="slow", interactive=True, max_tokens_cap=1024)
+    rollup(feature, "claude-haiku-4-5-20251001", calls=10, streamed_calls=1,
+           latency_histogram=histogram(_2800=10), ttft_histogram=histogram(_400=1), cost_nano=1)
+    lever = board_feature(lever_board(tenant=tenant, **RANGE), "slow")["levers"]["latency"]
+    assert lever["latency_p50_ms"] == 3_000
+    assert lever["streamed_share"] == 0.1
+    assert "stream responses" in lever["recommendation"]
+
+
+def test_latency_percentiles_are_only_for_interactive_features(tenant):
+    feature = FeatureFactory(tenant=tenant, key="offline", interactive=False)
+    rollup(feature, "claude-haiku-4-5-20251001", calls=10, latency_histogram=histogram(_2800=10),
+           cost_nano=1)
+    lever = board_feature(lever_board(tenant=tenant, **RANGE), "offline")["levers"]["latency"]
+    assert lever["latency_p50_ms"] is None
+    assert lever["recommendation"] is None
+
+
+@pytest.mark.parametrize(
+    ("counts", "fraction", "expected"),
+    [
+        ([], 0.5, None),
+        ([0] * HISTOGRAM_SIZE, 0.5, None),
+        ([1] + [0] * (HISTOGRAM_SIZE - 1), 0.95, 100),
+        ([1, 1] + [0] * (HISTOGRAM_SIZE - 2), 0.5, 100),
+        ([1, 1] + [0] * (HISTOGRAM_SIZE - 2), 0.95, 200),
+        ([0] * (HISTOGRAM_SIZE - 1) + [3], 0.5, 60_000),
+    ],
+)
+def test_histogram_percentile(counts, fraction, expected):
+    assert histogram_percentile(counts, fraction) == expected
+
+
+# --- budget ---------------------------------------------------------------------------
+
+
+@time_machine.travel(datetime(2026, 11, 16, tzinfo=UTC), tick=False)
+def test_budget_spend_and_forecast_for_the_period(tenant):
+    # Given a $10 monthly budget on a feature that spent $6 in the first 15 of 30 days
+    feature = FeatureFactory(tenant=tenant, key="support")
+    budget = Budget.objects.create(tenant=tenant, name="Support monthly", scope=Scope.FEATURE,
+                                   feature=feature, period=Period.MONTH, limit_nano=usd("10"))
+    BudgetWindow.objects.create(budget=budget, start=datetime(2026, 11, 1, tzinfo=UTC),
+                                end=datetime(2026, 12, 1, tzinfo=UTC), spent_nano=usd("6"))
+    Budget.objects.create(tenant=tenant, name="Everything", scope=Scope.TENANT, period=Period.DAY,
+                          limit_nano=usd("100"))
+    rollup(feature, "claude-haiku-4-5-20251001", calls=1, cost_nano=usd("6"))
+
+    board = lever_board(tenant=tenant, **RANGE)
+    lever = board_feature(board, "support")["levers"]["budget"]
+
+    # Then the window's spend is on pace for $12 against $10
+    [status] = lever["budgets"]
+    assert status["name"] == "Support monthly"
+    assert status["limit_usd"] == "10.000000"
+    assert status["spent_usd"] == "6.000000"
+    assert status["spent_share"] == 0.6
+    assert status["forecast_usd"] == "12.000000"
+    assert status["forecast_over_limit"] is True
+    assert status["window_start"] == "2026-11-01T00:00:00Z"
+    assert "$12.00" in lever["recommendation"] and "$10.00" in lever["recommendation"]
+    # and the tenant-wide budget is shown once, on the board, with no spend today
+    [tenant_status] = board["budgets"]
+    assert tenant_status["name"] == "Everything"
+    assert tenant_status["spent_usd"] == "0.000000"
+    assert tenant_status["forecast_over_limit"] is False
+
+
+# --- the board as a whole -------------------------------------------------------------
+
+
+def demo_like_usage(tenant):
+    """Five features, each with one lever standing out (like the demo tenant)."""
+    # Interactive Opus 4.1 assistant: one tier down (Sonnet 5) saves 87%.
+    assistant = FeatureFactory(tenant=tenant, key="assistant", max_tokens_cap=2048)
+    rollup(assistant, "claude-opus-4-1-20250805", calls=100, input_tokens=50_000, output_tokens=20_000,
+           streamed_calls=100, cost_nano=usd("2.25"))
+    # Nightly report on Opus 4.6, standard tier: batch (50%) beats Sonnet 4.6 (40%).
+    nightly = FeatureFactory(tenant=tenant, key="nightly-report", interactive=False, max_tokens_cap=4096)
+    rollup(nightly, "claude-opus-4-6", calls=30, input_tokens=30_000, output_tokens=30_000,
+           cost_nano=usd("0.9"))
+    # Document Q&A on Haiku with 20,000-token prompts and no caching.
+    doc_qa = FeatureFactory(tenant=tenant, key="doc-qa", max_tokens_cap=1024)
+    rollup(doc_qa, "claude-haiku-4-5-20251001", calls=100, input_tokens=2_000_000, output_tokens=20_000,
+           streamed_calls=100, cost_nano=usd("2.1"))
+    # Extraction on Haiku cutting off 20% of answers.
+    extract = FeatureFactory(tenant=tenant, key="extract", max_tokens_cap=256)
+    rollup(extract, "claude-haiku-4-5-20251001", calls=100, input_tokens=50_000, output_tokens=25_600,
+           truncations=20, max_tokens_sum=25_600, max_tokens_calls=100, output_tokens_capped=25_600,
+           streamed_calls=100, cost_nano=usd("0.178"))
+    # A chat on Haiku that does not stream and takes ~3 s per answer.
+    chat = FeatureFactory(tenant=tenant, key="chat", max_tokens_cap=512)
+    rollup(chat, "claude-haiku-4-5-20251001", calls=100, input_tokens=50_000, output_tokens=20_000,
+           max_tokens_sum=51_200, max_tokens_calls=100, output_tokens_capped=20_000,
+           latency_histogram=histogram(_2800=100), cost_nano=usd("0.15"))
+
+
+def test_each_feature_gets_its_own_top_recommendation_ranked_by_saving(tenant):
+    demo_like_usage(tenant)
+
+    board = lever_board(tenant=tenant, **RANGE)
+
+    top = {f["key"]: f["recommendation"]["lever"] for f in board["features"]}
+    assert top == {
+        "assistant": "model_selection",
+        "nightly-report": "batch",
+        "doc-qa": "prompt_caching",
+        "extract": "max_tokens",
+        "chat": "latency",
+    }
+    # Features are ranked by their best lever's saving
+    savings = [f["potential_saving_nano"] for f in board["features"]]
+    assert savings == sorted(savings, reverse=True)
+    assert [f["key"] for f in board["features"]][:2] == ["assistant", "doc-qa"]
+    # Opus 4.1 $2.25 vs Sonnet 5: 50,000 × $2 + 20,000 × $10 = $0.30
+    assert board_feature(board, "assistant")["potential_saving_usd"] == "1.950000"
+    # Each feature's own list is ranked too
+    for row in board["features"]:
+        nanos = [r["potential_saving_nano"] for r in row["recommendations"]]
+        assert nanos == sorted(nanos, reverse=True)
+        assert row["recommendation"]["text"]
+    assert board["totals"]["spend_usd"] == "5.578000"
+    assert board["totals"]["potential_saving_nano"] == sum(savings)
+
+
+def test_one_feature_only_and_a_feature_without_usage(tenant):
+    demo_like_usage(tenant)
+    idle = FeatureFactory(tenant=tenant, key="idle", max_tokens_cap=100)
+
+    board = lever_board(tenant=tenant, feature=idle, **RANGE)
+
+    assert board["feature"] == "idle"
+    [row] = board["features"]
+    assert row["key"] == "idle"
+    assert row["spend_usd"] == "0.000000"
+    assert row["recommendation"] is None
+    assert lever_board(tenant=tenant, **RANGE)["totals"]["calls"] == 430
+
+
+def test_only_the_date_range_counts(tenant):
+    feature = FeatureFactory(tenant=tenant, key="ranged")
+    rollup(feature, "claude-haiku-4-5-20251001", day=date(2026, 10, 31), calls=1, cost_nano=usd("1"))
+    rollup(feature, "claude-haiku-4-5-20251001", day=date(2026, 11, 1), calls=2, cost_nano=usd("2"))
+    rollup(feature, "claude-haiku-4-5-20251001", day=date(2026, 11, 30), calls=4, cost_nano=usd("4"))
+    rollup(feature, "claude-haiku-4-5-20251001", day=date(2026, 12, 1), calls=8, cost_nano=usd("8"))
+    board = lever_board(tenant=tenant, **RANGE)
+    assert board["totals"]["calls"] == 6
+    assert board["totals"]["spend_usd"] == "6.000000"
+
+
+def test_another_tenants_usage_never_shows(tenant, other_tenant):
+    theirs = FeatureFactory(tenant=other_tenant, key="support-bot")
+    rollup(theirs, "claude-opus-4-1-20250805", calls=5, input_tokens=1000, cost_nano=usd("1"))
+    board = lever_board(tenant=tenant, **RANGE)
+    assert board["features"] == []
+    assert board["totals"]["spend_nano"] == 0
+    with pytest.raises(ValueError):
+        lever_board(tenant=tenant, feature=theirs, **RANGE)
