@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+import socket
+from datetime import timedelta
+
 import pytest
 from django.core import mail
+from django.utils import timezone
 
 from governance.audit import Actor
 from governance.notify import services
-from governance.notify.models import Alert, Notification, NotificationStatus
+from governance.notify.models import Alert, AlertChannel, Notification, NotificationStatus
 
 SLACK_PATH = "/services/T000/B000/secret-token-abcd"
 
@@ -16,6 +20,14 @@ SLACK_PATH = "/services/T000/B000/secret-token-abcd"
 def slack_allowed(settings, httpserver):
     settings.NOTIFY_SLACK_WEBHOOK_PREFIXES = [httpserver.url_for("/")]
     return httpserver
+
+
+@pytest.fixture
+def celery_disabled(monkeypatch):
+    """Stop enqueued tasks from running, as if no worker were listening."""
+    from governance.notify import tasks
+
+    monkeypatch.setattr(tasks, "_enqueue", lambda task, args, countdown=None: True)
 
 
 @pytest.fixture
@@ -101,3 +113,229 @@ def test_slack_gets_a_block_kit_message(tenant, slack_channel, httpserver, djang
     button = next(b for b in payload["blocks"] if b["type"] == "actions")["elements"][0]
     assert button["url"] == "http://127.0.0.1:8000/t/acme/"
     assert Notification.objects.get().status == NotificationStatus.SENT
+
+
+def test_slack_500_twice_then_200_delivers_once_after_three_attempts(
+    tenant, slack_channel, httpserver, django_capture_on_commit_callbacks
+):
+    # Given a Slack webhook that fails twice with 500 and then accepts
+    for status in (500, 500, 200):
+        httpserver.expect_ordered_request(SLACK_PATH, method="POST").respond_with_data(
+            "ok" if status == 200 else "internal_error", status=status
+        )
+
+    # When an alert is raised (retries run at once: tasks are eager in tests)
+    with django_capture_on_commit_callbacks(execute=True):
+        raise_drift(tenant)
+
+    # Then Slack got three requests, the delivery is sent once, with three attempts recorded
+    httpserver.check_assertions()
+    assert len(httpserver.log) == 3
+    notification = Notification.objects.get()
+    assert notification.status == NotificationStatus.SENT
+    assert notification.attempts == 3
+    assert notification.error == ""
+    slack_channel.refresh_from_db()
+    assert slack_channel.failing is False
+    assert slack_channel.last_error == ""
+
+
+def test_slack_404_marks_the_channel_failing_without_retrying(
+    tenant, slack_channel, httpserver, django_capture_on_commit_callbacks
+):
+    # Given a deleted Slack webhook
+    httpserver.expect_request(SLACK_PATH, method="POST").respond_with_data("no_service", status=404)
+
+    # When an alert is raised and the sweep runs afterwards
+    with django_capture_on_commit_callbacks(execute=True):
+        raise_drift(tenant)
+    from governance.notify.tasks import deliver_pending
+
+    deliver_pending.delay()
+
+    # Then Slack was asked once, the delivery failed and the channel says why
+    assert len(httpserver.log) == 1
+    notification = Notification.objects.get()
+    assert notification.status == NotificationStatus.FAILED
+    assert notification.attempts == 1
+    assert notification.error == "Slack answered 404: no_service"
+    slack_channel.refresh_from_db()
+    assert slack_channel.failing is True
+    assert slack_channel.last_error == "Slack answered 404: no_service"
+    assert slack_channel.last_error_at is not None
+
+
+def test_slack_invalid_token_is_permanent(tenant, slack_channel, httpserver, django_capture_on_commit_callbacks):
+    httpserver.expect_request(SLACK_PATH, method="POST").respond_with_data("invalid_token", status=403)
+    with django_capture_on_commit_callbacks(execute=True):
+        raise_drift(tenant)
+    assert len(httpserver.log) == 1
+    assert Notification.objects.get().status == NotificationStatus.FAILED
+    slack_channel.refresh_from_db()
+    assert slack_channel.failing is True
+
+
+def test_transient_failures_give_up_after_max_attempts(
+    tenant, slack_channel, httpserver, django_capture_on_commit_callbacks
+):
+    httpserver.expect_request(SLACK_PATH, method="POST").respond_with_data("busy", status=503)
+    with django_capture_on_commit_callbacks(execute=True):
+        raise_drift(tenant)
+    notification = Notification.objects.get()
+    assert len(httpserver.log) == services.MAX_ATTEMPTS
+    assert notification.attempts == services.MAX_ATTEMPTS
+    assert notification.status == NotificationStatus.FAILED
+    assert notification.error.startswith(f"Gave up after {services.MAX_ATTEMPTS} attempts: Slack answered 503")
+    slack_channel.refresh_from_db()
+    assert slack_channel.failing is True
+
+
+def test_unreachable_slack_is_retried_later(tenant, settings, django_capture_on_commit_callbacks, celery_disabled):
+    # Given a channel whose host refuses connections, and no worker to run retries
+    settings.NOTIFY_SLACK_WEBHOOK_PREFIXES = ["http://127.0.0.1:"]
+    services.channel_create(
+        tenant=tenant, actor=Actor.system(), name="#spend", kind="slack",
+        slack_webhook_url="http://127.0.0.1:9/services/T/B/x",
+    )
+    with django_capture_on_commit_callbacks(execute=True):
+        raise_drift(tenant)
+    notification = Notification.objects.get()
+
+    # When one delivery attempt runs
+    outcome = services.notification_deliver(notification_id=notification.pk)
+
+    # Then it is pending again with a backoff, and says why
+    notification.refresh_from_db()
+    assert outcome.status == "retry"
+    assert outcome.retry_in == services.BACKOFF_BASE_SECONDS
+    assert notification.status == NotificationStatus.PENDING
+    assert notification.attempts == 1
+    assert notification.error.startswith("Could not reach Slack")
+    assert "/services/T/B/x" not in notification.error
+
+
+def test_a_claimed_delivery_is_not_sent_twice(tenant, email_channel, django_capture_on_commit_callbacks, celery_disabled):
+    # Given a pending delivery
+    with django_capture_on_commit_callbacks(execute=True):
+        raise_drift(tenant)
+    notification = Notification.objects.get()
+
+    # When two workers race for it: the first claims it, the second finds it taken
+    assert services.notification_claim(notification_id=notification.pk) is True
+    assert services.notification_deliver(notification_id=notification.pk).status == "not_claimed"
+
+    # Then nothing was sent by the second, and a sent delivery is never sent again
+    assert mail.outbox == []
+    Notification.objects.filter(pk=notification.pk).update(status=NotificationStatus.PENDING)
+    assert services.notification_deliver(notification_id=notification.pk).status == "sent"
+    assert services.notification_deliver(notification_id=notification.pk).status == "not_claimed"
+    assert len(mail.outbox) == 1
+
+
+def test_abandoned_claims_are_taken_over_by_the_sweep(tenant, email_channel, django_capture_on_commit_callbacks, celery_disabled):
+    # Given a delivery claimed by a worker that then died
+    with django_capture_on_commit_callbacks(execute=True):
+        raise_drift(tenant)
+    notification = Notification.objects.get()
+    services.notification_claim(notification_id=notification.pk)
+    Notification.objects.filter(pk=notification.pk).update(
+        claimed_until=timezone.now() - timedelta(seconds=1)
+    )
+
+    # When the sweep runs
+    due = services.notifications_due_claim()
+    assert due == [notification.pk]
+    assert services.notification_deliver(notification_id=notification.pk).status == "sent"
+
+    # Then the email went out once
+    assert len(mail.outbox) == 1
+    assert Notification.objects.get().attempts == 2
+
+
+def test_disabled_channel_skips_its_pending_deliveries(tenant, email_channel, django_capture_on_commit_callbacks, celery_disabled):
+    with django_capture_on_commit_callbacks(execute=True):
+        raise_drift(tenant)
+    AlertChannel.objects.filter(pk=email_channel.pk).update(enabled=False)
+    notification = Notification.objects.get()
+    assert services.notification_deliver(notification_id=notification.pk).status == "skipped"
+    assert mail.outbox == []
+    assert Notification.objects.get().status == NotificationStatus.SKIPPED
+
+
+# --- A real SMTP server -----------------------------------------------------------------------
+
+
+class RefusingHandler:
+    """Accept mail for everyone except addresses at nowhere.test (550, like a real server)."""
+
+    def __init__(self):
+        self.messages = []
+
+    async def handle_RCPT(self, server, session, envelope, address, rcpt_options):
+        if address.endswith("@nowhere.test"):
+            return "550 5.1.1 No such user"
+        envelope.rcpt_tos.append(address)
+        return "250 OK"
+
+    async def handle_DATA(self, server, session, envelope):
+        self.messages.append(envelope)
+        return "250 Message accepted"
+
+
+@pytest.fixture
+def smtp_server(settings):
+    from aiosmtpd.controller import Controller
+
+    handler = RefusingHandler()
+    with socket.socket() as probe:  # aiosmtpd cannot take port 0: find a free one
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    controller = Controller(handler, hostname="127.0.0.1", port=port)
+    controller.start()
+    settings.EMAIL_BACKEND = "django.core.mail.backends.smtp.EmailBackend"
+    settings.EMAIL_HOST = "127.0.0.1"
+    settings.EMAIL_PORT = port
+    settings.EMAIL_USE_TLS = False
+    settings.EMAIL_USE_SSL = False
+    settings.EMAIL_HOST_USER = ""
+    settings.EMAIL_HOST_PASSWORD = ""
+    yield handler
+    controller.stop()
+
+
+def test_email_over_real_smtp_is_plain_text_and_html(tenant, email_channel, smtp_server, django_capture_on_commit_callbacks):
+    with django_capture_on_commit_callbacks(execute=True):
+        raise_drift(tenant)
+
+    [envelope] = smtp_server.messages
+    assert sorted(envelope.rcpt_tos) == ["cto@acme.test", "finance@acme.test"]
+    raw = envelope.content.decode()
+    assert "multipart/alternative" in raw
+    assert "text/plain" in raw and "text/html" in raw
+    assert Notification.objects.get().status == NotificationStatus.SENT
+
+
+def test_refused_address_is_permanent(tenant, smtp_server, django_capture_on_commit_callbacks):
+    channel = services.channel_create(
+        tenant=tenant, actor=Actor.system(), name="Gone", kind="email", email_addresses=["ghost@nowhere.test"]
+    )
+    with django_capture_on_commit_callbacks(execute=True):
+        raise_drift(tenant)
+
+    notification = Notification.objects.get()
+    assert notification.status == NotificationStatus.FAILED
+    assert notification.attempts == 1
+    assert "ghost@nowhere.test" in notification.error
+    channel.refresh_from_db()
+    assert channel.failing is True
+    assert smtp_server.messages == []
+
+
+def test_unreachable_smtp_is_transient(tenant, email_channel, settings, django_capture_on_commit_callbacks, celery_disabled):
+    settings.EMAIL_BACKEND = "django.core.mail.backends.smtp.EmailBackend"
+    settings.EMAIL_HOST, settings.EMAIL_PORT = "127.0.0.1", 9
+    with django_capture_on_commit_callbacks(execute=True):
+        raise_drift(tenant)
+    outcome = services.notification_deliver(notification_id=Notification.objects.get().pk)
+    assert outcome.status == "retry"
+    assert Notification.objects.get().error.startswith("Could not reach the mail server")
