@@ -457,7 +457,7 @@ class CommitResult:
 
 def _hold_locked(tenant: Tenant, hold_id) -> Hold:
     hold = (
-        Hold.objects.select_for_update()
+        Hold.objects.select_for_update(of=("self",))
         .filter(tenant=tenant, pk=hold_id)
         .exclude(state=HoldState.DENIED)
         .select_related("feature", "usage_event")

@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 
 from django.core.exceptions import RequestDataTooBig
-from django.db import DatabaseError
+from django.db import InterfaceError, OperationalError
 
 from governance.api.errors import json_error
 
@@ -52,7 +52,7 @@ class ApiErrorMiddleware:
     def process_exception(self, request, exception):
         if not is_api(request):
             return None
-        if isinstance(exception, DatabaseError):
+        if isinstance(exception, (OperationalError, InterfaceError)):
             logger.exception("database error on %s", request.path)
             return json_error(503, "unavailable", "The database is unreachable; retry shortly.",
                               headers={"Retry-After": "5"})

@@ -1,0 +1,137 @@
+"""Racing requests through real HTTP against PostgreSQL: no overspend, no double count."""
+
+from __future__ import annotations
+
+import threading
+from concurrent.futures import ThreadPoolExecutor
+
+import httpx
+import pytest
+from django.db import connection
+from django.db.models import Sum
+
+from budgets.models import BudgetWindow
+from governance.audit import Actor
+from governance.models import KeyRole
+from governance.services import api_key_create
+from tests.factories import BudgetFactory, FeatureFactory, TenantFactory
+from usage.models import UsageEvent, UsageRollup
+
+pytestmark = [pytest.mark.postgres, pytest.mark.django_db(transaction=True)]
+
+HOLD_NANO = 18_000_000  # 1,000 in + 1,000 out on Sonnet 4.5
+ASK = {"feature": "support-bot", "model": "claude-sonnet-4-5", "input_tokens": 1000, "max_tokens": 1000}
+REQUESTS = 200
+CLIENTS = 40  # concurrent connections; PostgreSQL allows 100 in all
+
+
+@pytest.fixture
+def setup(live_server):
+    tenant = TenantFactory(slug="race")
+    feature = FeatureFactory(tenant=tenant, key="support-bot")
+    _, secret = api_key_create(tenant=tenant, actor=Actor.system(), name="svc", role=KeyRole.SERVICE)
+    return tenant, feature, secret, live_server.url
+
+
+class Sampler(threading.Thread):
+    """Watch the windows while requests race, recording the highest spent + reserved seen."""
+
+    def __init__(self):
+        super().__init__(daemon=True)
+        self.stop = threading.Event()
+        self.peaks: dict[int, int] = {}
+
+    def run(self):
+        try:
+            while not self.stop.is_set():
+                for w in BudgetWindow.objects.all():
+                    self.peaks[w.id] = max(self.peaks.get(w.id, 0), w.spent_nano + w.reserved_nano)
+        finally:
+            connection.close()
+
+
+def race(url: str, secret: str, body: dict, n: int = REQUESTS) -> list[httpx.Response]:
+    headers = {"Authorization": f"Bearer {secret}"}
+    with httpx.Client(base_url=url, headers=headers, timeout=60) as client, ThreadPoolExecutor(CLIENTS) as pool:
+        return list(pool.map(lambda _: client.post("/api/v1/allowances", json=body), range(n)))
+
+
+def commit_all_at_worst_case(url: str, secret: str, hold_ids: list[str]) -> None:
+    headers = {"Authorization": f"Bearer {secret}"}
+    usage = {"usage": {"input_tokens": 1000, "output_tokens": 1000}}
+    with httpx.Client(base_url=url, headers=headers, timeout=60) as client, ThreadPoolExecutor(CLIENTS) as pool:
+        responses = list(pool.map(lambda h: client.post(f"/api/v1/allowances/{h}/commit", json=usage), hold_ids))
+    assert all(r.status_code == 200 for r in responses), {r.status_code for r in responses}
+
+
+def check(responses, budgets, url, secret):
+    statuses = sorted(r.status_code for r in responses)
+    assert set(statuses) <= {200, 201}, statuses
+    granted = [r.json()["id"] for r in responses if r.json()["granted"]]
+    denied = [r.json() for r in responses if not r.json()["granted"]]
+    assert len(granted) == 37
+    assert all(d["reason"] == "budget_exhausted" and any(b["binding"] for b in d["budgets"]) for d in denied)
+    commit_all_at_worst_case(url, secret, granted)
+    for budget in budgets:
+        window = BudgetWindow.objects.get(budget=budget)
+        assert window.spent_nano == budget.limit_nano  # to the unit
+        assert window.reserved_nano == 0
+
+
+def run_with_sampler(fn):
+    sampler = Sampler()
+    sampler.start()
+    try:
+        return fn(), sampler
+    finally:
+        sampler.stop.set()
+        sampler.join()
+
+
+def test_200_racing_requests_on_a_block_budget_grant_exactly_37(setup):
+    tenant, feature, secret, url = setup
+    budget = BudgetFactory(tenant=tenant, scope="feature", feature=feature, limit_nano=37 * HOLD_NANO)
+    responses, sampler = run_with_sampler(lambda: race(url, secret, ASK))
+    check(responses, [budget], url, secret)
+    assert max(sampler.peaks.values()) <= budget.limit_nano
+
+
+def test_tenant_and_feature_budgets_both_binding(setup):
+    tenant, feature, secret, url = setup
+    other = FeatureFactory(tenant=tenant, key="classifier")
+    tenant_budget = BudgetFactory(tenant=tenant, scope="tenant", limit_nano=37 * HOLD_NANO)
+    feature_budget = BudgetFactory(tenant=tenant, scope="feature", feature=feature, limit_nano=37 * HOLD_NANO)
+    BudgetFactory(tenant=tenant, scope="feature", feature=other, limit_nano=10**12)
+    responses, sampler = run_with_sampler(lambda: race(url, secret, ASK))
+    check(responses, [tenant_budget, feature_budget], url, secret)
+    assert max(sampler.peaks.values()) <= 37 * HOLD_NANO
+
+
+def test_per_run_budget(setup):
+    tenant, _, secret, url = setup
+    budget = BudgetFactory(tenant=tenant, scope="run", period="total", limit_nano=37 * HOLD_NANO)
+    responses, sampler = run_with_sampler(lambda: race(url, secret, {**ASK, "run_id": "agent-run-7"}))
+    check(responses, [budget], url, secret)
+    assert BudgetWindow.objects.get(budget=budget).run_id == "agent-run-7"
+    assert max(sampler.peaks.values()) <= budget.limit_nano
+
+
+def test_100_threads_reporting_the_same_batch_record_each_event_once(setup):
+    tenant, _, secret, url = setup
+    events = [
+        {"feature": "support-bot", "model": "claude-haiku-4-5", "request_id": f"msg_{i}",
+         "usage": {"input_tokens": 100 + i, "output_tokens": 50, "cache_read_input_tokens": 10}}
+        for i in range(50)
+    ]
+    headers = {"Authorization": f"Bearer {secret}"}
+    with httpx.Client(base_url=url, headers=headers, timeout=120) as client, ThreadPoolExecutor(CLIENTS) as pool:
+        responses = list(pool.map(lambda _: client.post("/api/v1/usage", json={"events": events}), range(100)))
+    assert {r.status_code for r in responses} == {201}
+    recorded = sum(1 for r in responses for e in r.json()["results"] if e["status"] == "recorded")
+    assert recorded == 50
+    assert UsageEvent.objects.filter(tenant=tenant).count() == 50
+    ledger = UsageEvent.objects.filter(tenant=tenant).aggregate(cost=Sum("cost_nano"), tokens=Sum("input_tokens"))
+    rollups = UsageRollup.objects.filter(tenant=tenant).aggregate(
+        cost=Sum("cost_nano"), tokens=Sum("input_tokens"), calls=Sum("calls")
+    )
+    assert rollups == {**ledger, "calls": 50}
