@@ -10,4 +10,7 @@ BEAT_SCHEDULE: dict[str, dict] = {
     "deliver-pending-notifications": {
         "task": "governance.notify.tasks.deliver_pending", "schedule": timedelta(minutes=1),
     },
+    "provider-sync-usage": {"task": "usage.provider.tasks.sync_usage_all", "schedule": timedelta(minutes=5)},
+    "provider-sync-cost": {"task": "usage.provider.tasks.sync_cost_all", "schedule": timedelta(hours=1)},
+    "provider-reconcile": {"task": "usage.provider.tasks.reconcile_all", "schedule": timedelta(hours=1)},
 }

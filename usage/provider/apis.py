@@ -1,0 +1,215 @@
+"""Provider connection management (admin keys) and the reconciliation report."""
+
+from __future__ import annotations
+
+from datetime import date, timedelta
+
+from django.conf import settings
+from django.utils import timezone
+from drf_spectacular.utils import OpenApiParameter, extend_schema
+from rest_framework import serializers, status
+from rest_framework.response import Response
+
+from governance.api.base import TenantAPIView
+from governance.api.errors import ApiError, NotFound
+from governance.api.fields import StrictSerializer, UsdField
+from governance.crypto import mask
+from governance.models import KeyRole
+from usage.provider import selectors, services
+from usage.provider.models import ProviderConnection
+
+MAX_RECONCILIATION_DAYS = 92
+MAX_MAPPINGS = 1000
+
+
+class FeatureMappingField(serializers.DictField):
+    def __init__(self, **kwargs):
+        super().__init__(child=serializers.SlugField(max_length=63), **kwargs)
+
+    def to_internal_value(self, data):
+        value = super().to_internal_value(data)
+        if len(value) > MAX_MAPPINGS:
+            raise serializers.ValidationError(f"At most {MAX_MAPPINGS} entries.")
+        if any(not key or len(key) > 200 for key in value):
+            raise serializers.ValidationError("Anthropic ids are 1-200 characters.")
+        return value
+
+
+class FeatureMappingSerializer(StrictSerializer):
+    api_keys = FeatureMappingField(
+        required=False, help_text="Anthropic api_key_id → feature key (the finer attribution)."
+    )
+    workspaces = FeatureMappingField(
+        required=False, help_text="Anthropic workspace_id → feature key (used when the API key is not mapped)."
+    )
+
+
+class ProviderConnectionApi(TenantAPIView):
+    """The tenant's Anthropic organisation connection. The admin key is never returned, only masked."""
+
+    required_role = KeyRole.ADMIN
+
+    class InputSerializer(StrictSerializer):
+        admin_key = serializers.CharField(
+            required=False,
+            write_only=True,
+            min_length=8,
+            max_length=500,
+            help_text="Anthropic admin key (sk-ant-admin…). Required to create; omit to keep the current one.",
+        )
+        workspace_ids = serializers.ListField(
+            child=serializers.CharField(max_length=200), required=False, max_length=100,
+            help_text="Only sync these Anthropic workspaces; empty means all.",
+        )
+        enabled = serializers.BooleanField(required=False)
+        feature_mapping = FeatureMappingSerializer(required=False)
+
+        def validate_admin_key(self, value: str) -> str:
+            if any(c.isspace() for c in value):
+                raise serializers.ValidationError("An admin key has no whitespace.")
+            return value
+
+    class OutputSerializer(serializers.Serializer):
+        admin_key = serializers.SerializerMethodField(help_text="The key, masked: only its last characters.")
+        base_url = serializers.SerializerMethodField()
+        workspace_ids = serializers.ListField(child=serializers.CharField())
+        enabled = serializers.BooleanField()
+        status = serializers.CharField(help_text="pending, ok, error (retrying) or failing (needs attention)")
+        last_error = serializers.CharField()
+        last_error_at = serializers.DateTimeField(allow_null=True)
+        usage_synced_until = serializers.DateTimeField(allow_null=True)
+        usage_synced_at = serializers.DateTimeField(allow_null=True)
+        cost_synced_until = serializers.DateTimeField(allow_null=True)
+        cost_synced_at = serializers.DateTimeField(allow_null=True)
+        feature_mapping = serializers.SerializerMethodField()
+        created_at = serializers.DateTimeField()
+        updated_at = serializers.DateTimeField()
+
+        def get_admin_key(self, obj: ProviderConnection) -> str:
+            return mask(obj.admin_key)
+
+        def get_base_url(self, obj: ProviderConnection) -> str:
+            return obj.base_url or settings.ANTHROPIC_API_BASE_URL
+
+        def get_feature_mapping(self, obj: ProviderConnection) -> dict[str, dict[str, str]]:
+            return selectors.connection_mapping(connection=obj)
+
+    def _connection(self) -> ProviderConnection:
+        connection = selectors.connection_get(tenant=self.tenant)
+        if connection is None:
+            raise NotFound("This tenant has no provider connection.")
+        return connection
+
+    @extend_schema(responses=OutputSerializer, summary="The Anthropic provider connection (admin)")
+    def get(self, request):
+        return Response(self.OutputSerializer(self._connection()).data)
+
+    @extend_schema(
+        request=InputSerializer,
+        responses={200: OutputSerializer, 201: OutputSerializer},
+        summary="Create or update the Anthropic provider connection (admin)",
+        description=(
+            "Fields left out keep their value; `feature_mapping`, when given, replaces the whole mapping. "
+            "A new key or workspace filter resets the status so the next sync tries again. "
+            "The API base URL is the server's ANTHROPIC_API_BASE_URL setting; a per-connection override "
+            "is for operators (Django admin), so a tenant cannot point the server at internal hosts."
+        ),
+    )
+    def put(self, request):
+        data = self.validate(self.InputSerializer, request.data)
+        existed = selectors.connection_get(tenant=self.tenant) is not None
+        if not existed and not data.get("admin_key"):
+            raise ApiError("An admin key is needed to create the connection.",
+                           details={"admin_key": ["This field is required."]})
+        try:
+            connection = services.provider_connection_save(tenant=self.tenant, actor=self.actor, **data)
+        except services.UnknownFeatures as exc:
+            raise ApiError(str(exc), code="unknown_feature", details={"feature_mapping": exc.keys}) from exc
+        return Response(
+            self.OutputSerializer(connection).data, status=status.HTTP_200_OK if existed else status.HTTP_201_CREATED
+        )
+
+    @extend_schema(responses={204: None}, summary="Delete the provider connection and forget its key (admin)")
+    def delete(self, request):
+        services.provider_connection_delete(connection=self._connection(), actor=self.actor)
+        return Response(status=status.HTTP_204_NO_CONTENT)
+
+
+class ReconciledModelOutput(serializers.Serializer):
+    model = serializers.CharField(help_text="Blank: provider cost the report names no model for")
+    metered_usd = UsdField(source="metered_nano")
+    provider_usage_usd = UsdField(source="provider_usage_nano", allow_null=True)
+    provider_cost_usd = UsdField(source="provider_cost_nano", allow_null=True)
+    unpriced_tokens = serializers.IntegerField(help_text="Provider tokens of models with no price")
+
+
+class ReconciledDayOutput(serializers.Serializer):
+    day = serializers.DateField()
+    metered_usd = UsdField(source="metered_nano")
+    provider_usage_usd = UsdField(
+        source="provider_usage_nano", allow_null=True,
+        help_text="The usage report's tokens priced by our table; null when not synced for the day",
+    )
+    provider_cost_usd = UsdField(
+        source="provider_cost_nano", allow_null=True,
+        help_text="The cost report (UTC days; lags up to a day; no priority tier); null when not synced",
+    )
+    basis = serializers.CharField(allow_null=True, help_text="usage, cost, or null: what drift compares to")
+    unmetered_usd = UsdField(source="unmetered_nano", allow_null=True, help_text="Provider minus metered")
+    drift_pct = serializers.DecimalField(
+        max_digits=24, decimal_places=2, allow_null=True,
+        help_text="Unmetered as a percentage of metered spend; null when nothing was metered",
+    )
+    drifting = serializers.BooleanField(help_text="Unmetered spend exceeds the tenant's tolerance")
+    models = ReconciledModelOutput(many=True)
+
+
+class ReconciliationApi(TenantAPIView):
+    """Metered spend (the ledger) against the provider's usage (priced by our table) and cost."""
+
+    class QuerySerializer(StrictSerializer):
+        start = serializers.DateField(required=False, help_text="First tenant-local day (default: 6 days before end)")
+        end = serializers.DateField(required=False, help_text="Last tenant-local day (default: today)")
+
+    class OutputSerializer(serializers.Serializer):
+        start = serializers.DateField()
+        end = serializers.DateField()
+        timezone = serializers.CharField()
+        tolerance_pct = serializers.DecimalField(max_digits=5, decimal_places=2)
+        connection_status = serializers.CharField(allow_null=True)
+        days = ReconciledDayOutput(many=True)
+
+    @extend_schema(
+        parameters=[
+            OpenApiParameter("start", date, description="First tenant-local day, YYYY-MM-DD"),
+            OpenApiParameter("end", date, description="Last tenant-local day, YYYY-MM-DD (at most 92 days)"),
+        ],
+        responses=OutputSerializer,
+        summary="Reconciliation: metered vs provider-reported spend per day and model",
+        description=(
+            "Computed on demand from the ledger's daily rollups and the synced provider reports. "
+            "Days are the tenant's local days; `drifting` is true when unmetered spend exceeds the tenant's "
+            "`drift_tolerance_pct` of metered spend (a `drift` alert is raised hourly for such days)."
+        ),
+    )
+    def get(self, request):
+        query = self.validate(self.QuerySerializer, request.query_params.dict())
+        end = query.get("end") or timezone.now().astimezone(self.tenant.tz).date()
+        start = query.get("start") or end - timedelta(days=6)
+        if start > end:
+            raise ApiError("start must not be after end.", details={"start": ["Must not be after end."]})
+        if (end - start).days >= MAX_RECONCILIATION_DAYS:
+            raise ApiError(f"At most {MAX_RECONCILIATION_DAYS} days at a time.",
+                           details={"end": [f"At most {MAX_RECONCILIATION_DAYS} days after start."]})
+        days = selectors.reconciliation_compute(tenant=self.tenant, start=start, end=end)
+        connection = selectors.connection_get(tenant=self.tenant)
+        return Response(
+            {
+                "start": start.isoformat(),
+                "end": end.isoformat(),
+                "timezone": self.tenant.timezone,
+                "tolerance_pct": f"{self.tenant.drift_tolerance_pct:.2f}",
+                "connection_status": connection.status if connection else None,
+                "days": ReconciledDayOutput(days, many=True).data,
+            }
+        )

@@ -1,0 +1,226 @@
+"""Reads of the provider sync: the connection, its mapping, and reconciliation per day and model."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from datetime import UTC, date, datetime, time, timedelta
+from decimal import ROUND_HALF_UP, Decimal
+
+from django.db.models import F, Q, Sum
+from django.db.models.functions import Coalesce
+
+from governance.models import Tenant
+from usage.models import NANO, UsageRollup
+from usage.provider.models import (
+    ConnectionStatus,
+    MappingKind,
+    ProviderConnection,
+    ProviderCostBucket,
+    ProviderUsageBucket,
+)
+
+# Below this, unmetered spend is rounding and timing noise, not a service calling Claude behind
+# Comptroller's back; a day with nothing metered would otherwise alert on a single cent.
+DRIFT_MIN_NANO = NANO // 100
+FAILING_RETRY_AFTER = timedelta(hours=1)
+
+
+def connection_get(*, tenant: Tenant) -> ProviderConnection | None:
+    return ProviderConnection.objects.filter(tenant=tenant).select_related("tenant").first()
+
+
+def connection_mapping(*, connection: ProviderConnection) -> dict[str, dict[str, str]]:
+    """Return the mapping as the API shows it: Anthropic id → feature key, per kind."""
+    out: dict[str, dict[str, str]] = {"api_keys": {}, "workspaces": {}}
+    names = {MappingKind.API_KEY: "api_keys", MappingKind.WORKSPACE: "workspaces"}
+    if connection.pk is None:
+        return out
+    for kind, provider_id, key in connection.mappings.values_list("kind", "provider_id", "feature__key"):
+        out[names[kind]][provider_id] = key
+    return out
+
+
+def connection_ids_due(*, now: datetime) -> list:
+    """Return the connections a beat run should sync.
+
+    A failing connection (rejected key, bad configuration) is tried only hourly, so
+    it is not hammered every five minutes; saving a new key makes it due at once.
+    """
+    active = ProviderConnection.objects.filter(enabled=True, tenant__active=True)
+    due = active.exclude(status=ConnectionStatus.FAILING) | active.filter(
+        status=ConnectionStatus.FAILING, last_attempt_at__lt=now - FAILING_RETRY_AFTER
+    )
+    return list(due.values_list("pk", flat=True))
+
+
+def tenant_ids_to_reconcile() -> list[int]:
+    return list(
+        ProviderConnection.objects.filter(tenant__active=True).values_list("tenant_id", flat=True)
+    )
+
+
+# --- reconciliation -----------------------------------------------------------------------------
+
+
+@dataclass
+class ReconciledLine:
+    """One model on one day: what the ledger metered, and what the provider reports."""
+
+    model: str
+    metered_nano: int = 0
+    provider_usage_nano: int | None = None
+    provider_cost_nano: int | None = None
+    unpriced_tokens: int = 0
+
+
+@dataclass
+class ReconciledDay:
+    day: date
+    tolerance_pct: Decimal
+    models: list[ReconciledLine] = field(default_factory=list)
+    metered_nano: int = 0
+    provider_usage_nano: int | None = None
+    provider_cost_nano: int | None = None
+
+    @property
+    def basis(self) -> str | None:
+        """Which provider figure drift is measured against.
+
+        The usage report priced by our own table, when it covers the day: it is
+        complete (the cost report omits priority tier), arrives within minutes and
+        uses the same prices as the ledger, so a gap is unmetered calls and not a
+        price difference. The cost report otherwise.
+        """
+        if self.provider_usage_nano is not None:
+            return "usage"
+        if self.provider_cost_nano is not None:
+            return "cost"
+        return None
+
+    @property
+    def provider_nano(self) -> int | None:
+        return self.provider_usage_nano if self.basis == "usage" else self.provider_cost_nano
+
+    @property
+    def unmetered_nano(self) -> int | None:
+        provider = self.provider_nano
+        return None if provider is None else provider - self.metered_nano
+
+    @property
+    def drift_pct(self) -> Decimal | None:
+        """Return unmetered spend as a percentage of metered spend (None when nothing was metered)."""
+        unmetered = self.unmetered_nano
+        if unmetered is None or self.metered_nano == 0:
+            return None
+        return (Decimal(unmetered) * 100 / self.metered_nano).quantize(Decimal("0.01"), ROUND_HALF_UP)
+
+    @property
+    def drifting(self) -> bool:
+        unmetered = self.unmetered_nano
+        if unmetered is None or unmetered < DRIFT_MIN_NANO:
+            return False
+        if self.metered_nano == 0:
+            return True
+        return Decimal(unmetered) * 100 > self.tolerance_pct * self.metered_nano
+
+
+def _covered(synced_from: datetime | None, synced_until: datetime | None, day_start: datetime) -> bool:
+    return synced_from is not None and synced_until is not None and synced_from <= day_start < synced_until
+
+
+def reconciliation_compute(*, tenant: Tenant, start: date, end: date) -> list[ReconciledDay]:
+    """Return metered vs provider spend per tenant-local day in [start, end] and per model.
+
+    Metered spend comes from the ledger's daily rollups; provider usage from the hourly
+    buckets, each counted on the tenant-local day its hour starts; provider cost from
+    the cost report, whose days are UTC days (the same days for a UTC tenant).
+    A provider figure is None for a day the sync has not read.
+    """
+    tz = tenant.tz
+    connection = connection_get(tenant=tenant)
+    days: dict[date, ReconciledDay] = {}
+    lines: dict[tuple[date, str], ReconciledLine] = {}
+    current = start
+    while current <= end:
+        days[current] = ReconciledDay(day=current, tolerance_pct=Decimal(tenant.drift_tolerance_pct))
+        current += timedelta(days=1)
+
+    def line(day: date, model: str) -> ReconciledLine:
+        if (day, model) not in lines:
+            lines[(day, model)] = ReconciledLine(model=model)
+        return lines[(day, model)]
+
+    def local_start(day: date) -> datetime:
+        return datetime.combine(day, time(), tzinfo=tz).astimezone(UTC)
+
+    for row in (
+        UsageRollup.objects.filter(tenant=tenant, day__gte=start, day__lte=end)
+        .values("day", "model")
+        .annotate(cost=Sum("cost_nano"))
+    ):
+        line(row["day"], row["model"]).metered_nano += row["cost"] or 0
+
+    if connection is not None:
+        usage_days = {
+            d for d in days if _covered(connection.usage_synced_from, connection.usage_synced_until, local_start(d))
+        }
+        for d in usage_days:
+            days[d].provider_usage_nano = 0
+        tokens = (
+            F("uncached_input_tokens") + F("output_tokens") + F("cache_write_5m_tokens")
+            + F("cache_write_1h_tokens") + F("cache_read_tokens")
+        )
+        usage = (
+            ProviderUsageBucket.objects.filter(
+                tenant=tenant,
+                bucket_start__gte=local_start(start),
+                bucket_start__lt=local_start(end + timedelta(days=1)),
+            )
+            .values("bucket_start", "canonical_model", "model")
+            .annotate(
+                cost=Coalesce(Sum("cost_nano"), 0),
+                unpriced=Coalesce(Sum(tokens, filter=Q(cost_nano__isnull=True)), 0),
+            )
+        )
+        for row in usage:
+            day = row["bucket_start"].astimezone(tz).date()
+            if day not in usage_days:
+                continue
+            item = line(day, row["canonical_model"] or row["model"])
+            item.provider_usage_nano = (item.provider_usage_nano or 0) + row["cost"]
+            item.unpriced_tokens += row["unpriced"]
+
+        cost_days = {
+            d
+            for d in days
+            if _covered(
+                connection.cost_synced_from,
+                connection.cost_synced_until,
+                datetime.combine(d, time(), tzinfo=UTC),
+            )
+        }
+        for d in cost_days:
+            days[d].provider_cost_nano = 0
+        for row in (
+            ProviderCostBucket.objects.filter(tenant=tenant, day__gte=start, day__lte=end, currency="USD")
+            .values("day", "canonical_model", "model")
+            .annotate(cost=Sum("amount_nano"))
+        ):
+            if row["day"] not in cost_days:
+                continue
+            item = line(row["day"], row["canonical_model"] or row["model"])
+            item.provider_cost_nano = (item.provider_cost_nano or 0) + (row["cost"] or 0)
+
+    for (day, _model), item in sorted(lines.items()):
+        summary = days[day]
+        if summary.provider_usage_nano is not None and item.provider_usage_nano is None:
+            item.provider_usage_nano = 0
+        if summary.provider_cost_nano is not None and item.provider_cost_nano is None:
+            item.provider_cost_nano = 0
+        summary.models.append(item)
+        summary.metered_nano += item.metered_nano
+        if summary.provider_usage_nano is not None:
+            summary.provider_usage_nano += item.provider_usage_nano or 0
+        if summary.provider_cost_nano is not None:
+            summary.provider_cost_nano += item.provider_cost_nano or 0
+    return [days[d] for d in sorted(days)]

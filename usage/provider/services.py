@@ -1,0 +1,664 @@
+"""Writes of the provider sync: the connection, the two reports' buckets, reconciliation, alerts."""
+
+from __future__ import annotations
+
+import copy
+import logging
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass, field
+from datetime import UTC, date, datetime, timedelta
+from decimal import Decimal, InvalidOperation
+from typing import Any
+
+from django.conf import settings
+from django.db import transaction
+from django.utils import timezone
+
+from governance.api.fields import nano_to_usd
+from governance.audit import Actor, audit_record
+from governance.crypto import mask
+from governance.models import Feature, Tenant
+from governance.notify.services import alert_raise
+from usage.models import ServiceTier
+from usage.pricing import TokenUsage, UnknownModel, price_for, to_nano, usage_cost
+from usage.provider import selectors
+from usage.provider.client import AdminApiClient, ProviderError
+from usage.provider.models import (
+    ConnectionStatus,
+    MappingKind,
+    ProviderConnection,
+    ProviderCostBucket,
+    ProviderFeatureMapping,
+    ProviderUsageBucket,
+    Reconciliation,
+)
+
+logger = logging.getLogger(__name__)
+
+# Usage appears within minutes but is revised for a few hours; cost lags a day and is
+# corrected for days afterwards. Each run re-reads this much before its cursor.
+USAGE_TRAILING = timedelta(hours=6)
+COST_TRAILING_DAYS = 4
+# A first sync (or one after a long outage) reads this far back; older gaps are for sync_backfill.
+INITIAL_LOOKBACK = timedelta(days=7)
+MAX_CATCH_UP = timedelta(days=31)
+# One read and one transaction per chunk: a 168-bucket page of usage, a 31-bucket page of cost.
+USAGE_CHUNK = timedelta(days=7)
+COST_CHUNK_DAYS = 31
+# Transient failures are only alarming once the data is this stale.
+STALE_AFTER = timedelta(hours=2)
+LONG_CONTEXT_WINDOW = "200k-1M"
+
+
+@dataclass
+class SyncResult:
+    """What one sync run did; ``error`` is set (and recorded on the connection) when it failed."""
+
+    report: str
+    start: datetime
+    end: datetime
+    rows: int = 0
+    buckets: int = 0
+    error: str | None = None
+    chunks: list[tuple[datetime, datetime]] = field(default_factory=list)
+
+    @property
+    def ok(self) -> bool:
+        return self.error is None
+
+
+# --- the connection ------------------------------------------------------------------------
+
+
+def connection_snapshot(connection: ProviderConnection) -> dict[str, Any]:
+    """Return the audited state of a connection; the key only ever masked."""
+    return {
+        "admin_key": mask(connection.admin_key),
+        "base_url": connection.base_url,
+        "workspace_ids": list(connection.workspace_ids),
+        "enabled": connection.enabled,
+        "feature_mapping": selectors.connection_mapping(connection=connection),
+    }
+
+
+def _features_by_key(tenant: Tenant, keys: Iterable[str]) -> dict[str, Feature]:
+    wanted = set(keys)
+    found = {f.key: f for f in Feature.objects.filter(tenant=tenant, key__in=wanted)}
+    missing = sorted(wanted - set(found))
+    if missing:
+        raise UnknownFeatures(missing)
+    return found
+
+
+class UnknownFeatures(Exception):
+    """A mapping names features the tenant does not have."""
+
+    def __init__(self, keys: list[str]) -> None:
+        super().__init__(f"No such feature: {', '.join(keys)}.")
+        self.keys = keys
+
+
+@transaction.atomic
+def provider_connection_save(
+    *,
+    tenant: Tenant,
+    actor: Actor,
+    admin_key: str | None = None,
+    workspace_ids: list[str] | None = None,
+    enabled: bool | None = None,
+    feature_mapping: dict[str, dict[str, str]] | None = None,
+) -> ProviderConnection:
+    """Create or update the tenant's connection; ``None`` leaves a field as it is.
+
+    A new key or workspace filter resets the status, so a failing connection is
+    tried again on the next beat.
+    """
+    connection = ProviderConnection.objects.select_for_update().filter(tenant=tenant).first()
+    creating = connection is None
+    if creating:
+        if not admin_key:
+            raise ValueError("An admin key is needed to create the connection.")
+        connection = ProviderConnection(tenant=tenant)
+        before = None
+    else:
+        before = connection_snapshot(connection)
+    reset = creating
+    if admin_key is not None and admin_key != connection.admin_key:
+        connection.admin_key = admin_key
+        reset = True
+    if workspace_ids is not None and list(workspace_ids) != list(connection.workspace_ids):
+        connection.workspace_ids = list(workspace_ids)
+        reset = True
+    if enabled is not None:
+        connection.enabled = enabled
+    if reset:
+        connection.status = ConnectionStatus.PENDING
+        connection.last_error = ""
+        connection.last_error_at = None
+    connection.save()
+    if feature_mapping is not None:
+        _mapping_replace(connection=connection, feature_mapping=feature_mapping)
+    after = connection_snapshot(connection)
+    if after != before or reset:
+        audit_record(
+            tenant=tenant,
+            actor=actor,
+            action="create" if creating else "update",
+            obj=connection,
+            before=before,
+            after=after,
+        )
+    return connection
+
+
+def _mapping_replace(*, connection: ProviderConnection, feature_mapping: dict[str, dict[str, str]]) -> None:
+    kinds = {"api_keys": MappingKind.API_KEY, "workspaces": MappingKind.WORKSPACE}
+    features = _features_by_key(
+        connection.tenant, [key for name in kinds for key in feature_mapping.get(name, {}).values()]
+    )
+    connection.mappings.all().delete()
+    ProviderFeatureMapping.objects.bulk_create(
+        ProviderFeatureMapping(connection=connection, kind=kind, provider_id=provider_id, feature=features[key])
+        for name, kind in kinds.items()
+        for provider_id, key in sorted(feature_mapping.get(name, {}).items())
+    )
+
+
+@transaction.atomic
+def provider_connection_delete(*, connection: ProviderConnection, actor: Actor) -> None:
+    """Forget the key and stop syncing; the buckets already read stay as history."""
+    before = connection_snapshot(connection)
+    tenant = connection.tenant
+    audit_record(tenant=tenant, actor=actor, action="delete", obj=connection, before=before)
+    connection.delete()
+
+
+def connection_client(connection: ProviderConnection, *, sleep: Callable[[float], None] | None = None) -> AdminApiClient:
+    """Return a client for the connection's organisation (``sleep`` replaces real backoff sleeps)."""
+    kwargs: dict[str, Any] = {}
+    if sleep is not None:
+        kwargs["sleep"] = sleep
+    return AdminApiClient(
+        api_key=connection.admin_key,
+        base_url=connection.base_url or settings.ANTHROPIC_API_BASE_URL,
+        **kwargs,
+    )
+
+
+# --- parsing the reports ---------------------------------------------------------------------
+
+
+def _malformed(what: str) -> ProviderError:
+    return ProviderError(f"Malformed response: {what}.", permanent=False)
+
+
+def _when(value: Any, name: str) -> datetime:
+    if not isinstance(value, str):
+        raise _malformed(f"'{name}' is not a timestamp")
+    try:
+        parsed = datetime.fromisoformat(value)
+    except ValueError as exc:
+        raise _malformed(f"'{name}' is not a timestamp") from exc
+    if parsed.tzinfo is None:
+        raise _malformed(f"'{name}' has no time zone")
+    return parsed.astimezone(UTC)
+
+
+def _dimension(row: dict[str, Any], name: str) -> str:
+    # Null (not grouped by, the default workspace, Console use) is stored as "".
+    value = row.get(name)
+    if value is None:
+        return ""
+    if not isinstance(value, str):
+        raise _malformed(f"'{name}' is not a string")
+    return value[:200]
+
+
+def _count(obj: Any, name: str) -> int:
+    if obj is None:
+        return 0
+    if not isinstance(obj, dict):
+        raise _malformed(f"expected an object holding '{name}'")
+    value = obj.get(name)
+    if value is None:
+        return 0
+    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+        raise _malformed(f"'{name}' is not a token count")
+    return value
+
+
+USAGE_KEY = (
+    "bucket_start", "bucket_width", "model", "workspace_id", "api_key_id",
+    "service_tier", "context_window", "inference_geo",
+)
+USAGE_VALUES = (
+    "uncached_input_tokens", "cache_write_5m_tokens", "cache_write_1h_tokens", "cache_read_tokens",
+    "output_tokens", "web_search_requests", "canonical_model", "cost_nano", "feature", "seen_at",
+)
+COST_KEY = (
+    "bucket_start", "workspace_id", "description", "cost_type", "model",
+    "service_tier", "context_window", "token_type",
+)
+COST_VALUES = ("day", "canonical_model", "currency", "amount_cents", "amount_nano", "seen_at")
+
+
+def _canonical(model: str) -> str:
+    if not model:
+        return ""
+    try:
+        return price_for(model).model
+    except UnknownModel:
+        return ""
+
+
+def _bucket_cost_nano(model: str, usage: TokenUsage, *, tier: str, geo: str, context_window: str,
+                      at: datetime) -> int | None:
+    """Price one bucket's tokens with our table; None when the model has no price."""
+    if not model:
+        return None
+    try:
+        price = price_for(model, at=at, service_tier=tier or ServiceTier.STANDARD)
+    except UnknownModel:
+        return None
+    # A bucket sums many requests, so pricing.usage_cost's per-request long-context test
+    # (total input above the threshold) cannot apply; the context_window dimension says
+    # which rates the provider charged. A copy, so the cached price row is untouched.
+    price = copy.copy(price)
+    long_context = context_window == LONG_CONTEXT_WINDOW and price.lc_input is not None
+    price.long_context_threshold = -1 if long_context else None
+    return to_nano(usage_cost(price, usage, service_tier=tier or ServiceTier.STANDARD, inference_geo=geo))
+
+
+def _usage_rows(
+    buckets: Iterable[dict[str, Any]], *, tenant: Tenant, features: Callable[[str, str], Feature | None],
+    seen_at: datetime,
+) -> Iterator[ProviderUsageBucket]:
+    for bucket in buckets:
+        start = _when(bucket.get("starting_at"), "starting_at")
+        for row in bucket["results"]:
+            if not isinstance(row, dict):
+                raise _malformed("a result is not an object")
+            cache = row.get("cache_creation")
+            usage = TokenUsage(
+                input_tokens=_count(row, "uncached_input_tokens"),
+                output_tokens=_count(row, "output_tokens"),
+                cache_write_5m_tokens=_count(cache, "ephemeral_5m_input_tokens"),
+                cache_write_1h_tokens=_count(cache, "ephemeral_1h_input_tokens"),
+                cache_read_tokens=_count(row, "cache_read_input_tokens"),
+                web_search_requests=_count(row.get("server_tool_use"), "web_search_requests"),
+            )
+            model = _dimension(row, "model")
+            tier = _dimension(row, "service_tier")
+            geo = _dimension(row, "inference_geo")
+            context_window = _dimension(row, "context_window")
+            workspace_id = _dimension(row, "workspace_id")
+            api_key_id = _dimension(row, "api_key_id")
+            yield ProviderUsageBucket(
+                tenant=tenant,
+                bucket_start=start,
+                bucket_width="1h",
+                model=model,
+                workspace_id=workspace_id,
+                api_key_id=api_key_id,
+                service_tier=tier,
+                context_window=context_window,
+                inference_geo=geo,
+                uncached_input_tokens=usage.input_tokens,
+                cache_write_5m_tokens=usage.cache_write_5m_tokens,
+                cache_write_1h_tokens=usage.cache_write_1h_tokens,
+                cache_read_tokens=usage.cache_read_tokens,
+                output_tokens=usage.output_tokens,
+                web_search_requests=usage.web_search_requests,
+                canonical_model=_canonical(model),
+                cost_nano=_bucket_cost_nano(model, usage, tier=tier, geo=geo, context_window=context_window,
+                                            at=start),
+                feature=features(api_key_id, workspace_id),
+                seen_at=seen_at,
+            )
+
+
+def cents_to_nano(amount: Any) -> int:
+    """Return a cost report amount (a decimal string in cents) as nano-USD, exactly."""
+    if not isinstance(amount, str):
+        raise _malformed("'amount' is not a decimal string")
+    try:
+        cents = Decimal(amount)
+    except InvalidOperation as exc:
+        raise _malformed("'amount' is not a decimal string") from exc
+    if not cents.is_finite():
+        raise _malformed("'amount' is not a finite number")
+    # Decimal(amount) / 100 is dollars; seven places of cents are whole nano-USD, finer rounds half-up.
+    return to_nano(cents / 100)
+
+
+def _cost_rows(buckets: Iterable[dict[str, Any]], *, tenant: Tenant, seen_at: datetime) -> Iterator[ProviderCostBucket]:
+    for bucket in buckets:
+        start = _when(bucket.get("starting_at"), "starting_at")
+        for row in bucket["results"]:
+            if not isinstance(row, dict):
+                raise _malformed("a result is not an object")
+            amount = row.get("amount")
+            model = _dimension(row, "model")
+            yield ProviderCostBucket(
+                tenant=tenant,
+                bucket_start=start,
+                day=start.date(),
+                workspace_id=_dimension(row, "workspace_id"),
+                description=_dimension(row, "description")[:300],
+                cost_type=_dimension(row, "cost_type")[:40],
+                model=model,
+                service_tier=_dimension(row, "service_tier")[:20],
+                context_window=_dimension(row, "context_window")[:20],
+                token_type=_dimension(row, "token_type")[:60],
+                canonical_model=_canonical(model),
+                currency=(_dimension(row, "currency") or "USD")[:3],
+                amount_cents=str(amount)[:40],
+                amount_nano=cents_to_nano(amount),
+                seen_at=seen_at,
+            )
+
+
+# --- storing: upsert by natural key, drop what the provider no longer reports -------------------
+
+
+def _dedupe(rows: Iterable[Any], key: tuple[str, ...]) -> list[Any]:
+    # The same key twice in one read (overlapping pages) is one row: the last one wins.
+    by_key = {tuple(getattr(r, k) for k in key): r for r in rows}
+    return list(by_key.values())
+
+
+def _store(model, rows: list[Any], *, key: tuple[str, ...], values: tuple[str, ...], tenant: Tenant,
+           start: datetime, end: datetime, seen_at: datetime) -> None:
+    model.objects.bulk_create(
+        rows,
+        batch_size=500,
+        update_conflicts=True,
+        unique_fields=["tenant", *key],
+        update_fields=list(values),
+    )
+    # The read covered every bucket in [start, end): a row it did not return is stale
+    # (a late correction removed it, or the workspace filter changed), so drop it.
+    model.objects.filter(tenant=tenant, bucket_start__gte=start, bucket_start__lt=end).exclude(
+        seen_at=seen_at
+    ).delete()
+
+
+# --- the syncs ---------------------------------------------------------------------------------
+
+
+def _floor_hour(at: datetime) -> datetime:
+    return at.astimezone(UTC).replace(minute=0, second=0, microsecond=0)
+
+
+def _ceil_hour(at: datetime) -> datetime:
+    floor = _floor_hour(at)
+    return floor if floor == at else floor + timedelta(hours=1)
+
+
+def _floor_day(at: datetime) -> datetime:
+    return at.astimezone(UTC).replace(hour=0, minute=0, second=0, microsecond=0)
+
+
+def _chunks(start: datetime, end: datetime, size: timedelta) -> list[tuple[datetime, datetime]]:
+    out = []
+    while start < end:
+        out.append((start, min(start + size, end)))
+        start += size
+    return out
+
+
+def _feature_resolver(connection: ProviderConnection) -> Callable[[str, str], Feature | None]:
+    by_kind: dict[str, dict[str, Feature]] = {MappingKind.API_KEY: {}, MappingKind.WORKSPACE: {}}
+    for m in connection.mappings.select_related("feature"):
+        by_kind[m.kind][m.provider_id] = m.feature
+
+    def resolve(api_key_id: str, workspace_id: str) -> Feature | None:
+        # The API key is the finer attribution; the workspace is the fallback.
+        return by_kind[MappingKind.API_KEY].get(api_key_id) or by_kind[MappingKind.WORKSPACE].get(workspace_id)
+
+    return resolve
+
+
+def usage_window(connection: ProviderConnection, *, now: datetime) -> tuple[datetime, datetime]:
+    """Return the window the next usage sync reads: a trailing window before the cursor, up to now."""
+    cursor = connection.usage_synced_until
+    start = cursor - USAGE_TRAILING if cursor else now - INITIAL_LOOKBACK
+    return _floor_hour(max(start, now - MAX_CATCH_UP)), _ceil_hour(now)
+
+
+def cost_window(connection: ProviderConnection, *, now: datetime) -> tuple[datetime, datetime]:
+    """Return the window the next cost sync reads: at least COST_TRAILING_DAYS whole days, up to today."""
+    today = _floor_day(now)
+    cursor = connection.cost_synced_until or now - INITIAL_LOOKBACK
+    start = min(_floor_day(cursor), today) - timedelta(days=COST_TRAILING_DAYS)
+    return max(start, today - MAX_CATCH_UP), today + timedelta(days=1)
+
+
+def provider_usage_sync(
+    *,
+    connection: ProviderConnection,
+    start: datetime | None = None,
+    end: datetime | None = None,
+    client: AdminApiClient | None = None,
+    now: datetime | None = None,
+) -> SyncResult:
+    """Read the hourly usage report over a window and replace the buckets it covers.
+
+    Without ``start``/``end``: from a trailing window before the cursor up to now.
+    A provider failure is recorded on the connection (and alerted), never raised.
+    """
+    now = now or timezone.now()
+    if start is None or end is None:
+        start, end = usage_window(connection, now=now)
+    start, end = _floor_hour(start), _ceil_hour(end)
+    result = SyncResult(report="usage", start=start, end=end)
+    resolve = _feature_resolver(connection)
+    owns_client = client is None
+    client = client or connection_client(connection)
+    try:
+        for chunk_start, chunk_end in _chunks(start, end, USAGE_CHUNK):
+            seen_at = timezone.now()
+            buckets = list(
+                client.usage_buckets(
+                    starting_at=chunk_start, ending_at=chunk_end, workspace_ids=connection.workspace_ids or None
+                )
+            )
+            rows = _dedupe(
+                _usage_rows(buckets, tenant=connection.tenant, features=resolve, seen_at=seen_at), USAGE_KEY
+            )
+            _usage_chunk_commit(connection, rows, chunk_start, chunk_end, seen_at)
+            result.rows += len(rows)
+            result.buckets += len(buckets)
+            result.chunks.append((chunk_start, chunk_end))
+    except ProviderError as exc:
+        result.error = str(exc)
+        provider_sync_failed(connection=connection, error=exc, now=now)
+    finally:
+        if owns_client:
+            client.close()
+    return result
+
+
+@transaction.atomic
+def _usage_chunk_commit(connection: ProviderConnection, rows: list[ProviderUsageBucket], start: datetime,
+                        end: datetime, seen_at: datetime) -> None:
+    # One sync of a connection writes at a time; a second waits here and then writes its own read.
+    locked = ProviderConnection.objects.select_for_update().get(pk=connection.pk)
+    _store(ProviderUsageBucket, rows, key=USAGE_KEY, values=USAGE_VALUES, tenant=locked.tenant,
+           start=start, end=end, seen_at=seen_at)
+    locked.usage_synced_until = _advance(locked.usage_synced_until, start, end)
+    locked.usage_synced_from = min(locked.usage_synced_from or start, start)
+    locked.usage_synced_at = seen_at
+    _mark_ok(locked, seen_at)
+    locked.save()
+    connection.refresh_from_db()
+
+
+def provider_cost_sync(
+    *,
+    connection: ProviderConnection,
+    start: datetime | None = None,
+    end: datetime | None = None,
+    client: AdminApiClient | None = None,
+    now: datetime | None = None,
+) -> SyncResult:
+    """Read the daily cost report over a window (at least the last few days) and replace its buckets."""
+    now = now or timezone.now()
+    if start is None or end is None:
+        start, end = cost_window(connection, now=now)
+    start = _floor_day(start)
+    end = _floor_day(end) if _floor_day(end) == end else _floor_day(end) + timedelta(days=1)
+    result = SyncResult(report="cost", start=start, end=end)
+    owns_client = client is None
+    client = client or connection_client(connection)
+    try:
+        for chunk_start, chunk_end in _chunks(start, end, timedelta(days=COST_CHUNK_DAYS)):
+            seen_at = timezone.now()
+            buckets = list(
+                client.cost_buckets(
+                    starting_at=chunk_start, ending_at=chunk_end, workspace_ids=connection.workspace_ids or None
+                )
+            )
+            rows = _dedupe(_cost_rows(buckets, tenant=connection.tenant, seen_at=seen_at), COST_KEY)
+            _cost_chunk_commit(connection, rows, chunk_start, chunk_end, seen_at)
+            result.rows += len(rows)
+            result.buckets += len(buckets)
+            result.chunks.append((chunk_start, chunk_end))
+    except ProviderError as exc:
+        result.error = str(exc)
+        provider_sync_failed(connection=connection, error=exc, now=now)
+    finally:
+        if owns_client:
+            client.close()
+    return result
+
+
+@transaction.atomic
+def _cost_chunk_commit(connection: ProviderConnection, rows: list[ProviderCostBucket], start: datetime,
+                       end: datetime, seen_at: datetime) -> None:
+    locked = ProviderConnection.objects.select_for_update().get(pk=connection.pk)
+    _store(ProviderCostBucket, rows, key=COST_KEY, values=COST_VALUES, tenant=locked.tenant,
+           start=start, end=end, seen_at=seen_at)
+    locked.cost_synced_until = _advance(locked.cost_synced_until, start, end)
+    locked.cost_synced_from = min(locked.cost_synced_from or start, start)
+    locked.cost_synced_at = seen_at
+    _mark_ok(locked, seen_at)
+    locked.save()
+    connection.refresh_from_db()
+
+
+def _advance(cursor: datetime | None, start: datetime, end: datetime) -> datetime:
+    # A read that starts at or before the cursor extends the contiguous history; a backfill
+    # of an older range must not pull the cursor back.
+    if cursor is None:
+        return end
+    return max(cursor, end) if start <= cursor else cursor
+
+
+def _mark_ok(connection: ProviderConnection, at: datetime) -> None:
+    connection.status = ConnectionStatus.OK
+    connection.last_error = ""
+    connection.last_attempt_at = at
+
+
+@transaction.atomic
+def provider_sync_failed(*, connection: ProviderConnection, error: ProviderError, now: datetime) -> None:
+    """Record a failed sync; raise ``sync_failing`` when a person must act or the data is going stale."""
+    locked = ProviderConnection.objects.select_for_update().get(pk=connection.pk)
+    locked.status = ConnectionStatus.FAILING if error.permanent else ConnectionStatus.ERROR
+    locked.last_error = str(error)[:2000]
+    locked.last_error_at = now
+    locked.last_attempt_at = now
+    locked.save(update_fields=["status", "last_error", "last_error_at", "last_attempt_at", "updated_at"])
+    logger.warning("provider sync failed for tenant %s: %s", locked.tenant.slug, error)
+    last_ok = max(
+        (t for t in (locked.usage_synced_at, locked.cost_synced_at) if t is not None), default=locked.created_at
+    )
+    if error.permanent or now - last_ok > STALE_AFTER:
+        what = "rejected the admin key" if error.auth_failed else "cannot be synced"
+        _alert(
+            tenant=locked.tenant,
+            kind="sync_failing",
+            dedup_key=f"sync_failing:{locked.pk}:{now.date().isoformat()}",
+            title=f"Anthropic {what}",
+            body=(
+                f"The Anthropic Usage and Cost sync for {locked.tenant.name} failed: {error}. "
+                + (
+                    "Check the admin key in the provider connection settings."
+                    if error.permanent
+                    else "It will keep retrying."
+                )
+            ),
+            data={"connection": str(locked.pk), "status": error.status, "permanent": error.permanent},
+        )
+    connection.refresh_from_db()
+
+
+def _alert(*, tenant: Tenant, kind: str, dedup_key: str, title: str, body: str, data: dict | None = None):
+    """Raise an alert through the alerts path: recorded once per dedup key, sent to the channels."""
+    return alert_raise(tenant=tenant, kind=kind, dedup_key=dedup_key, title=title, body=body, data=data)
+
+
+# --- reconciliation -----------------------------------------------------------------------------
+
+
+@transaction.atomic
+def reconciliation_run(*, tenant: Tenant, start: date, end: date, now: datetime | None = None
+                       ) -> list[selectors.ReconciledDay]:
+    """Store metered vs provider spend per day and model for [start, end]; alert on drift."""
+    now = now or timezone.now()
+    days = selectors.reconciliation_compute(tenant=tenant, start=start, end=end)
+    keep: list[int] = []
+    for day in days:
+        for line in day.models:
+            row, _ = Reconciliation.objects.update_or_create(
+                tenant=tenant,
+                day=day.day,
+                model=line.model,
+                defaults={
+                    "metered_nano": line.metered_nano,
+                    "provider_usage_nano": line.provider_usage_nano,
+                    "provider_cost_nano": line.provider_cost_nano,
+                    "unpriced_tokens": line.unpriced_tokens,
+                    "computed_at": now,
+                },
+            )
+            keep.append(row.pk)
+    Reconciliation.objects.filter(tenant=tenant, day__gte=start, day__lte=end).exclude(pk__in=keep).delete()
+    for day in days:
+        if day.drifting:
+            _drift_alert(tenant, day)
+    return days
+
+
+def _drift_alert(tenant: Tenant, day: selectors.ReconciledDay) -> None:
+    drift = f"{day.drift_pct}%" if day.drift_pct is not None else "all of it"
+    _alert(
+        tenant=tenant,
+        kind="drift",
+        dedup_key=f"drift:{tenant.pk}:{day.day.isoformat()}",
+        title=f"Unmetered Claude spend on {day.day.isoformat()}",
+        body=(
+            f"Anthropic reports ${nano_to_usd(day.provider_nano)} for {day.day.isoformat()}, "
+            f"but only ${nano_to_usd(day.metered_nano)} went through Comptroller: "
+            f"${nano_to_usd(day.unmetered_nano)} unmetered ({drift}, tolerance {tenant.drift_tolerance_pct}%)."
+        ),
+        data={
+            "day": day.day.isoformat(),
+            "metered_usd": nano_to_usd(day.metered_nano),
+            "provider_usd": nano_to_usd(day.provider_nano),
+            "unmetered_usd": nano_to_usd(day.unmetered_nano),
+            "drift_pct": str(day.drift_pct) if day.drift_pct is not None else None,
+            "basis": day.basis,
+        },
+    )
+
+
+RECONCILE_DAYS = 7
+
+
+def reconciliation_run_recent(*, tenant: Tenant, now: datetime | None = None) -> list[selectors.ReconciledDay]:
+    """Reconcile the tenant's last week of local days: cost is corrected for days afterwards."""
+    now = now or timezone.now()
+    today = now.astimezone(tenant.tz).date()
+    return reconciliation_run(tenant=tenant, start=today - timedelta(days=RECONCILE_DAYS - 1), end=today, now=now)
