@@ -11,6 +11,7 @@ urlpatterns = [
     path("api/docs/", SpectacularSwaggerView.as_view(url_name="schema"), name="api-docs"),
     path("api/v1/", include("governance.api.urls")),
     path("api/v1/", include("usage.urls")),
+    path("api/v1/", include("usage.lever_urls")),
     path("api/v1/", include("usage.provider.urls")),
     path("api/v1/", include("budgets.urls")),
     path("api/v1/", include("governance.notify.urls")),

@@ -1,0 +1,218 @@
+"""GET /api/v1/levers: the lever board per feature, for service and admin keys."""
+
+from __future__ import annotations
+
+from drf_spectacular.utils import OpenApiParameter, extend_schema
+from rest_framework import serializers
+from rest_framework.response import Response
+
+from governance.api.base import TenantAPIView, key_feature_ids
+from governance.api.errors import ApiError
+from governance.api.fields import StrictSerializer
+from governance.selectors import feature_get
+from usage.levers import LEVERS, MAX_RANGE_DAYS, lever_board
+
+
+def usd(help_text: str = "USD as a decimal string", **kwargs) -> serializers.CharField:
+    return serializers.CharField(help_text=help_text, **kwargs)
+
+
+def ratio(help_text: str) -> serializers.FloatField:
+    return serializers.FloatField(allow_null=True, help_text=f"{help_text} (0..1, 4 places; null when undefined)")
+
+
+class LeverBudgetStatusOutput(serializers.Serializer):
+    id = serializers.CharField()
+    name = serializers.CharField()
+    scope = serializers.CharField()
+    period = serializers.CharField()
+    enforcement = serializers.CharField()
+    run_id = serializers.CharField(allow_null=True)
+    window_start = serializers.CharField(help_text="RFC 3339 UTC")
+    window_end = serializers.CharField(allow_null=True, help_text="RFC 3339 UTC; null for total and run budgets")
+    limit_usd = usd(allow_null=True)
+    spent_usd = usd()
+    reserved_usd = usd()
+    remaining_usd = usd(allow_null=True)
+    limit_tokens = serializers.IntegerField(allow_null=True)
+    spent_tokens = serializers.IntegerField()
+    reserved_tokens = serializers.IntegerField()
+    remaining_tokens = serializers.IntegerField(allow_null=True)
+    binding = serializers.BooleanField()
+    spent_share = ratio("Spent over the USD limit")
+    forecast_usd = usd("Spend at the window's end at the average burn rate so far", allow_null=True)
+    forecast_over_limit = serializers.BooleanField()
+
+
+class LeverRecommendationOutput(serializers.Serializer):
+    lever = serializers.ChoiceField(choices=LEVERS)
+    text = serializers.CharField(help_text="Plain-language recommendation")
+    potential_saving_usd = usd()
+
+
+class LeverFamilySpendOutput(serializers.Serializer):
+    family = serializers.CharField()
+    calls = serializers.IntegerField()
+    spend_usd = usd()
+
+
+class LeverModelSpendOutput(serializers.Serializer):
+    model = serializers.CharField()
+    family = serializers.CharField()
+    calls = serializers.IntegerField()
+    spend_usd = usd()
+    one_tier_down_model = serializers.CharField(allow_null=True, help_text="opus → sonnet → haiku (PRICING.md)")
+    one_tier_down_cost_usd = usd("The same usage priced on the model one tier down", allow_null=True)
+    potential_saving_usd = usd()
+
+
+class LeverBaseOutput(serializers.Serializer):
+    potential_saving_usd = usd("What this lever could save over the range")
+    recommendation = serializers.CharField(allow_null=True)
+
+
+class LeverModelSelectionOutput(LeverBaseOutput):
+    by_family = LeverFamilySpendOutput(many=True)
+    by_model = LeverModelSpendOutput(many=True)
+    one_tier_down_cost_usd = usd()
+    potential_note = serializers.CharField()
+
+
+class LeverPromptCachingOutput(LeverBaseOutput):
+    input_tokens = serializers.IntegerField(help_text="Uncached input")
+    cache_write_5m_tokens = serializers.IntegerField()
+    cache_write_1h_tokens = serializers.IntegerField()
+    cache_read_tokens = serializers.IntegerField()
+    total_input_tokens = serializers.IntegerField()
+    average_input_tokens_per_call = serializers.IntegerField()
+    cache_read_share = ratio("Share of input read from cache")
+    saved_by_caching_usd = usd("Saved vs the same tokens uncached (negative when writes cost more than reads saved)")
+    unread_write_tokens = serializers.IntegerField(help_text="Cache writes a day's reads never covered")
+    unread_writes_usd = usd("Spent on those writes")
+    large_input_little_caching = serializers.BooleanField()
+
+
+class LeverBatchOutput(LeverBaseOutput):
+    latency_tolerant = serializers.BooleanField(help_text="The feature is not interactive")
+    batch_spend_usd = usd()
+    batch_share = ratio("Share of spend on the batch tier")
+    standard_spend_usd = usd()
+    movable_spend_usd = usd("Standard-tier spend of a latency-tolerant feature")
+
+
+class LeverMaxTokensOutput(LeverBaseOutput):
+    calls = serializers.IntegerField()
+    truncations = serializers.IntegerField(help_text="Calls with stop_reason = max_tokens")
+    truncation_rate = ratio("Truncations over calls")
+    truncated_spend_usd = usd("Spend's share of truncated calls")
+    max_tokens_held = serializers.IntegerField()
+    output_tokens_capped = serializers.IntegerField()
+    cap_utilisation = ratio("Output tokens over the max_tokens held")
+    calls_without_max_tokens = serializers.IntegerField()
+    max_tokens_cap = serializers.IntegerField(allow_null=True)
+    has_cap = serializers.BooleanField()
+
+
+class LeverLatencyOutput(LeverBaseOutput):
+    interactive = serializers.BooleanField()
+    calls = serializers.IntegerField()
+    streamed_calls = serializers.IntegerField()
+    streamed_share = ratio("Streamed calls over calls")
+    ttft_p50_ms = serializers.IntegerField(allow_null=True, help_text="Upper bound of the histogram bucket")
+    ttft_p95_ms = serializers.IntegerField(allow_null=True)
+    latency_p50_ms = serializers.IntegerField(allow_null=True)
+    latency_p95_ms = serializers.IntegerField(allow_null=True)
+    ttft_avg_ms = serializers.IntegerField(allow_null=True)
+    latency_avg_ms = serializers.IntegerField(allow_null=True)
+
+
+class LeverBudgetOutput(LeverBaseOutput):
+    budgets = LeverBudgetStatusOutput(many=True)
+
+
+class LeversOutput(serializers.Serializer):
+    model_selection = LeverModelSelectionOutput()
+    prompt_caching = LeverPromptCachingOutput()
+    batch = LeverBatchOutput()
+    max_tokens = LeverMaxTokensOutput()
+    latency = LeverLatencyOutput()
+    budget = LeverBudgetOutput()
+
+
+class LeverFeatureBoardOutput(serializers.Serializer):
+    key = serializers.CharField()
+    name = serializers.CharField()
+    interactive = serializers.BooleanField()
+    max_tokens_cap = serializers.IntegerField(allow_null=True)
+    calls = serializers.IntegerField()
+    spend_usd = usd()
+    potential_saving_usd = usd("The best single lever's potential saving")
+    recommendation = LeverRecommendationOutput(allow_null=True)
+    recommendations = LeverRecommendationOutput(many=True)
+    levers = LeversOutput()
+
+
+class LeverTotalsOutput(serializers.Serializer):
+    calls = serializers.IntegerField()
+    spend_usd = usd()
+    potential_saving_usd = usd("Sum of each feature's best lever")
+
+
+class LeverBoardOutput(serializers.Serializer):
+    start = serializers.DateField()
+    end = serializers.DateField()
+    feature = serializers.CharField(allow_null=True)
+    totals = LeverTotalsOutput()
+    budgets = LeverBudgetStatusOutput(many=True, help_text="Tenant-wide budgets")
+    features = LeverFeatureBoardOutput(many=True, help_text="Ranked by potential saving, largest first")
+
+
+class LeverBoardApi(TenantAPIView):
+    class InputSerializer(StrictSerializer):
+        start = serializers.DateField(help_text="First tenant-local day, YYYY-MM-DD")
+        end = serializers.DateField(help_text="Last tenant-local day (inclusive), YYYY-MM-DD")
+        feature = serializers.CharField(required=False, max_length=63, help_text="Limit to one feature key")
+
+        def validate(self, data):
+            if data["end"] < data["start"]:
+                raise serializers.ValidationError({"end": ["Must not be before start."]})
+            if (data["end"] - data["start"]).days >= MAX_RANGE_DAYS:
+                raise serializers.ValidationError({"end": [f"The range is at most {MAX_RANGE_DAYS} days."]})
+            return data
+
+    @extend_schema(
+        summary="The lever board per feature",
+        description=(
+            "Per feature over the tenant-local days start..end: spend by model family and one tier "
+            "down, cache-read share and savings, batch share and potential, truncation rate and "
+            "max_tokens utilisation, ttft and latency percentiles of interactive features, budget "
+            "forecasts, and a plain-language recommendation per lever, ranked by potential saving. "
+            "Computed from daily rollups. A key restricted to some features sees only those."
+        ),
+        parameters=[
+            OpenApiParameter("start", str, required=True, description="YYYY-MM-DD (inclusive)"),
+            OpenApiParameter("end", str, required=True, description="YYYY-MM-DD (inclusive)"),
+            OpenApiParameter("feature", str, required=False, description="A feature key"),
+        ],
+        responses=LeverBoardOutput,
+    )
+    def get(self, request):
+        params = self.validate(self.InputSerializer, request.query_params.dict())
+        feature = None
+        if "feature" in params:
+            feature = feature_get(tenant=self.tenant, key=params["feature"])
+            if feature is None:
+                raise ApiError(
+                    f"No feature '{params['feature']}'.",
+                    code="unknown_feature",
+                    details={"feature": params["feature"]},
+                )
+            self.check_feature_access(feature)
+        board = lever_board(
+            tenant=self.tenant,
+            start=params["start"],
+            end=params["end"],
+            feature=feature,
+            feature_ids=key_feature_ids(self.api_key) or None,
+        )
+        return Response(LeverBoardOutput(board).data)

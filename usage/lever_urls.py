@@ -1,0 +1,7 @@
+from django.urls import path
+
+from usage.lever_apis import LeverBoardApi
+
+urlpatterns = [
+    path("levers", LeverBoardApi.as_view(), name="api-levers"),
+]
