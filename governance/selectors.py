@@ -37,3 +37,18 @@ def memberships_for_user(*, user) -> QuerySet[Membership]:
 
 def membership_get(*, user, tenant_slug: str) -> Membership | None:
     return memberships_for_user(user=user).filter(tenant__slug=tenant_slug).first()
+
+
+def membership_list(*, tenant: Tenant) -> QuerySet[Membership]:
+    return Membership.objects.filter(tenant=tenant).select_related("user").order_by("user__username")
+
+
+def membership_get_by_id(*, tenant: Tenant, membership_id: int) -> Membership | None:
+    return membership_list(tenant=tenant).filter(pk=membership_id).first()
+
+
+def audit_entries(*, tenant: Tenant, object_type: str | None = None) -> QuerySet[AuditEntry]:
+    entries = AuditEntry.objects.filter(tenant=tenant).select_related("actor_user", "actor_key")
+    if object_type is not None:
+        entries = entries.filter(object_type=object_type)
+    return entries

@@ -130,3 +130,62 @@ def tenant_create(
         Membership.objects.create(user=user, tenant=tenant, role=Role.OWNER)
     _, secret = api_key_create(tenant=tenant, actor=Actor.system(), name="Initial admin key", role=KeyRole.ADMIN)
     return tenant, password, secret
+
+
+# --- members ----------------------------------------------------------------------------
+
+
+class LastOwner(Exception):
+    """The change would leave the tenant without an owner."""
+
+
+def membership_snapshot(membership: Membership) -> dict[str, Any]:
+    return {"user": membership.user.get_username(), "role": membership.role}
+
+
+def _other_owners(membership: Membership) -> bool:
+    return (
+        Membership.objects.filter(tenant=membership.tenant, role=Role.OWNER).exclude(pk=membership.pk).exists()
+    )
+
+
+@transaction.atomic
+def membership_add(*, tenant: Tenant, actor: Actor, email: str, role: str) -> tuple[Membership, str | None]:
+    """Add a user (created if new) to the tenant; return the membership and a new user's one-time password."""
+    User = get_user_model()
+    email = email.strip().lower()
+    user = User.objects.filter(username__iexact=email).first()
+    password = None
+    if user is None:
+        password = secrets.token_urlsafe(12)
+        user = User.objects.create_user(username=email, email=email, password=password)
+    membership, created = Membership.objects.get_or_create(user=user, tenant=tenant, defaults={"role": role})
+    if created:
+        audit_record(tenant=tenant, actor=actor, action="create", obj=membership,
+                     after=membership_snapshot(membership))
+    return membership, password
+
+
+@transaction.atomic
+def membership_set_role(*, membership: Membership, actor: Actor, role: str) -> Membership:
+    Role(role)  # raises ValueError on an unknown role
+    if membership.role == Role.OWNER and role != Role.OWNER and not _other_owners(membership):
+        raise LastOwner("A tenant needs at least one owner; make someone else owner first.")
+    before = membership_snapshot(membership)
+    membership.role = role
+    membership.save(update_fields=["role"])
+    if before != membership_snapshot(membership):
+        audit_record(tenant=membership.tenant, actor=actor, action="update", obj=membership, before=before,
+                     after=membership_snapshot(membership))
+    return membership
+
+
+@transaction.atomic
+def membership_remove(*, membership: Membership, actor: Actor) -> None:
+    if membership.role == Role.OWNER and not _other_owners(membership):
+        raise LastOwner("A tenant needs at least one owner; make someone else owner first.")
+    before = membership_snapshot(membership)
+    pk = membership.pk
+    membership.delete()
+    membership.pk = pk
+    audit_record(tenant=membership.tenant, actor=actor, action="delete", obj=membership, before=before)

@@ -1,10 +1,57 @@
-from django.contrib.auth import views as auth_views
-from django.urls import path
+"""Web UI routes: sign-in and account pages, then every tenant page under /t/<slug>/."""
 
-from governance.web import views
+from __future__ import annotations
+
+from django.contrib.auth import views as auth_views
+from django.urls import include, path, register_converter
+
+from governance.web import auth
+from governance.web.views import account, budgets, dashboard, features, keys, members, usage
+
+
+class HexIdConverter:
+    """A UUID written as 32 hex digits, the form alert emails link to."""
+
+    regex = "[0-9a-f]{32}"
+
+    def to_python(self, value: str) -> str:
+        return value
+
+    def to_url(self, value) -> str:
+        return value.hex if hasattr(value, "hex") else str(value)
+
+
+register_converter(HexIdConverter, "hex")
+
+tenant_patterns = [
+    path("", dashboard.dashboard, name="dashboard"),
+    path("usage/", usage.usage_explorer, name="usage"),
+    path("features/", features.feature_list, name="features"),
+    path("features/new/", features.feature_create, name="feature-create"),
+    path("features/<slug:key>/", features.feature_edit, name="feature-edit"),
+    path("features/<slug:key>/delete/", features.feature_delete, name="feature-delete"),
+    path("budgets/", budgets.budget_index, name="budgets"),
+    path("budgets/new/", budgets.budget_create, name="budget-create"),
+    path("budgets/<hex:budget_hex>/", budgets.budget_detail, name="budget"),
+    path("budgets/<hex:budget_hex>/edit/", budgets.budget_edit, name="budget-edit"),
+    path("budgets/<hex:budget_hex>/delete/", budgets.budget_delete, name="budget-delete"),
+    path("keys/", keys.key_list, name="keys"),
+    path("keys/new/", keys.key_create, name="key-create"),
+    path("keys/<hex:key_hex>/created/", keys.key_created, name="key-created"),
+    path("keys/<hex:key_hex>/revoke/", keys.key_revoke, name="key-revoke"),
+    path("members/", members.member_list, name="members"),
+    path("members/add/", members.member_add, name="member-add"),
+    path("members/<int:member_id>/role/", members.member_role, name="member-role"),
+    path("members/<int:member_id>/remove/", members.member_remove, name="member-remove"),
+]
 
 urlpatterns = [
-    path("login/", auth_views.LoginView.as_view(), name="login"),
+    path("login/", auth.LoginView.as_view(), name="login"),
     path("logout/", auth_views.LogoutView.as_view(), name="logout"),
-    path("", views.home, name="dashboard"),
+    path("account/password/", auth_views.PasswordChangeView.as_view(success_url="/account/password/done/"),
+         name="password_change"),
+    path("account/password/done/", auth_views.PasswordChangeDoneView.as_view(), name="password_change_done"),
+    # Named "dashboard" because LOGIN_REDIRECT_URL says so; it leads to a tenant's dashboard.
+    path("", account.home, name="dashboard"),
+    path("t/<slug:slug>/", include((tenant_patterns, "web"))),
 ]

@@ -1,0 +1,296 @@
+"""Charts as SVG drawn on the server: readable without hovering, no script, no external assets.
+
+Each function returns markup that is safe to insert into a page (every label is
+escaped). Amounts are integers (nano-USD or tokens); ``fmt`` renders an axis or
+value label from one.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from datetime import date
+from decimal import Decimal
+
+from django.utils.html import escape
+from django.utils.safestring import SafeString, mark_safe
+
+from usage.models import NANO
+
+# Okabe-Ito: distinguishable with the common colour-vision deficiencies.
+PALETTE = ("#0072B2", "#E69F00", "#009E73", "#CC79A7", "#56B4E9", "#D55E00", "#F0E442", "#000000")
+OTHER_COLOUR = "#9aa0a6"
+SPENT = "#0072B2"
+HELD = "#56B4E9"
+OVER = "#C0392B"
+TRACK = "#e8ebef"
+INK = "#1f2933"
+MUTED = "#616e7c"
+GRID = "#e4e7eb"
+
+Formatter = Callable[[int], str]
+
+
+def usd_short(nano: int) -> str:
+    """Return a compact USD label: $0.42, $12, $1.2k, $3.4M."""
+    usd = Decimal(nano) / NANO
+    sign = "-" if usd < 0 else ""
+    usd = abs(usd)
+    if usd >= 1_000_000:
+        return f"{sign}${usd / 1_000_000:.1f}M"
+    if usd >= 10_000:
+        return f"{sign}${usd / 1000:.0f}k"
+    if usd >= 1000:
+        return f"{sign}${usd / 1000:.1f}k"
+    if usd >= 100 or usd == usd.to_integral_value():
+        return f"{sign}${usd:.0f}"
+    if usd >= 1:
+        return f"{sign}${usd:.2f}".rstrip("0").rstrip(".")
+    return f"{sign}${usd:.2f}" if usd >= Decimal("0.01") else f"{sign}${usd:.4f}"
+
+
+def tokens_short(tokens: int) -> str:
+    if tokens >= 1_000_000_000:
+        return f"{tokens / 1e9:.1f}B"
+    if tokens >= 1_000_000:
+        return f"{tokens / 1e6:.1f}M"
+    if tokens >= 1000:
+        return f"{tokens / 1e3:.0f}k"
+    return str(tokens)
+
+
+def nice_ceiling(value: int) -> int:
+    """Return a round axis maximum at or above ``value`` (1, 2, 2.5 or 5 times a power of ten)."""
+    if value <= 0:
+        return 1
+    exponent = 10 ** math.floor(math.log10(value))
+    for step in (1, 2, 2.5, 5, 10):
+        if value <= step * exponent:
+            return int(step * exponent)
+    return int(10 * exponent)
+
+
+def _svg(width: int, height: int, body: list[str], label: str, css: str = "chart") -> SafeString:
+    return mark_safe(
+        f'<svg class="{css}" viewBox="0 0 {width} {height}" role="img" aria-label="{escape(label)}" '
+        f'xmlns="http://www.w3.org/2000/svg" font-family="system-ui, -apple-system, Segoe UI, sans-serif">'
+        f"<title>{escape(label)}</title>{''.join(body)}</svg>"
+    )
+
+
+def _text(x: float, y: float, text: str, *, size: int = 11, anchor: str = "start", fill: str = MUTED,
+          weight: str = "normal") -> str:
+    return (
+        f'<text x="{x:.1f}" y="{y:.1f}" font-size="{size}" text-anchor="{anchor}" fill="{fill}" '
+        f'font-weight="{weight}">{escape(text)}</text>'
+    )
+
+
+# --- budget bar --------------------------------------------------------------------
+
+
+def budget_bar(
+    *,
+    spent: int,
+    held: int,
+    limit: int,
+    thresholds: Sequence[int] = (),
+    forecast: int | None = None,
+    fmt: Formatter = usd_short,
+    uid: str = "b",
+) -> SafeString:
+    """Draw one window as a bar: spent, held, remaining, threshold ticks and the forecast marker."""
+    width, height = 600, 58
+    left, right, top, bar_h = 4, 596, 20, 18
+    span = right - left
+    # The scale stretches past the limit when spend or the forecast overshoot it.
+    scale_max = max(limit, spent + held, forecast or 0, 1)
+    px = span / scale_max
+
+    def x(value: int) -> float:
+        return left + min(max(value, 0), scale_max) * px
+
+    body = [
+        f'<defs><pattern id="hatch-{uid}" width="6" height="6" patternUnits="userSpaceOnUse" '
+        f'patternTransform="rotate(45)"><rect width="6" height="6" fill="{HELD}"/>'
+        f'<line x1="0" y1="0" x2="0" y2="6" stroke="#ffffff" stroke-width="2"/></pattern></defs>',
+        f'<rect x="{left}" y="{top}" width="{x(limit) - left:.1f}" height="{bar_h}" rx="3" fill="{TRACK}"/>',
+    ]
+    within = min(spent, limit)
+    body.append(f'<rect x="{left}" y="{top}" width="{x(within) - left:.1f}" height="{bar_h}" fill="{SPENT}"/>')
+    if spent > limit:
+        body.append(
+            f'<rect x="{x(limit):.1f}" y="{top}" width="{x(spent) - x(limit):.1f}" height="{bar_h}" fill="{OVER}"/>'
+        )
+    if held > 0:
+        body.append(
+            f'<rect x="{x(spent):.1f}" y="{top}" width="{max(x(spent + held) - x(spent), 1.5):.1f}" '
+            f'height="{bar_h}" fill="url(#hatch-{uid})"/>'
+        )
+    # The limit line, then thresholds as ticks with their percentage above the bar.
+    body.append(
+        f'<line x1="{x(limit):.1f}" y1="{top - 4}" x2="{x(limit):.1f}" y2="{top + bar_h + 4}" '
+        f'stroke="{INK}" stroke-width="2"/>'
+    )
+    for pct in sorted(set(thresholds)):
+        value = limit * pct // 100
+        tx = x(value)
+        body.append(
+            f'<line x1="{tx:.1f}" y1="{top - 3}" x2="{tx:.1f}" y2="{top + bar_h + 3}" stroke="{INK}" '
+            f'stroke-width="1" stroke-dasharray="2,2"/>'
+        )
+        anchor = "end" if tx > right - 20 else ("start" if tx < left + 20 else "middle")
+        body.append(_text(tx, top - 6, f"{pct}%", size=10, anchor=anchor))
+    if forecast is not None and forecast > 0:
+        fx = x(forecast)
+        colour = OVER if forecast > limit else INK
+        body.append(
+            f'<path d="M{fx:.1f},{top + bar_h + 2} l-5,8 h10 z" fill="{colour}"/>'
+        )
+        anchor = "end" if fx > right - 60 else ("start" if fx < left + 60 else "middle")
+        body.append(_text(fx, top + bar_h + 20, f"forecast {fmt(forecast)}", size=10, anchor=anchor, fill=colour))
+    label = f"spent {fmt(spent)}, held {fmt(held)} of {fmt(limit)}"
+    return _svg(width, height, body, label, css="chart bar")
+
+
+# --- line chart: cumulative spend, forecast, limit ----------------------------------------
+
+
+@dataclass(frozen=True)
+class Frame:
+    """Plot area of a chart with days along x and amounts up y."""
+
+    width: int
+    height: int
+    left: int
+    right: int
+    top: int
+    bottom: int
+    days: int
+    y_max: int
+
+    def x(self, index: float) -> float:
+        step = (self.right - self.left) / max(self.days - 1, 1)
+        return self.left + index * step
+
+    def y(self, value: int) -> float:
+        return self.bottom - (self.bottom - self.top) * (value / self.y_max)
+
+
+def _axes(frame: Frame, day_list: Sequence[date], fmt: Formatter, *, bars: bool = False) -> list[str]:
+    body = []
+    for i in range(5):
+        value = frame.y_max * i // 4
+        y = frame.y(value)
+        body.append(f'<line x1="{frame.left}" y1="{y:.1f}" x2="{frame.right}" y2="{y:.1f}" stroke="{GRID}"/>')
+        body.append(_text(frame.left - 6, y + 4, fmt(value), anchor="end"))
+    # Label about six days along the axis, always the first and the last.
+    n = len(day_list)
+    every = max(1, math.ceil(n / 6))
+    marks = set(range(0, n, every)) | {n - 1}
+    if n > 1 and (n - 1) % every and (n - 1) - max(i for i in marks if i != n - 1) < every / 2:
+        marks.discard(max(i for i in marks if i != n - 1))
+    for i in sorted(marks):
+        x = frame.x(i + 0.5) if bars else frame.x(i)
+        body.append(_text(x, frame.bottom + 16, f"{day_list[i]:%b} {day_list[i].day}", anchor="middle"))
+    return body
+
+
+def cumulative_chart(
+    *,
+    days: Sequence[date],
+    cumulative: Sequence[int | None],
+    forecast_end: int | None = None,
+    limit: int | None = None,
+    fmt: Formatter = usd_short,
+    label: str = "Cumulative spend",
+) -> SafeString:
+    """Draw cumulative spend per day, a dashed forecast to the last day, and the limit."""
+    width, height = 600, 260
+    known = [(i, v) for i, v in enumerate(cumulative) if v is not None]
+    peak = max([v for _, v in known] + [forecast_end or 0, limit or 0, 1])
+    frame = Frame(width, height, left=58, right=584, top=16, bottom=230, days=max(len(days), 2),
+                  y_max=nice_ceiling(int(peak * 1.05)))
+    body = _axes(frame, days, fmt)
+    if limit:
+        ly = frame.y(limit)
+        body.append(
+            f'<line x1="{frame.left}" y1="{ly:.1f}" x2="{frame.right}" y2="{ly:.1f}" stroke="{OVER}" '
+            f'stroke-width="2"/>'
+        )
+        body.append(_text(frame.left + 4, ly - 5, f"limit {fmt(limit)}", fill=OVER, weight="600"))
+    if known:
+        points = " ".join(f"{frame.x(i):.1f},{frame.y(v):.1f}" for i, v in known)
+        area = (
+            f"{frame.x(known[0][0]):.1f},{frame.bottom} {points} {frame.x(known[-1][0]):.1f},{frame.bottom}"
+        )
+        body.append(f'<polygon points="{area}" fill="{SPENT}" fill-opacity="0.12"/>')
+        body.append(f'<polyline points="{points}" fill="none" stroke="{SPENT}" stroke-width="2.5"/>')
+        last_i, last_v = known[-1]
+        body.append(f'<circle cx="{frame.x(last_i):.1f}" cy="{frame.y(last_v):.1f}" r="3.5" fill="{SPENT}"/>')
+        if forecast_end is not None and last_i < len(days) - 1:
+            colour = OVER if limit and forecast_end > limit else INK
+            end_x, end_y = frame.x(len(days) - 1), frame.y(forecast_end)
+            body.append(
+                f'<line x1="{frame.x(last_i):.1f}" y1="{frame.y(last_v):.1f}" x2="{end_x:.1f}" y2="{end_y:.1f}" '
+                f'stroke="{colour}" stroke-width="2" stroke-dasharray="6,4"/>'
+            )
+            body.append(f'<circle cx="{end_x:.1f}" cy="{end_y:.1f}" r="3" fill="{colour}"/>')
+            body.append(_text(end_x - 4, end_y - 8, f"forecast {fmt(forecast_end)}", anchor="end", fill=colour,
+                              weight="600"))
+        value_anchor = "start" if frame.x(last_i) < frame.right - 90 else "end"
+        body.append(_text(frame.x(last_i) + (6 if value_anchor == "start" else -6), frame.y(last_v) + 16,
+                          f"{fmt(last_v)} so far", anchor=value_anchor, fill=SPENT, weight="600"))
+    return _svg(width, height, body, label)
+
+
+# --- stacked daily bars --------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Series:
+    name: str
+    colour: str
+    values: Sequence[int]
+
+
+def stacked_bars(*, days: Sequence[date], series: Sequence[Series], fmt: Formatter = usd_short,
+                 label: str = "Spend per day", limit: int | None = None) -> SafeString:
+    """Draw one bar per day, stacked by series, with the day's total above the tallest bars."""
+    width, height = 600, 260
+    totals = [sum(s.values[i] for s in series) for i in range(len(days))]
+    frame = Frame(width, height, left=58, right=584, top=16, bottom=230, days=len(days) + 1,
+                  y_max=nice_ceiling(int(max([*totals, limit or 0, 1]) * 1.08)))
+    body = _axes(frame, days, fmt, bars=True)
+    slot = (frame.right - frame.left) / max(len(days), 1)
+    bar_w = max(slot * 0.72, 1.0)
+    for i in range(len(days)):
+        x = frame.left + i * slot + (slot - bar_w) / 2
+        base = 0
+        for s in series:
+            value = s.values[i]
+            if value <= 0:
+                continue
+            y_top, y_bottom = frame.y(base + value), frame.y(base)
+            body.append(
+                f'<rect x="{x:.1f}" y="{y_top:.1f}" width="{bar_w:.1f}" height="{max(y_bottom - y_top, 0.5):.1f}" '
+                f'fill="{s.colour}"/>'
+            )
+            base += value
+    if limit:
+        ly = frame.y(limit)
+        body.append(f'<line x1="{frame.left}" y1="{ly:.1f}" x2="{frame.right}" y2="{ly:.1f}" stroke="{OVER}" '
+                    f'stroke-width="2"/>')
+        body.append(_text(frame.left + 4, ly - 5, f"limit {fmt(limit)}", fill=OVER, weight="600"))
+    if totals and max(totals) > 0:
+        top_i = max(range(len(totals)), key=totals.__getitem__)
+        tx = frame.left + top_i * slot + slot / 2
+        anchor = "end" if tx > frame.right - 40 else ("start" if tx < frame.left + 40 else "middle")
+        body.append(_text(tx, frame.y(totals[top_i]) - 5, f"peak {fmt(totals[top_i])}", anchor=anchor, fill=INK,
+                          weight="600"))
+    return _svg(width, height, body, label)
+
+
+def colour_for(index: int) -> str:
+    return PALETTE[index % len(PALETTE)]

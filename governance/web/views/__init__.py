@@ -1,0 +1,1 @@
+"""Web UI views: thin, one per page; reads through selectors, writes through services."""
