@@ -457,3 +457,56 @@ def test_another_tenants_usage_never_shows(tenant, other_tenant):
     assert board["totals"]["spend_nano"] == 0
     with pytest.raises(ValueError):
         lever_board(tenant=tenant, feature=theirs, **RANGE)
+
+
+@time_machine.travel(datetime(2026, 11, 16, tzinfo=UTC), tick=False)
+def test_token_budget_forecast(tenant):
+    # Given a 1,000,000-token monthly budget that used 600,000 tokens in half the month
+    feature = FeatureFactory(tenant=tenant, key="tokens")
+    budget = Budget.objects.create(tenant=tenant, name="Token cap", scope=Scope.FEATURE, feature=feature,
+                                   period=Period.MONTH, limit_tokens=1_000_000)
+    BudgetWindow.objects.create(budget=budget, start=datetime(2026, 11, 1, tzinfo=UTC),
+                                end=datetime(2026, 12, 1, tzinfo=UTC), spent_tokens=600_000,
+                                spent_nano=usd("3"))
+    rollup(feature, "claude-haiku-4-5-20251001", calls=1, cost_nano=usd("3"))
+
+    lever = board_feature(lever_board(tenant=tenant, **RANGE), "tokens")["levers"]["budget"]
+
+    [status] = lever["budgets"]
+    assert status["forecast_usd"] is None  # no USD limit, no USD forecast
+    assert status["forecast_tokens"] == 1_200_000
+    assert status["forecast_over_limit"] is True
+    assert "1,200,000 tokens against the 1,000,000-token budget 'Token cap'" in lever["recommendation"]
+
+
+def test_usage_reported_through_the_ledger_reaches_the_board(tenant):
+    from usage.pricing import TokenUsage
+    from usage.services import UsageInput, usage_report
+
+    # Given three Sonnet 4.5 calls reported to the ledger (PRICING.md example 1: $0.0105 each),
+    # one of them cut off at max_tokens and streamed
+    feature = FeatureFactory(tenant=tenant, key="ledger", max_tokens_cap=1024)
+    at = datetime(2026, 11, 2, 12, tzinfo=UTC)
+    usage = TokenUsage(input_tokens=1_000, output_tokens=500)
+    usage_report(tenant=tenant, api_key=None, items=[
+        UsageInput(feature=feature, model="claude-sonnet-4-5", usage=usage, request_id="r1", occurred_at=at,
+                   stop_reason="max_tokens", max_tokens=1024, latency_ms=2140, ttft_ms=380, streamed=True),
+        UsageInput(feature=feature, model="claude-sonnet-4-5", usage=usage, request_id="r2", occurred_at=at,
+                   stop_reason="end_turn", max_tokens=1024, latency_ms=800, streamed=False),
+        UsageInput(feature=feature, model="claude-sonnet-4-5", usage=usage, request_id="r3", occurred_at=at,
+                   stop_reason="end_turn", max_tokens=1024, latency_ms=790, streamed=False),
+    ])
+
+    row = board_feature(lever_board(tenant=tenant, **RANGE), "ledger")
+
+    assert row["spend_usd"] == "0.031500"
+    # Haiku 4.5: 1,000 × $1 + 500 × $5 = $0.0035 a call
+    assert row["levers"]["model_selection"]["one_tier_down_cost_usd"] == "0.010500"
+    assert row["levers"]["model_selection"]["potential_saving_usd"] == "0.021000"
+    max_tokens = row["levers"]["max_tokens"]
+    assert max_tokens["truncation_rate"] == 0.3333
+    assert max_tokens["cap_utilisation"] == round(1_500 / 3_072, 4)
+    latency = row["levers"]["latency"]
+    assert (latency["latency_p50_ms"], latency["latency_p95_ms"]) == (1_000, 3_000)
+    assert (latency["ttft_p50_ms"], latency["ttft_p95_ms"]) == (500, 500)
+    assert latency["streamed_share"] == 0.3333

@@ -40,7 +40,11 @@ class LeverBudgetStatusOutput(serializers.Serializer):
     remaining_tokens = serializers.IntegerField(allow_null=True)
     binding = serializers.BooleanField()
     spent_share = ratio("Spent over the USD limit")
-    forecast_usd = usd("Spend at the window's end at the average burn rate so far", allow_null=True)
+    forecast_usd = usd(
+        "Spend at the window's end at the burn rate so far; null without an end or too early to tell",
+        allow_null=True,
+    )
+    forecast_tokens = serializers.IntegerField(allow_null=True)
     forecast_over_limit = serializers.BooleanField()
 
 

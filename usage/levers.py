@@ -26,6 +26,7 @@ from django.db.models import BigIntegerField, Case, F, FloatField, Sum, Value, W
 from django.db.models.functions import Cast, Greatest
 from django.utils import timezone
 
+from budgets.alerting import window_projections
 from budgets.models import Budget
 from budgets.selectors import current_window, window_status
 from governance.api.fields import nano_to_usd
@@ -541,44 +542,36 @@ def _rfc3339(value: datetime | None) -> str | None:
     return value.astimezone(UTC).isoformat().replace("+00:00", "Z")
 
 
-def forecast_nano(*, spent_nano: int, start: datetime, end: datetime | None, now: datetime) -> int | None:
-    """Return the window's spend at its end if it keeps burning at its average rate so far."""
-    if end is None:
-        return None
-    if now >= end:
-        return spent_nano
-    elapsed = (now - start).total_seconds()
-    if elapsed <= 0:
-        return spent_nano
-    return spent_nano * int((end - start).total_seconds()) // max(int(elapsed), 1)
-
-
 def _budget_row(budget: Budget, now: datetime) -> dict[str, Any]:
     window = current_window(budget, at=now)
     status = window_status(window)
-    forecast = forecast_nano(spent_nano=window.spent_nano, start=window.start, end=window.end, now=now)
+    # The same burn-rate projection the forecast alerts use, so board and alert agree.
+    projections = {p.unit: p for p in window_projections(window, now=now)}
+    usd, tokens = projections.get("usd"), projections.get("tokens")
     status["window_start"] = _rfc3339(status["window_start"])
     status["window_end"] = _rfc3339(status["window_end"])
     status["limit_nano"] = budget.limit_nano
     status["spent_nano"] = window.spent_nano
-    status["forecast_usd"] = nano_to_usd(forecast)
-    status["forecast_nano"] = forecast
-    status["forecast_over_limit"] = bool(
-        forecast is not None and budget.limit_nano is not None and forecast > budget.limit_nano
-    )
     status["spent_share"] = _ratio(window.spent_nano, budget.limit_nano or 0)
+    status["forecast_usd"] = nano_to_usd(usd.projected) if usd else None
+    status["forecast_nano"] = usd.projected if usd else None
+    status["forecast_tokens"] = tokens.projected if tokens else None
+    status["forecast_over_limit"] = any(p.over for p in projections.values())
     return status
 
 
 def _budget(rows: list[dict[str, Any]]) -> dict[str, Any]:
-    over = [row for row in rows if row["forecast_over_limit"]]
     recommendation = None
+    over = [row for row in rows if row["forecast_over_limit"]]
     if over:
-        row = max(over, key=lambda r: r["forecast_nano"] - r["limit_nano"])
+        row = over[0]
+        if row["forecast_nano"] is not None and row["forecast_nano"] > row["limit_nano"]:
+            pace = f"{_usd_text(row['forecast_nano'])} against the {_usd_text(row['limit_nano'])}"
+        else:
+            pace = f"{row['forecast_tokens']:,} tokens against the {row['limit_tokens']:,}-token"
         recommendation = (
-            f"On pace to spend {_usd_text(row['forecast_nano'])} against the "
-            f"{_usd_text(row['limit_nano'])} budget '{row['name']}' this {row['period']}: act on "
-            f"the levers above or raise the limit."
+            f"On pace to spend {pace} budget '{row['name']}' this {row['period']}: act on the "
+            f"levers above or raise the limit."
         )
     return {
         "budgets": rows,
@@ -659,9 +652,10 @@ def lever_board(
         }
 
     A budget status is the contract's budget object (``governance`` API) plus
-    ``limit_nano``, ``spent_nano``, ``forecast_usd``/``forecast_nano`` (the window's
-    spend at its end at the average burn rate so far), ``forecast_over_limit`` and
-    ``spent_share``. Latency percentiles are the upper bound of the fixed histogram
+    ``limit_nano``, ``spent_nano``, ``spent_share``, ``forecast_usd``/``forecast_nano``
+    and ``forecast_tokens`` (the window's spend at its end at the burn rate so far, as the
+    forecast alerts compute it; None for windows without an end or too young to tell) and
+    ``forecast_over_limit``. Latency percentiles are the upper bound of the fixed histogram
     bucket holding them (``usage.models.LATENCY_BUCKETS_MS``), for interactive features.
     """
     if feature is not None and feature.tenant_id != tenant.pk:
