@@ -1,0 +1,215 @@
+"""Threshold and exhaustion alerts raised by real allowances, commits and usage reports."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+
+import pytest
+import time_machine
+
+from budgets.alerting import windows_evaluate
+from budgets.models import BudgetWindow
+from governance.audit import Actor
+from governance.notify import services
+from governance.notify.models import Alert, Notification, NotificationStatus
+from tests.factories import BudgetFactory
+
+ASK = {"feature": "support-bot", "model": "claude-sonnet-4-5", "input_tokens": 1000, "max_tokens": 1000}
+USAGE = {"input_tokens": 1000, "output_tokens": 400}  # $0.009 on Sonnet 4.5, 1,400 tokens
+CALL_NANO = 9_000_000
+SLACK_PATH = "/services/T000/B000/alerts"
+
+
+@pytest.fixture
+def channels(tenant, settings, httpserver):
+    """An email channel and a Slack channel (a local HTTP server standing in for Slack)."""
+    settings.NOTIFY_SLACK_WEBHOOK_PREFIXES = [httpserver.url_for("/")]
+    httpserver.expect_request(SLACK_PATH, method="POST").respond_with_data("ok")
+    services.channel_create(
+        tenant=tenant, actor=Actor.system(), name="Finance", kind="email", email_addresses=["fin@acme.test"]
+    )
+    services.channel_create(
+        tenant=tenant, actor=Actor.system(), name="#spend", kind="slack",
+        slack_webhook_url=httpserver.url_for(SLACK_PATH),
+    )
+    return httpserver
+
+
+@pytest.fixture
+def call(api, feature, django_capture_on_commit_callbacks):
+    """Make one model call through the API: allowance, then commit; run what commits enqueue."""
+
+    def make_call(usage=USAGE):
+        with django_capture_on_commit_callbacks(execute=True):
+            response = api.post("/api/v1/allowances", ASK, format="json")
+        body = response.json()
+        if not body["granted"]:
+            return body
+        with django_capture_on_commit_callbacks(execute=True):
+            committed = api.post(f"/api/v1/allowances/{body['id']}/commit", {"usage": usage}, format="json")
+        assert committed.status_code == 200, committed.content
+        return committed.json()
+
+    return make_call
+
+
+def slack_titles(httpserver) -> list[str]:
+    return [request.get_json()["blocks"][0]["text"]["text"] for request, _ in httpserver.log]
+
+
+def test_crossing_50_then_80_sends_exactly_two_threshold_alerts_per_channel(tenant, channels, call, mailoutbox):
+    # Given a budget of ten calls, alerting at 50, 80 and 100 %
+    BudgetFactory(tenant=tenant, name="Support", scope="tenant", limit_nano=10 * CALL_NANO, enforcement="alert")
+
+    # When eight calls are committed (50 % after the fifth, 80 % after the eighth)
+    for _ in range(8):
+        call()
+
+    # Then each channel heard exactly twice: 50 % and 80 %
+    alerts = Alert.objects.filter(tenant=tenant, kind="threshold").order_by("threshold")
+    assert [a.threshold for a in alerts] == [50, 80]
+    assert [m.subject for m in mailoutbox] == [
+        "[Comptroller] Support has used 50% of its limit",
+        "[Comptroller] Support has used 80% of its limit",
+    ]
+    assert slack_titles(channels) == ["Support has used 50% of its limit", "Support has used 80% of its limit"]
+    assert Notification.objects.filter(status=NotificationStatus.SENT).count() == 4
+
+
+def test_threshold_alert_says_budget_scope_spend_and_links_to_the_budget(tenant, feature, channels, call, mailoutbox):
+    budget = BudgetFactory(
+        tenant=tenant, name="Support bot", scope="feature", feature=feature, limit_nano=2 * CALL_NANO,
+        enforcement="alert", period="month",
+    )
+    call()
+
+    payload = channels.log[0][0].get_json()
+    fields = {f["text"].split("\n")[0]: f["text"].split("\n")[1] for b in payload["blocks"] if "fields" in b for f in b["fields"]}
+    assert fields["*Budget*"] == "Support bot"
+    assert fields["*Scope*"] == "Feature support-bot"
+    assert fields["*Spent / limit*"] == "$0.0090 / $0.0180"
+    assert fields["*Percent*"] == "50.0%"
+    button = next(b for b in payload["blocks"] if b["type"] == "actions")["elements"][0]
+    assert button["url"] == f"http://127.0.0.1:8000/t/acme/budgets/{budget.pk.hex}/"
+    [email] = mailoutbox
+    assert f"/t/acme/budgets/{budget.pk.hex}/" in email.body
+    assert "Spent / limit: $0.0090 / $0.0180" in email.body
+
+
+def test_a_jump_over_several_thresholds_raises_only_the_highest(tenant, channels, call, mailoutbox):
+    BudgetFactory(tenant=tenant, name="Small", scope="tenant", limit_nano=CALL_NANO + CALL_NANO // 10, enforcement="alert")
+    call()  # 0 % -> 90.9 %
+    assert list(Alert.objects.values_list("threshold", flat=True)) == [80]
+    call()  # -> 181.8 %
+    assert sorted(Alert.objects.values_list("threshold", flat=True)) == [80, 100]
+    assert len(mailoutbox) == 2
+
+
+def test_holds_alone_do_not_cross_thresholds(tenant, channels, api, feature, mailoutbox, django_capture_on_commit_callbacks):
+    # Reserved money is a worst case that is mostly released: only spend counts.
+    BudgetFactory(tenant=tenant, scope="tenant", limit_nano=3 * CALL_NANO, enforcement="alert")
+    with django_capture_on_commit_callbacks(execute=True):
+        assert api.post("/api/v1/allowances", ASK, format="json").json()["granted"]
+    assert not Alert.objects.exists()
+    assert mailoutbox == []
+
+
+def test_token_limits_cross_thresholds_on_their_own(tenant, channels, call, mailoutbox):
+    BudgetFactory(tenant=tenant, name="Tokens", scope="tenant", limit_nano=10**12, limit_tokens=2000, enforcement="alert")
+    call()  # 1,400 of 2,000 tokens = 70 %
+    alert = Alert.objects.get()
+    assert alert.threshold == 50
+    assert "1,400 tokens of 2,000 tokens spent (70.0%)" in alert.body
+
+
+def test_a_new_window_rearms_the_thresholds(tenant, channels, call, mailoutbox):
+    # Given a daily budget that crossed 50 % yesterday
+    budget = BudgetFactory(tenant=tenant, name="Daily", scope="tenant", period="day", limit_nano=2 * CALL_NANO, enforcement="alert")
+    with time_machine.travel(datetime(2026, 11, 23, 10, tzinfo=UTC), tick=False):
+        call()
+        call()  # 100 % as well
+    assert sorted(Alert.objects.values_list("threshold", flat=True)) == [50, 100]
+
+    # When today's spend crosses 50 % again
+    with time_machine.travel(datetime(2026, 11, 24, 10, tzinfo=UTC), tick=False):
+        call()
+
+    # Then 50 % is announced again, for today's window
+    windows = list(BudgetWindow.objects.filter(budget=budget).order_by("start"))
+    assert len(windows) == 2
+    today = Alert.objects.filter(window=windows[1]).get()
+    assert today.threshold == 50
+    assert len(mailoutbox) == 3
+
+
+def test_usage_reports_cross_thresholds_too(tenant, channels, api, feature, mailoutbox, django_capture_on_commit_callbacks):
+    BudgetFactory(tenant=tenant, name="Batch", scope="tenant", limit_nano=2 * CALL_NANO, enforcement="alert")
+    body = {"feature": "support-bot", "model": "claude-sonnet-4-5", "request_id": "r1", "usage": USAGE}
+    with django_capture_on_commit_callbacks(execute=True):
+        assert api.post("/api/v1/usage", body, format="json").status_code == 201
+    assert Alert.objects.get().threshold == 50
+    assert len(mailoutbox) == 1
+
+
+def test_first_denial_raises_exhausted_once(tenant, channels, api, feature, mailoutbox, django_capture_on_commit_callbacks):
+    # Given a block budget too small for even one call's hold
+    BudgetFactory(tenant=tenant, name="Tiny", scope="tenant", limit_nano=CALL_NANO, enforcement="block")
+
+    # When three calls are denied
+    for _ in range(3):
+        with django_capture_on_commit_callbacks(execute=True):
+            assert api.post("/api/v1/allowances", ASK, format="json").json()["decision"] == "denied"
+
+    # Then one 'exhausted' alert went to each channel
+    alert = Alert.objects.get()
+    assert alert.kind == "exhausted"
+    assert alert.title == "Tiny is exhausted: calls are being denied"
+    assert len(mailoutbox) == 1
+    assert slack_titles(channels) == ["Tiny is exhausted: calls are being denied"]
+
+
+def test_channels_only_get_the_kinds_they_chose(tenant, call, mailoutbox):
+    services.channel_create(
+        tenant=tenant, actor=Actor.system(), name="Only exhaustion", kind="email",
+        email_addresses=["ops@acme.test"], alert_kinds=["exhausted"],
+    )
+    BudgetFactory(tenant=tenant, scope="tenant", limit_nano=2 * CALL_NANO, enforcement="alert")
+    call()
+    assert Alert.objects.count() == 1
+    assert mailoutbox == []
+
+
+def test_evaluating_again_raises_nothing_new(tenant, channels, call, mailoutbox):
+    budget = BudgetFactory(tenant=tenant, scope="tenant", limit_nano=2 * CALL_NANO, enforcement="alert")
+    call()
+    window = BudgetWindow.objects.get(budget=budget)
+    assert windows_evaluate(window_ids=[window.pk]) == 0
+    assert len(mailoutbox) == 1
+
+
+def test_inactive_budgets_stay_quiet(tenant, channels, call, mailoutbox):
+    budget = BudgetFactory(tenant=tenant, scope="tenant", limit_nano=2 * CALL_NANO, enforcement="alert")
+    call()
+    budget.active = False
+    budget.save()
+    window = BudgetWindow.objects.get(budget=budget)
+    BudgetWindow.objects.filter(pk=window.pk).update(spent_nano=10 * CALL_NANO)
+    assert windows_evaluate(window_ids=[window.pk]) == 0
+
+
+def test_windows_of_other_tenants_do_not_alert_this_one(tenant, other_tenant, channels, mailoutbox):
+    budget = BudgetFactory(tenant=other_tenant, scope="tenant", limit_nano=100)
+    window = BudgetWindow.objects.create(
+        budget=budget, start=datetime(2026, 11, 1, tzinfo=UTC), end=datetime(2026, 12, 1, tzinfo=UTC), spent_nano=90
+    )
+    assert windows_evaluate(window_ids=[window.pk], now=datetime(2026, 11, 2, tzinfo=UTC)) == 1
+    assert Alert.objects.get().tenant == other_tenant
+    assert mailoutbox == []  # the other tenant has no channels; this tenant's never hear of it
+
+
+def test_bad_threshold_entries_are_ignored(tenant, mailoutbox):
+    budget = BudgetFactory(tenant=tenant, scope="tenant", limit_nano=100, thresholds=[50, "80", None, -5, True])
+    start = datetime(2026, 11, 1, tzinfo=UTC)
+    window = BudgetWindow.objects.create(budget=budget, start=start, end=start + timedelta(days=30), spent_nano=95)
+    assert windows_evaluate(window_ids=[window.pk], now=start + timedelta(days=1)) == 1
+    assert Alert.objects.get().threshold == 50
