@@ -35,6 +35,15 @@ class FeatureMappingField(serializers.DictField):
         return value
 
 
+class SecretField(serializers.CharField):
+    """A secret string; a number is a mistake, not something to coerce into a key."""
+
+    def to_internal_value(self, data):
+        if not isinstance(data, str):
+            self.fail("invalid")
+        return super().to_internal_value(data)
+
+
 class FeatureMappingSerializer(StrictSerializer):
     api_keys = FeatureMappingField(
         required=False, help_text="Anthropic api_key_id → feature key (the finer attribution)."
@@ -50,7 +59,7 @@ class ProviderConnectionApi(TenantAPIView):
     required_role = KeyRole.ADMIN
 
     class InputSerializer(StrictSerializer):
-        admin_key = serializers.CharField(
+        admin_key = SecretField(
             required=False,
             write_only=True,
             min_length=8,
