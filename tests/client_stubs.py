@@ -10,6 +10,9 @@ Its usage is deterministic so tests can assert the exact ledger rows:
   ``input_tokens`` when set;
 - output: one token per word of ``reply`` (each word one stream delta), cut
   at ``max_tokens`` with ``stop_reason="max_tokens"``.
+
+A message containing ``FAIL_CALL`` gets a 500 ``api_error``, as an overloaded
+or failing model call would.
 """
 
 from __future__ import annotations
@@ -140,6 +143,8 @@ class MessagesStub:
         if path == "/v1/messages/count_tokens":
             return self.json({"input_tokens": self.count_input(body)})
         if path == "/v1/messages":
+            if "FAIL_CALL" in json.dumps(body.get("messages")):
+                return self.json({"type": "error", "error": {"type": "api_error", "message": "Internal error"}}, 500)
             if body.get("stream"):
                 return Response(self.sse(body), content_type="text/event-stream",
                                 headers={"request-id": f"req_{next(self._ids)}"})

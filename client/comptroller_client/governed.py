@@ -55,7 +55,8 @@ def governed(
     metadata: dict[str, Any] | None = None,
 ) -> GovernedAnthropic | AsyncGovernedAnthropic:
     """Wrap an ``anthropic.Anthropic`` (with ``Comptroller``) or ``AsyncAnthropic`` (with ``AsyncComptroller``)."""
-    is_async = inspect.iscoroutinefunction(client.messages.create)
+    # The SDK wraps create() in a decorator; the coroutine function is underneath.
+    is_async = inspect.iscoroutinefunction(inspect.unwrap(client.messages.create))
     if is_async != isinstance(comptroller, AsyncComptroller):
         raise TypeError("Pair anthropic.Anthropic with Comptroller, and AsyncAnthropic with AsyncComptroller.")
     governor = _Governor(client, comptroller, feature, count_tokens, run_id, metadata)
