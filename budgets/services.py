@@ -336,6 +336,13 @@ def allowance_request(*, tenant: Tenant, api_key: ApiKey | None, req: AllowanceR
 
 
 def _decide(tenant, api_key, feature, req, max_tokens, clamped, fingerprint) -> AllowanceDecision:
+    """Run the decision in the caller's transaction, holding the window locks as briefly as possible.
+
+    Everything that can happen before the locks does: pricing every candidate model,
+    finding or creating the windows, and writing the hold row (provisionally, for the
+    requested model). Under the locks there is only a check in memory, one UPDATE and
+    the commit, so racing requests queue on a short critical section.
+    """
     now = timezone.now()
     planned = planned_usage(
         input_tokens=req.input_tokens,
@@ -350,39 +357,31 @@ def _decide(tenant, api_key, feature, req, max_tokens, clamped, fingerprint) -> 
     if any(b.enforcement == Enforcement.DOWNGRADE for b in budgets):
         candidates += [m for m in feature.fallback_models if is_priced(m) and m != req.model]
     per_candidate = {m: _applicable(budgets, feature=feature, model=m, run_id=req.run_id) for m in candidates}
+    amounts = {m: worst_case_nano(m, planned, service_tier=req.service_tier) for m in candidates}
     union = {b.pk: b for bs in per_candidate.values() for b in bs}
     windows_by_budget = windows_get_or_create(list(union.values()), tenant=tenant, at=now, run_id=req.run_id)
-    locked = windows_lock([w.id for w in windows_by_budget.values()])
+    window_ids = {m: [windows_by_budget[b.pk].id for b in per_candidate[m]] for m in candidates}
+    hold = Hold.objects.create(
+        tenant=tenant, feature=feature, api_key=api_key, run_id=req.run_id,
+        requested_model=req.model, model=canonical_model(req.model), decision="granted",
+        max_tokens=max_tokens, clamped=clamped, service_tier=req.service_tier,
+        input_tokens=req.input_tokens, amount_nano=amounts[req.model], tokens=tokens,
+        window_ids=window_ids[req.model], expires_at=now + timedelta(seconds=req.ttl_seconds),
+        idempotency_key=req.idempotency_key, request_hash=fingerprint, metadata=req.metadata,
+    )
+
+    locked = windows_lock([w.id for w in windows_by_budget.values()])  # --- critical section starts
     for window in locked.values():
         window.budget = union[window.budget_id]
-
-    binding: set[int] = set()
-    first_windows: list[BudgetWindow] = []
-    for index, model in enumerate(candidates):
-        amount = worst_case_nano(model, planned, service_tier=req.service_tier)
-        windows = [locked[windows_by_budget[b.pk].id] for b in per_candidate[model]]
-        if index == 0:
-            first_windows = windows
-        refusing = [
-            w for w in windows
-            if w.budget.enforcement != Enforcement.ALERT and not _fits(w.budget, w, amount, tokens)
-        ]
-        if index == 0:
-            binding = {w.id for w in refusing}
-        if any(w.budget.enforcement == Enforcement.BLOCK for w in refusing):
-            break  # a block budget refuses whatever the model: no fallback can help
-        if refusing:
-            continue  # only downgrade budgets refuse: try the next cheaper model
-        hold = Hold.objects.create(
-            tenant=tenant, feature=feature, api_key=api_key, run_id=req.run_id,
-            requested_model=req.model, model=canonical_model(model),
-            decision="granted" if index == 0 else "downgraded",
-            max_tokens=max_tokens, clamped=clamped, service_tier=req.service_tier,
-            input_tokens=req.input_tokens, amount_nano=amount, tokens=tokens,
-            window_ids=[w.id for w in windows], expires_at=now + timedelta(seconds=req.ttl_seconds),
-            idempotency_key=req.idempotency_key, request_hash=fingerprint, metadata=req.metadata,
-        )
-        windows_add(hold.window_ids, reserved=amount, reserved_tokens=tokens)
+    chosen, binding = _choose(candidates, window_ids, locked, amounts, tokens)
+    if chosen is not None:
+        amount = amounts[chosen]
+        windows_add(window_ids[chosen], reserved=amount, reserved_tokens=tokens)
+        if chosen != req.model:
+            hold.decision, hold.model = "downgraded", canonical_model(chosen)
+            hold.amount_nano, hold.window_ids = amount, window_ids[chosen]
+            hold.save(update_fields=["decision", "model", "amount_nano", "window_ids"])
+        windows = [locked[i] for i in window_ids[chosen]]
         for w in windows:
             w.reserved_nano += amount
             w.reserved_tokens += tokens
@@ -394,23 +393,40 @@ def _decide(tenant, api_key, feature, req, max_tokens, clamped, fingerprint) -> 
         )
 
     # Denied: nothing is held. With an idempotency key the denial is kept, so a repeat gets it again.
-    amount = worst_case_nano(req.model, planned, service_tier=req.service_tier)
     if req.idempotency_key:
-        Hold.objects.create(
-            tenant=tenant, feature=feature, api_key=api_key, run_id=req.run_id,
-            requested_model=req.model, model=canonical_model(req.model), decision="denied",
-            max_tokens=max_tokens, clamped=clamped, service_tier=req.service_tier,
-            input_tokens=req.input_tokens, amount_nano=amount, tokens=tokens,
-            window_ids=[w.id for w in first_windows], state=HoldState.DENIED, expires_at=now,
-            idempotency_key=req.idempotency_key, request_hash=fingerprint, metadata=req.metadata,
-            finished_at=now,
-        )
+        hold.state, hold.decision, hold.finished_at = HoldState.DENIED, "denied", now
+        hold.save(update_fields=["state", "decision", "finished_at"])
+    else:
+        hold.delete()
     alerting.window_denied(sorted(binding))
+    first_windows = [locked[i] for i in window_ids[req.model]]
     return AllowanceDecision(
         decision="denied", model=canonical_model(req.model), max_tokens=max_tokens, clamped=clamped,
-        amount_nano=amount, tokens=tokens, windows=first_windows, binding_ids=binding,
+        amount_nano=amounts[req.model], tokens=tokens, windows=first_windows, binding_ids=binding,
         retry_after=_retry_after([w for w in first_windows if w.id in binding]),
     )
+
+
+def _choose(candidates, window_ids, locked, amounts, tokens) -> tuple[str | None, set[int]]:
+    """Return the first candidate model every enforcing window can fit, and the requested model's refusers.
+
+    A ``block`` budget that refuses ends the search (no cheaper model gets past a block);
+    when only ``downgrade`` budgets refuse, the next fallback is tried.
+    """
+    binding: set[int] = set()
+    for index, model in enumerate(candidates):
+        windows = [locked[i] for i in window_ids[model]]
+        refusing = [
+            w for w in windows
+            if w.budget.enforcement != Enforcement.ALERT and not _fits(w.budget, w, amounts[model], tokens)
+        ]
+        if index == 0:
+            binding = {w.id for w in refusing}
+        if not refusing:
+            return model, set()
+        if any(w.budget.enforcement == Enforcement.BLOCK for w in refusing):
+            break
+    return None, binding
 
 
 def _retry_after(windows: list[BudgetWindow]) -> datetime | None:
@@ -448,7 +464,11 @@ def _replay(tenant: Tenant, idempotency_key: str, fingerprint: str) -> Allowance
 class CommitResult:
     hold: Hold
     event: UsageEvent
-    windows: list[BudgetWindow]
+
+    @property
+    def windows(self) -> list[BudgetWindow]:
+        """Read after the commit's transaction, so the status costs no time under its locks."""
+        return _windows_for(self.hold)
 
     @property
     def released_nano(self) -> int:
@@ -486,7 +506,7 @@ def hold_commit(
     if hold.state == HoldState.COMMITTED:
         if hold.commit_hash != fingerprint:
             raise AllowanceError("conflict", "This allowance was already committed with a different body.")
-        return CommitResult(hold=hold, event=hold.usage_event, windows=_windows_for(hold))
+        return CommitResult(hold=hold, event=hold.usage_event)
     if item.request_id and UsageEvent.objects.filter(tenant=tenant, request_id=item.request_id).exists():
         raise AllowanceError(
             "conflict", f"Usage for request_id '{item.request_id}' is already recorded.",
@@ -498,6 +518,14 @@ def hold_commit(
     item.run_id = hold.run_id
     item.max_tokens = hold.max_tokens
     event = usage_event_build(tenant=tenant, api_key=api_key, item=item, source=UsageSource.COMMIT)
+    event.save(force_insert=True)
+    hold.state = HoldState.COMMITTED
+    hold.late = not was_held or now > hold.expires_at
+    hold.usage_event = event
+    hold.commit_hash = fingerprint
+    hold.finished_at = now
+    hold.save(update_fields=["state", "late", "usage_event", "commit_hash", "finished_at"])
+    # The shared rows (windows, then the day's rollup) are locked last, so they are held briefly.
     windows_lock(hold.window_ids)
     windows_add(
         hold.window_ids,
@@ -506,16 +534,9 @@ def hold_commit(
         reserved=-hold.amount_nano if was_held else 0,
         reserved_tokens=-hold.tokens if was_held else 0,
     )
-    event.save(force_insert=True)
     rollups_add(tenant=tenant, events=[event])
-    hold.state = HoldState.COMMITTED
-    hold.late = not was_held or now > hold.expires_at
-    hold.usage_event = event
-    hold.commit_hash = fingerprint
-    hold.finished_at = now
-    hold.save(update_fields=["state", "late", "usage_event", "commit_hash", "finished_at"])
     alerting.windows_evaluate_later(hold.window_ids)
-    return CommitResult(hold=hold, event=event, windows=_windows_for(hold))
+    return CommitResult(hold=hold, event=event)
 
 
 @transaction.atomic

@@ -243,3 +243,8 @@ def test_create_tenant_command_prints_admin_key_last(db, capsys):
     response = make_client(secret).get("/api/v1/keys")
     assert response.status_code == 200
     assert timezone.now()
+
+
+def test_whoami_names_the_key_and_tenant(api, service_key):
+    key, _ = service_key
+    assert api.get("/api/v1/whoami").json() == {"tenant": "acme", "key_prefix": key.prefix, "role": "service"}

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from django.core.exceptions import ValidationError as DjangoValidationError
+from drf_spectacular.types import OpenApiTypes
 from drf_spectacular.utils import extend_schema
 from rest_framework import serializers, status
 from rest_framework.response import Response
@@ -103,3 +104,13 @@ class FeatureDetailApi(TenantAPIView):
         except services.FeatureInUse as exc:
             raise Conflict(str(exc)) from exc
         return Response(status=status.HTTP_204_NO_CONTENT)
+
+
+class WhoAmIApi(TenantAPIView):
+    """The cheapest authenticated endpoint: which key and tenant this is (clients check setup with it)."""
+
+    @extend_schema(responses=OpenApiTypes.OBJECT, summary="The calling key, its role and tenant")
+    def get(self, request):
+        return Response(
+            {"tenant": self.tenant.slug, "key_prefix": self.api_key.prefix, "role": self.api_key.role}
+        )
