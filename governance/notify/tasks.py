@@ -7,18 +7,28 @@ database and the beat tasks (evaluate_budgets, deliver_pending) pick them up lat
 from __future__ import annotations
 
 import logging
+import time
 
 from celery import shared_task
 
 logger = logging.getLogger(__name__)
 
+# After a failed publish, skip the broker for this long: finding it down again costs
+# seconds of connection attempts, and requests should not pay that on every commit.
+BROKER_BACKOFF_SECONDS = 30
+_broker_down_until = 0.0
+
 
 def _enqueue(task, args: list, *, countdown: int | None = None) -> bool:
-    """Send a task to the broker without retrying; return False (and log) when it is down."""
+    """Send a task to the broker; return False (and log) when it is down."""
+    global _broker_down_until
+    if time.monotonic() < _broker_down_until:
+        return False
     try:
         # No publish retries: a request thread must not wait on a dead broker.
         task.apply_async(args=args, countdown=countdown, retry=False)
     except Exception:  # kombu raises several types for an unreachable broker
+        _broker_down_until = time.monotonic() + BROKER_BACKOFF_SECONDS
         logger.warning("broker unavailable; %s%r left for the beat sweep", task.name, args, exc_info=True)
         return False
     return True
@@ -31,7 +41,13 @@ def enqueue_deliveries(notification_ids: list[int]) -> None:
 
 
 def enqueue_window_evaluation(window_ids: list[int]) -> None:
-    _enqueue(evaluate_windows, [sorted(set(window_ids))])
+    ids = sorted(set(window_ids))
+    if not _enqueue(evaluate_windows, [ids]):
+        # Without a broker, evaluate here: recording an alert is a few queries, and it stops
+        # every later commit on the window from trying again. Deliveries wait for the sweep.
+        from budgets.alerting import windows_evaluate
+
+        windows_evaluate(window_ids=ids)
 
 
 @shared_task(ignore_result=True)
