@@ -212,11 +212,19 @@ def windows_charge_usage(*, tenant: Tenant, events: list[UsageEvent]) -> None:
     if not budgets:
         return
     deltas: dict[int, list[int]] = defaultdict(lambda: [0, 0])
+    # The events of a batch mostly share their windows: look each set of windows up once,
+    # not once per event (one query per event made a 1,000-event batch 1,000 queries).
+    found: dict[tuple, dict[Any, BudgetWindow]] = {}
     for event in events:
         applicable = [
             b for b in budgets if b.applies_to(feature=event.feature, family=event.family, run_id=event.run_id)
         ]
-        windows = windows_get_or_create(applicable, tenant=tenant, at=event.occurred_at, run_id=event.run_id)
+        key = (event.run_id, *((b.pk, window_bounds(b.period, event.occurred_at, tenant.tz)[0]) for b in applicable))
+        windows = found.get(key)
+        if windows is None:
+            windows = found[key] = windows_get_or_create(
+                applicable, tenant=tenant, at=event.occurred_at, run_id=event.run_id
+            )
         for window in windows.values():
             deltas[window.id][0] += event.cost_nano
             deltas[window.id][1] += event_tokens(event)
