@@ -1,0 +1,310 @@
+"""``manage.py seed_demo``: an idempotent demo tenant with weeks of realistic usage.
+
+Four features, each pulling a different lever: an interactive Sonnet assistant with
+prompt caching, a high-volume Haiku classifier (moved off Sonnet a month ago), an Opus
+code reviewer close to its weekly budget, and a nightly job on the batch tier. Usage
+goes through the ledger service, so rollups and budget windows are exactly what real
+traffic would have produced. Running it again only adds what is missing (each call has
+a deterministic request id) and resets the demo password.
+"""
+
+from __future__ import annotations
+
+import random
+import time
+from dataclasses import dataclass
+from datetime import UTC, date, datetime, timedelta
+from pathlib import Path
+
+from django.conf import settings
+from django.contrib.auth import get_user_model
+from django.core.management.base import BaseCommand
+from django.db import transaction
+from django.utils import timezone
+
+from budgets import alerting
+from budgets import services as budget_services
+from budgets.models import Budget, Enforcement, HoldState, Period, Scope
+from governance import services
+from governance.audit import Actor
+from governance.models import ApiKey, Feature, KeyRole, Membership, Role, Tenant
+from governance.notify import services as notify_services
+from governance.notify.models import AlertChannel, ChannelKind
+from usage.models import NANO, UsageRollup
+from usage.pricing import TokenUsage
+from usage.services import UsageInput, usage_report
+
+SLUG = "demo"
+OWNER = "demo@comptroller.local"
+VIEWER = "viewer@comptroller.local"
+# A fixed, printed password: this is a local demo, and `make run` shows it on start.
+PASSWORD = "comptroller-demo"
+DAYS = 60
+SEED = 20261124
+
+
+@dataclass(frozen=True)
+class FeatureSpec:
+    key: str
+    name: str
+    description: str
+    default_model: str
+    fallback_models: tuple[str, ...]
+    max_tokens_cap: int
+    interactive: bool
+    weekday_calls: int
+    weekend_calls: int
+
+
+FEATURES = (
+    FeatureSpec(
+        "support-assistant", "Support assistant",
+        "Answers customer questions in the help widget; a long cached system prompt and streamed replies.",
+        "claude-sonnet-4-5", ("claude-haiku-4-5",), 2048, True, 120, 40,
+    ),
+    FeatureSpec(
+        "ticket-classifier", "Ticket classifier",
+        "Tags and routes every incoming ticket; tiny outputs, very high volume.",
+        "claude-haiku-4-5", (), 256, True, 180, 80,
+    ),
+    FeatureSpec(
+        "code-review", "Code review",
+        "Reviews pull requests with Opus; long diffs in, detailed comments out.",
+        "claude-opus-4-5", ("claude-sonnet-4-5",), 4096, True, 28, 3,
+    ),
+    FeatureSpec(
+        "nightly-digest", "Nightly digest",
+        "Summarises the day's tickets for the morning report; nobody waits for it, so it runs on the batch tier.",
+        "claude-sonnet-4-5", (), 2048, False, 50, 50,
+    ),
+)
+
+
+class Command(BaseCommand):
+    help = "Create or refresh the demo tenant (owner login in var/demo-login.txt) with ~60 days of usage."
+
+    def add_arguments(self, parser):
+        parser.add_argument("--days", type=int, default=DAYS, help="Days of usage to generate (default 60)")
+
+    def handle(self, *args, days: int, **options):
+        started = time.monotonic()
+        tenant, owner = self._tenant_and_users()
+        actor = Actor(user=owner)
+        features = self._features(tenant, actor)
+        self._budgets(tenant, actor, features)
+        self._channel(tenant, actor)
+        secret = self._key(tenant, actor)
+        calls = self._usage(tenant, features, days=days)
+        self._live_holds(tenant, features)
+        raised = alerting.budgets_evaluate()
+        login = f"{OWNER} / {PASSWORD}"
+        path = Path(settings.BASE_DIR) / "var" / "demo-login.txt"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(login + "\n")
+        self.stdout.write(
+            f"Demo tenant '{tenant.slug}': {calls} new calls recorded, {raised} alerts raised "
+            f"in {time.monotonic() - started:.1f}s."
+        )
+        if secret:
+            self.stdout.write(f"Demo service API key (shown once): {secret}")
+        self.stdout.write(f"Viewer login: {VIEWER} / {PASSWORD}")
+        self.stdout.write(f"Owner login: {login}")
+
+    # --- tenancy -----------------------------------------------------------------------
+
+    @transaction.atomic
+    def _tenant_and_users(self):
+        tenant = Tenant.objects.filter(slug=SLUG).first()
+        if tenant is None:
+            tenant = Tenant(slug=SLUG, name="Demo Co", timezone="Europe/Berlin")
+            tenant.full_clean()
+            tenant.save()
+        User = get_user_model()
+        users = {}
+        for username, role in ((OWNER, Role.OWNER), (VIEWER, Role.VIEWER)):
+            user = User.objects.filter(username=username).first() or User(username=username, email=username)
+            user.set_password(PASSWORD)
+            user.save()
+            Membership.objects.get_or_create(user=user, tenant=tenant, defaults={"role": role})
+            users[role] = user
+        return tenant, users[Role.OWNER]
+
+    def _features(self, tenant: Tenant, actor: Actor) -> dict[str, Feature]:
+        features = {}
+        for spec in FEATURES:
+            feature = Feature.objects.filter(tenant=tenant, key=spec.key).first()
+            if feature is None:
+                feature = services.feature_create(
+                    tenant=tenant, actor=actor, key=spec.key, name=spec.name, description=spec.description,
+                    default_model=spec.default_model, fallback_models=list(spec.fallback_models),
+                    max_tokens_cap=spec.max_tokens_cap, interactive=spec.interactive,
+                    fail_mode="open" if spec.interactive else "closed",
+                )
+            features[spec.key] = feature
+        return features
+
+    def _budgets(self, tenant: Tenant, actor: Actor, features: dict[str, Feature]) -> None:
+        wanted = [
+            dict(name="Company monthly", scope=Scope.TENANT, period=Period.MONTH, limit_nano=200 * NANO,
+                 enforcement=Enforcement.BLOCK, thresholds=[50, 80, 100]),
+            dict(name="Support assistant monthly", scope=Scope.FEATURE, feature=features["support-assistant"],
+                 period=Period.MONTH, limit_nano=50 * NANO, enforcement=Enforcement.DOWNGRADE,
+                 thresholds=[50, 80, 100]),
+            dict(name="Code review weekly", scope=Scope.FEATURE, feature=features["code-review"],
+                 period=Period.WEEK, limit_nano=22 * NANO, enforcement=Enforcement.BLOCK,
+                 thresholds=[50, 80, 90, 100]),
+            dict(name="Classifier daily tokens", scope=Scope.FEATURE, feature=features["ticket-classifier"],
+                 period=Period.DAY, limit_tokens=350_000, enforcement=Enforcement.ALERT, thresholds=[80, 100]),
+            dict(name="Opus spend cap", scope=Scope.TENANT, model_families=["opus"], period=Period.MONTH,
+                 limit_nano=85 * NANO, enforcement=Enforcement.DOWNGRADE, thresholds=[50, 80, 100]),
+            dict(name="Nightly run ceiling", scope=Scope.RUN, feature=features["nightly-digest"],
+                 period=Period.TOTAL, limit_nano=2 * NANO, enforcement=Enforcement.BLOCK, thresholds=[80, 100]),
+        ]
+        existing = set(Budget.objects.filter(tenant=tenant).values_list("name", flat=True))
+        for fields in wanted:
+            if fields["name"] not in existing:
+                budget_services.budget_create(tenant=tenant, actor=actor, **fields)
+
+    def _channel(self, tenant: Tenant, actor: Actor) -> None:
+        if not AlertChannel.objects.filter(tenant=tenant, name="Ops email").exists():
+            notify_services.channel_create(
+                tenant=tenant, actor=actor, name="Ops email", kind=ChannelKind.EMAIL,
+                email_addresses=["ops@demo.comptroller.local", "finance@demo.comptroller.local"],
+            )
+
+    def _key(self, tenant: Tenant, actor: Actor) -> str | None:
+        if ApiKey.objects.filter(tenant=tenant, name="Demo services").exists():
+            return None
+        _, secret = services.api_key_create(tenant=tenant, actor=actor, name="Demo services", role=KeyRole.SERVICE)
+        services.api_key_create(tenant=tenant, actor=actor, name="Terraform (admin)", role=KeyRole.ADMIN)
+        return secret
+
+    # --- usage ---------------------------------------------------------------------------
+
+    def _usage(self, tenant: Tenant, features: dict[str, Feature], *, days: int) -> int:
+        now = timezone.now()
+        today = now.astimezone(tenant.tz).date()
+        done = set(
+            UsageRollup.objects.filter(tenant=tenant, day__gte=today - timedelta(days=days))
+            .values_list("feature_id", "day").distinct()
+        )
+        recorded = 0
+        for offset in range(days - 1, -1, -1):
+            day = today - timedelta(days=offset)
+            for spec in FEATURES:
+                feature = features[spec.key]
+                # Past days are complete once written; today keeps filling up as time passes.
+                if day != today and (feature.pk, day) in done:
+                    continue
+                items = [i for i in self._day_calls(tenant, spec, feature, day, today, days) if i.occurred_at <= now]
+                if items:
+                    results = usage_report(tenant=tenant, api_key=None, items=items)
+                    recorded += sum(1 for r in results if r.created)
+        return recorded
+
+    def _day_calls(self, tenant: Tenant, spec: FeatureSpec, feature: Feature, day: date, today: date,
+                   days: int) -> list[UsageInput]:
+        rng = random.Random(f"{SEED}:{spec.key}:{day.isoformat()}")
+        weekend = day.weekday() >= 5
+        # Growth: traffic rises about 30 % over the period, plus day-to-day noise.
+        age = (today - day).days
+        growth = 1 + 0.3 * (1 - age / max(days, 1))
+        base = spec.weekend_calls if weekend else spec.weekday_calls
+        count = max(1, round(base * growth * rng.uniform(0.85, 1.15)))
+        make = getattr(self, "_call_" + spec.key.replace("-", "_"))
+        calls = []
+        for n in range(count):
+            at = self._moment(rng, tenant, day, spec)
+            item = make(rng, feature, age)
+            item.occurred_at = at
+            item.request_id = f"demo-{spec.key}-{day:%Y%m%d}-{n:05d}"
+            if not spec.interactive:
+                item.run_id = f"nightly-{day:%Y-%m-%d}"  # one run per night, each under the run budget
+            calls.append(item)
+        return calls
+
+    @staticmethod
+    def _moment(rng: random.Random, tenant: Tenant, day: date, spec: FeatureSpec) -> datetime:
+        if not spec.interactive:
+            hour, minute = 2, rng.randint(0, 59)  # the nightly job runs at 02:00 local time
+        elif rng.random() < 0.8:
+            hour, minute = min(int(rng.gauss(13, 2.6)), 23), rng.randint(0, 59)  # office hours
+        else:
+            hour, minute = rng.randint(0, 23), rng.randint(0, 59)
+        hour = max(hour, 0)
+        local = datetime(day.year, day.month, day.day, hour, minute, rng.randint(0, 59), tzinfo=tenant.tz)
+        return local.astimezone(UTC)
+
+    @staticmethod
+    def _call_support_assistant(rng: random.Random, feature: Feature, age: int) -> UsageInput:
+        # A 6,000-token system prompt, cached: mostly reads, a write when the cache went cold.
+        cold = rng.random() < 0.06
+        model = "claude-haiku-4-5" if rng.random() < 0.08 else "claude-sonnet-4-5"
+        output = min(int(rng.lognormvariate(5.8, 0.6)), 2048)
+        latency = int(400 + output * rng.uniform(9, 14))
+        return UsageInput(
+            feature=feature, model=model,
+            usage=TokenUsage(
+                input_tokens=int(rng.uniform(300, 1800)), output_tokens=output,
+                cache_write_5m_tokens=6000 if cold else 0, cache_read_tokens=0 if cold else 6000,
+            ),
+            stop_reason="max_tokens" if output >= 2048 else "end_turn", max_tokens=2048,
+            latency_ms=latency, ttft_ms=int(rng.uniform(280, 900)), streamed=True,
+        )
+
+    @staticmethod
+    def _call_ticket_classifier(rng: random.Random, feature: Feature, age: int) -> UsageInput:
+        # The classifier ran on Sonnet until it moved to Haiku 35 days ago (the model lever, pulled).
+        model = "claude-sonnet-4-5" if age > 35 else "claude-haiku-4-5"
+        return UsageInput(
+            feature=feature, model=model,
+            usage=TokenUsage(input_tokens=int(rng.uniform(700, 1900)), output_tokens=int(rng.uniform(8, 40))),
+            stop_reason="end_turn", max_tokens=256, latency_ms=int(rng.uniform(250, 900)),
+            ttft_ms=None, streamed=False,
+        )
+
+    @staticmethod
+    def _call_code_review(rng: random.Random, feature: Feature, age: int) -> UsageInput:
+        output = min(int(rng.lognormvariate(7.3, 0.5)), 4096)
+        latency = int(2000 + output * rng.uniform(18, 30))
+        return UsageInput(
+            feature=feature, model="claude-opus-4-5",
+            usage=TokenUsage(
+                input_tokens=int(rng.uniform(5000, 30000)), output_tokens=output,
+                cache_read_tokens=int(rng.uniform(0, 4000)),
+            ),
+            stop_reason="max_tokens" if output >= 4096 else "end_turn", max_tokens=4096,
+            latency_ms=latency, ttft_ms=int(rng.uniform(900, 2600)), streamed=True,
+        )
+
+    @staticmethod
+    def _call_nightly_digest(rng: random.Random, feature: Feature, age: int) -> UsageInput:
+        # Moved to the batch tier three weeks ago; before that it ran synchronously.
+        tier = "batch" if age <= 21 else "standard"
+        return UsageInput(
+            feature=feature, model="claude-sonnet-4-5", service_tier=tier,
+            usage=TokenUsage(input_tokens=int(rng.uniform(2500, 6000)), output_tokens=int(rng.uniform(600, 1800))),
+            stop_reason="end_turn", max_tokens=2048,
+            latency_ms=None if tier == "batch" else int(rng.uniform(15000, 40000)), streamed=False,
+        )
+
+    def _live_holds(self, tenant: Tenant, features: dict[str, Feature]) -> None:
+        """Keep a few calls in flight, so the 'held' part of the bars has something to show."""
+        from budgets.models import Hold
+
+        today = timezone.now().astimezone(tenant.tz).date()
+        for n, (key, model, input_tokens, max_tokens) in enumerate((
+            ("support-assistant", "claude-sonnet-4-5", 8000, 2048),
+            ("code-review", "claude-opus-4-5", 60000, 4096),
+            ("code-review", "claude-opus-4-5", 90000, 4096),
+        )):
+            idem = f"demo-live-{today:%Y%m%d}-{n}"
+            if Hold.objects.filter(tenant=tenant, idempotency_key=idem, state=HoldState.HELD).exists():
+                continue
+            budget_services.allowance_request(
+                tenant=tenant, api_key=None,
+                req=budget_services.AllowanceRequest(
+                    feature=key, model=model, input_tokens=input_tokens, max_tokens=max_tokens,
+                    idempotency_key=idem, ttl_seconds=6 * 3600,
+                ),
+            )

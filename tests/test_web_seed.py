@@ -1,0 +1,41 @@
+"""``seed_demo``: a demo tenant with content on every page, and safe to run twice."""
+
+from __future__ import annotations
+
+from io import StringIO
+
+from django.core.management import call_command
+
+from budgets.models import Budget
+from governance.models import Feature, Membership, Tenant
+from governance.notify.models import AlertChannel
+from usage.models import UsageEvent, UsageRollup
+
+
+def test_seed_demo_is_idempotent_and_fills_the_dashboard(db, client, settings, tmp_path):
+    settings.BASE_DIR = tmp_path
+    out = StringIO()
+    call_command("seed_demo", "--days", "3", stdout=out)
+    tenant = Tenant.objects.get(slug="demo")
+    assert sorted(Feature.objects.filter(tenant=tenant).values_list("key", flat=True)) == [
+        "code-review", "nightly-digest", "support-assistant", "ticket-classifier",
+    ]
+    assert {b.scope for b in Budget.objects.filter(tenant=tenant)} == {"tenant", "feature", "run"}
+    assert {b.period for b in Budget.objects.filter(tenant=tenant)} >= {"day", "week", "month"}
+    assert AlertChannel.objects.filter(tenant=tenant, kind="email").exists()
+    events = UsageEvent.objects.filter(tenant=tenant).count()
+    assert events > 100
+    assert UsageRollup.objects.filter(tenant=tenant, service_tier="batch").exists()
+    login = (tmp_path / "var" / "demo-login.txt").read_text().strip()
+    assert login == "demo@comptroller.local / comptroller-demo"
+    assert "Owner login: demo@comptroller.local / comptroller-demo" in out.getvalue()
+
+    call_command("seed_demo", "--days", "3", stdout=StringIO())
+    assert UsageEvent.objects.filter(tenant=tenant).count() == events
+    assert Budget.objects.filter(tenant=tenant).count() == 6
+    assert Membership.objects.filter(tenant=tenant).count() == 2
+
+    assert client.login(username="demo@comptroller.local", password="comptroller-demo")
+    html = client.get("/t/demo/").content.decode()
+    assert "Code review weekly" in html and "Spend per day by model" in html
+    assert "No usage in the last 30 days" not in html
