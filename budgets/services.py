@@ -150,34 +150,48 @@ def budget_delete(*, budget: Budget, actor: Actor) -> None:
 # --- windows ---------------------------------------------------------------------------
 
 
+WindowKey = tuple  # (budget id, window start, run id)
+
+
+def window_key(budget: Budget, *, tenant: Tenant, at: datetime, run_id: str) -> tuple[WindowKey, datetime | None]:
+    """Return the key of ``budget``'s window containing ``at`` and that window's end."""
+    start, end = window_bounds(budget.period, at, tenant.tz)
+    return (budget.pk, start, run_id if budget.scope == Scope.RUN else ""), end
+
+
+def windows_by_key(wanted: dict[WindowKey, tuple[Budget, datetime | None]]) -> dict[WindowKey, BudgetWindow]:
+    """Return the windows for these keys in one query, creating the missing ones (lazily, race-safe)."""
+    if not wanted:
+        return {}
+    budget_ids = {key[0] for key in wanted}
+    starts = {key[1] for key in wanted}
+    found = {
+        (w.budget_id, w.start, w.run_id): w
+        for w in BudgetWindow.objects.filter(budget_id__in=budget_ids, start__in=starts)
+        if (w.budget_id, w.start, w.run_id) in wanted
+    }
+    for key, (budget, end) in wanted.items():
+        if key not in found:
+            _, start, run = key
+            try:
+                with transaction.atomic():
+                    found[key] = BudgetWindow.objects.create(budget=budget, start=start, end=end, run_id=run)
+            except IntegrityError:  # created by a concurrent request meanwhile
+                found[key] = BudgetWindow.objects.get(budget=budget, start=start, run_id=run)
+    for key, window in found.items():
+        window.budget = wanted[key][0]
+    return found
+
+
 def windows_get_or_create(
     budgets: list[Budget], *, tenant: Tenant, at: datetime, run_id: str
 ) -> dict[Any, BudgetWindow]:
     """Return each budget's window containing ``at`` (its run's window for run budgets), by budget id."""
-    if not budgets:
-        return {}
-    wanted: dict[Any, tuple[datetime, datetime | None, str]] = {}
+    wanted = {}
     for budget in budgets:
-        start, end = window_bounds(budget.period, at, tenant.tz)
-        wanted[budget.pk] = (start, end, run_id if budget.scope == Scope.RUN else "")
-    found: dict[Any, BudgetWindow] = {}
-    starts = {start for start, _, _ in wanted.values()}
-    for window in BudgetWindow.objects.filter(budget_id__in=list(wanted), start__in=starts):
-        start, _, run = wanted[window.budget_id]
-        if window.start == start and window.run_id == run:
-            found[window.budget_id] = window
-    for budget in budgets:
-        if budget.pk in found:
-            continue
-        start, end, run = wanted[budget.pk]
-        try:
-            with transaction.atomic():
-                found[budget.pk] = BudgetWindow.objects.create(budget=budget, start=start, end=end, run_id=run)
-        except IntegrityError:
-            found[budget.pk] = BudgetWindow.objects.get(budget=budget, start=start, run_id=run)
-    for budget in budgets:
-        found[budget.pk].budget = budget
-    return found
+        key, end = window_key(budget, tenant=tenant, at=at, run_id=run_id)
+        wanted[key] = (budget, end)
+    return {key[0]: window for key, window in windows_by_key(wanted).items()}
 
 
 def windows_lock(window_ids: list[int]) -> dict[int, BudgetWindow]:
@@ -211,28 +225,23 @@ def windows_charge_usage(*, tenant: Tenant, events: list[UsageEvent]) -> None:
     budgets = list(Budget.objects.filter(tenant=tenant, active=True))
     if not budgets:
         return
-    deltas: dict[int, list[int]] = defaultdict(lambda: [0, 0])
-    # The events of a batch mostly share their windows: look each set of windows up once,
-    # not once per event (one query per event made a 1,000-event batch 1,000 queries).
-    found: dict[tuple, dict[Any, BudgetWindow]] = {}
+    wanted: dict[WindowKey, tuple[Budget, datetime | None]] = {}
+    deltas: dict[WindowKey, list[int]] = defaultdict(lambda: [0, 0])
     for event in events:
-        applicable = [
-            b for b in budgets if b.applies_to(feature=event.feature, family=event.family, run_id=event.run_id)
-        ]
-        key = (event.run_id, *((b.pk, window_bounds(b.period, event.occurred_at, tenant.tz)[0]) for b in applicable))
-        windows = found.get(key)
-        if windows is None:
-            windows = found[key] = windows_get_or_create(
-                applicable, tenant=tenant, at=event.occurred_at, run_id=event.run_id
-            )
-        for window in windows.values():
-            deltas[window.id][0] += event.cost_nano
-            deltas[window.id][1] += event_tokens(event)
-    windows_lock(sorted(deltas))
-    for window_id in sorted(deltas):
-        spent, tokens = deltas[window_id]
+        for budget in budgets:
+            if not budget.applies_to(feature=event.feature, family=event.family, run_id=event.run_id):
+                continue
+            key, end = window_key(budget, tenant=tenant, at=event.occurred_at, run_id=event.run_id)
+            wanted[key] = (budget, end)
+            deltas[key][0] += event.cost_nano
+            deltas[key][1] += event_tokens(event)
+    windows = windows_by_key(wanted)
+    ids = {windows[key].id: key for key in deltas}
+    windows_lock(sorted(ids))
+    for window_id in sorted(ids):
+        spent, tokens = deltas[ids[window_id]]
         windows_add([window_id], spent=spent, spent_tokens=tokens)
-    alerting.windows_evaluate_later(sorted(deltas))
+    alerting.windows_evaluate_later(sorted(ids))
 
 
 # --- allowances ------------------------------------------------------------------------

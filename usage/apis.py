@@ -56,7 +56,19 @@ class UsageReportApi(TenantAPIView):
                 )
         else:
             events = [body]
-        items = [self._item(index, event) for index, event in enumerate(events)]
+        # One list serializer validates the whole batch: its fields are built once, not per event.
+        serializer = UsageEventInput(data=events, many=True, max_length=MAX_EVENTS)
+        if not serializer.is_valid():
+            errors = serializer.errors
+            if isinstance(errors, dict):  # the list itself is malformed
+                raise ApiError("Invalid events.", details={"errors": errors})
+            index = next(i for i, e in enumerate(errors) if e)
+            raise ApiError(
+                f"events[{index}]: invalid fields.",
+                details={"index": index, "errors": errors[index]},
+            )
+        features: dict[str, object] = {}
+        items = [self._item(index, data, features) for index, data in enumerate(serializer.validated_data)]
         results = usage_report(tenant=self.tenant, api_key=self.api_key, items=items)
         return Response(
             {
@@ -73,29 +85,24 @@ class UsageReportApi(TenantAPIView):
             status=status.HTTP_201_CREATED,
         )
 
-    def _item(self, index: int, event) -> UsageInput:
-        def fail(message: str, code: str = "invalid_request", details=None, status_code=None):
-            raise ApiError(
-                f"events[{index}]: {message}", code=code, status_code=status_code,
-                details={"index": index, **(details or {})},
-            )
+    def _item(self, index: int, data: dict, features: dict) -> UsageInput:
+        def fail(message: str, code: str, details: dict, status_code: int | None = None):
+            raise ApiError(f"events[{index}]: {message}", code=code, status_code=status_code,
+                           details={"index": index, **details})
 
-        if not isinstance(event, dict):
-            fail("must be a JSON object.", details={"errors": {"non_field_errors": ["Expected an object."]}})
-        serializer = UsageEventInput(data=event)
-        if not serializer.is_valid():
-            fail("invalid fields.", details={"errors": serializer.errors})
-        data = serializer.validated_data
-        feature = feature_get(tenant=self.tenant, key=data["feature"])
+        key = data["feature"]
+        if key not in features:
+            features[key] = feature_get(tenant=self.tenant, key=key)
+            if features[key] is not None:
+                try:
+                    self.check_feature_access(features[key])
+                except Forbidden as exc:
+                    fail(str(exc.detail), "forbidden", {"feature": key}, status_code=403)
+        feature = features[key]
         if feature is None:
-            fail(f"no feature '{data['feature']}'.", code="unknown_feature", details={"feature": data["feature"]})
-        try:
-            self.check_feature_access(feature)
-        except Forbidden as exc:
-            fail(str(exc.detail), code="forbidden", status_code=403, details={"feature": feature.key})
+            fail(f"no feature '{key}'.", "unknown_feature", {"feature": key})
         if not is_priced(data["model"]):
-            fail(f"no price is known for model '{data['model']}'.", code="unknown_model",
-                 details={"model": data["model"]})
+            fail(f"no price is known for model '{data['model']}'.", "unknown_model", {"model": data["model"]})
         usage = data["usage"]
         return UsageInput(
             feature=feature,

@@ -1,0 +1,60 @@
+"""Run the app under gunicorn on PostgreSQL for the HTTP benchmarks."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import httpx
+
+ROOT = Path(__file__).resolve().parent.parent
+PORT = 8765
+
+
+def setup_database() -> str:
+    """Migrate the bench database and return a service key for a tenant with a big budget."""
+    env = bench_env()
+    subprocess.run([sys.executable, "manage.py", "migrate", "--noinput", "-v0"], cwd=ROOT, env=env, check=True)
+    script = """
+from governance.audit import Actor
+from governance.models import Feature, KeyRole, Tenant
+from governance.services import api_key_create
+from budgets.models import Budget
+tenant, _ = Tenant.objects.get_or_create(slug="bench", defaults={"name": "Bench"})
+feature, _ = Feature.objects.get_or_create(tenant=tenant, key="bench", defaults={"name": "Bench"})
+if not Budget.objects.filter(tenant=tenant).exists():
+    Budget.objects.create(tenant=tenant, name="Tenant", scope="tenant", period="month", limit_nano=10**18)
+    Budget.objects.create(tenant=tenant, name="Feature", scope="feature", feature=feature, period="day",
+                          limit_nano=10**18)
+print(api_key_create(tenant=tenant, actor=Actor.system(), name="bench", role=KeyRole.SERVICE)[1])
+"""
+    out = subprocess.run([sys.executable, "manage.py", "shell", "-c", script], cwd=ROOT, env=env,
+                         check=True, capture_output=True, text=True)
+    return out.stdout.strip().splitlines()[-1]
+
+
+def bench_env() -> dict[str, str]:
+    env = dict(os.environ)
+    env.setdefault("DATABASE_URL", "postgres://postgres@127.0.0.1:5432/comptroller_bench")
+    env.setdefault("SECRET_KEY", "bench-only-secret")
+    env.update(DEBUG="0", SECURE_SSL_REDIRECT="0", API_RATE_LIMIT="100000000/min", LOG_LEVEL="WARNING")
+    return env
+
+
+def start_server(workers: int = 4) -> subprocess.Popen:
+    cmd = [str(ROOT / ".venv/bin/gunicorn"), "governance.wsgi", "-b", f"127.0.0.1:{PORT}",
+           "-w", str(workers), "--log-level", "warning"]
+    proc = subprocess.Popen(cmd, cwd=ROOT, env=bench_env())
+    for _ in range(100):
+        try:
+            httpx.get(f"http://127.0.0.1:{PORT}/healthz", timeout=1)
+            return proc
+        except httpx.HTTPError:
+            time.sleep(0.1)
+    proc.kill()
+    raise SystemExit("gunicorn did not start")
+
+
