@@ -415,11 +415,14 @@ def test_each_feature_gets_its_own_top_recommendation_ranked_by_saving(tenant):
     assert [f["key"] for f in board["features"]][:2] == ["assistant", "doc-qa"]
     # Opus 4.1 $2.25 vs Sonnet 5: 50,000 × $2 + 20,000 × $10 = $0.30
     assert board_feature(board, "assistant")["potential_saving_usd"] == "1.950000"
-    # Each feature's own list is ranked too
+    # Each feature's own list puts its top recommendation first
     for row in board["features"]:
-        nanos = [r["potential_saving_nano"] for r in row["recommendations"]]
-        assert nanos == sorted(nanos, reverse=True)
+        assert row["recommendations"][0] == row["recommendation"]
         assert row["recommendation"]["text"]
+    # The nightly report's batch saving ($0.45) beats Sonnet 4.6's ($0.36) anyway
+    assert [r["lever"] for r in board_feature(board, "nightly-report")["recommendations"]] == [
+        "batch", "model_selection",
+    ]
     assert board["totals"]["spend_usd"] == "5.578000"
     assert board["totals"]["potential_saving_nano"] == sum(savings)
 
@@ -510,3 +513,48 @@ def test_usage_reported_through_the_ledger_reaches_the_board(tenant):
     assert (latency["latency_p50_ms"], latency["latency_p95_ms"]) == (1_000, 3_000)
     assert (latency["ttft_p50_ms"], latency["ttft_p95_ms"]) == (500, 500)
     assert latency["streamed_share"] == 0.3333
+
+
+def test_a_material_same_answer_saving_comes_before_a_smaller_model(tenant):
+    # Given Sonnet 4.5 calls of 5,000 uncached input tokens: one tier down saves more than caching
+    feature = FeatureFactory(tenant=tenant, key="rag", max_tokens_cap=1024)
+    # 100 × (5,000 × $3 + 100 × $15) = $1.65; Haiku 4.5: 100 × (5,000 × $1 + 100 × $5) = $0.55
+    rollup(feature, "claude-sonnet-4-5-20250929", calls=100, input_tokens=500_000, output_tokens=10_000,
+           cost_nano=usd("1.65"))
+
+    row = board_feature(lever_board(tenant=tenant, **RANGE), "rag")
+
+    # Then caching (same model, same answers: half of 500,000 tokens at $2.70 less = $0.675,
+    # over 5% of spend) is recommended before the model change that saves $1.10 if it passes evals
+    assert [(r["lever"], r["potential_saving_usd"]) for r in row["recommendations"]] == [
+        ("prompt_caching", "0.675000"),
+        ("model_selection", "1.100000"),
+    ]
+    assert row["potential_saving_usd"] == "0.675000"
+
+
+def test_an_immaterial_same_answer_saving_does_not_hide_a_smaller_model(tenant):
+    # Given Sonnet 4.5 spend of $1.50 and a cache write premium of $0.0015 never read back
+    feature = FeatureFactory(tenant=tenant, key="chatty", max_tokens_cap=1024)
+    rollup(feature, "claude-sonnet-4-5-20250929", calls=100, input_tokens=50_000, output_tokens=90_000,
+           cache_write_5m_tokens=2_000, cost_nano=usd("1.5075"))
+    row = board_feature(lever_board(tenant=tenant, **RANGE), "chatty")
+    assert [r["lever"] for r in row["recommendations"]] == ["model_selection", "prompt_caching"]
+
+
+@pytest.mark.parametrize(
+    ("model", "tokens_per_call", "flagged"),
+    [
+        ("claude-sonnet-4-5-20250929", 1_300, True),  # Sonnet 4.5 caches from 1,024 tokens
+        ("claude-haiku-4-5-20251001", 1_300, False),  # Haiku 4.5 only from 4,096
+        ("claude-haiku-4-5-20251001", 4_096, True),
+        ("claude-opus-4-5-20251101", 4_000, False),
+        ("claude-3-haiku-20240307", 2_048, True),
+    ],
+)
+def test_caching_is_only_suggested_above_the_models_minimum_prompt(tenant, model, tokens_per_call, flagged):
+    feature = FeatureFactory(tenant=tenant, key="short-prompts")
+    rollup(feature, model, calls=10, input_tokens=10 * tokens_per_call, cost_nano=usd("0.1"))
+    lever = board_feature(lever_board(tenant=tenant, **RANGE), "short-prompts")["levers"]["prompt_caching"]
+    assert lever["large_input_little_caching"] is flagged
+    assert (lever["potential_saving_nano"] > 0) is flagged

@@ -150,7 +150,7 @@ class LeverFeatureBoardOutput(serializers.Serializer):
     max_tokens_cap = serializers.IntegerField(allow_null=True)
     calls = serializers.IntegerField()
     spend_usd = usd()
-    potential_saving_usd = usd("The best single lever's potential saving")
+    potential_saving_usd = usd("The top recommendation's potential saving")
     recommendation = LeverRecommendationOutput(allow_null=True)
     recommendations = LeverRecommendationOutput(many=True)
     levers = LeversOutput()
@@ -159,7 +159,7 @@ class LeverFeatureBoardOutput(serializers.Serializer):
 class LeverTotalsOutput(serializers.Serializer):
     calls = serializers.IntegerField()
     spend_usd = usd()
-    potential_saving_usd = usd("Sum of each feature's best lever")
+    potential_saving_usd = usd("Sum of each feature's top recommendation")
 
 
 class LeverBoardOutput(serializers.Serializer):
@@ -168,7 +168,7 @@ class LeverBoardOutput(serializers.Serializer):
     feature = serializers.CharField(allow_null=True)
     totals = LeverTotalsOutput()
     budgets = LeverBudgetStatusOutput(many=True, help_text="Tenant-wide budgets")
-    features = LeverFeatureBoardOutput(many=True, help_text="Ranked by potential saving, largest first")
+    features = LeverFeatureBoardOutput(many=True, help_text="Ranked by their top recommendation's potential saving")
 
 
 class LeverBoardApi(TenantAPIView):

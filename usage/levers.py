@@ -53,9 +53,21 @@ BUDGET = "budget"
 LEVERS = (MODEL_SELECTION, PROMPT_CACHING, BATCH, BUDGET, MAX_TOKENS, LATENCY)
 
 LOWER_FAMILY = {"opus": "sonnet", "sonnet": "haiku"}
+# Levers that change neither the model nor its answers, so need no evals to pull.
+SAME_ANSWER_LEVERS = (PROMPT_CACHING, BATCH, MAX_TOKENS)
+# "Material": at least a twentieth of the feature's spend over the range.
+MATERIAL_SHARE_DENOMINATOR = 20
 
-# Claude does not cache prompts shorter than 1,024 tokens, so below that caching is no lever.
-LARGE_INPUT_TOKENS_PER_CALL = 1024
+# Claude does not cache a prefix shorter than the model's minimum (Anthropic's prompt
+# caching docs), so below it caching is no lever. Models not listed: 1,024.
+MIN_CACHEABLE_TOKENS = {
+    "claude-opus-4-6": 4096,
+    "claude-opus-4-5-20251101": 4096,
+    "claude-haiku-4-5-20251001": 4096,
+    "claude-3-5-haiku-20241022": 2048,
+    "claude-3-haiku-20240307": 2048,
+}
+DEFAULT_MIN_CACHEABLE_TOKENS = 1024
 # "Little caching": under a fifth of the input is read from cache.
 LITTLE_CACHING_SHARE = 0.2
 # How much of an uncached large prompt we assume is a stable, cacheable prefix
@@ -182,6 +194,13 @@ def one_tier_down(model: str) -> ModelPrice | None:
     return max(on_sale, key=lambda row: row.generation)
 
 
+def _display_name(model: str) -> str:
+    try:
+        return price_for(model).display_name
+    except UnknownModel:
+        return model
+
+
 def _base_rates(price: ModelPrice) -> ModelPrice:
     flat = copy.copy(price)
     flat.long_context_threshold = None
@@ -212,6 +231,7 @@ def _usage(row: dict[str, Any]) -> TokenUsage:
 class _ModelLine:
     model: str
     family: str
+    display: str
     calls: int = 0
     spend_nano: int = 0
     lower_model: str | None = None
@@ -232,6 +252,7 @@ class _FeatureSums:
     unread_write_spend: Decimal = Decimal(0)
     unread_write_premium: Decimal = Decimal(0)
     full_cache_potential: Decimal = Decimal(0)
+    cacheable_input_tokens: int = 0
     batch_spend_nano: int = 0
     standard_spend_nano: int = 0
     batch_saving: Decimal = Decimal(0)
@@ -254,7 +275,7 @@ def _accumulate(sums: _FeatureSums, row: dict[str, Any], at: datetime) -> None:
 
     line = sums.models.get(model)
     if line is None:
-        line = sums.models[model] = _ModelLine(model=model, family=row["family"])
+        line = sums.models[model] = _ModelLine(model=model, family=row["family"], display=_display_name(model))
         lower = one_tier_down(model)
         if lower is not None:
             line.lower_model, line.lower_display = lower.model, lower.display_name
@@ -284,7 +305,10 @@ def _accumulate(sums: _FeatureSums, row: dict[str, Any], at: datetime) -> None:
         - usage.cache_write_5m_tokens * (w5_rate - input_rate)
         - usage.cache_write_1h_tokens * (w1_rate - input_rate)
     ) * factor / MTOK
-    sums.full_cache_potential += usage.input_tokens * (input_rate - read_rate) * factor / MTOK
+    # Only calls long enough to cache at all can gain from it.
+    if calls and usage.total_input >= calls * MIN_CACHEABLE_TOKENS.get(price.model, DEFAULT_MIN_CACHEABLE_TOKENS):
+        sums.cacheable_input_tokens += usage.total_input
+        sums.full_cache_potential += usage.input_tokens * (input_rate - read_rate) * factor / MTOK
 
     unread = row["unread_write_tokens"] or 0
     if unread:
@@ -372,7 +396,7 @@ def _model_selection(sums: _FeatureSums) -> dict[str, Any]:
         saving, line = biggest
         share = saving / line.spend_nano if line.spend_nano else 0
         recommendation = (
-            f"Try {line.lower_display} instead of {line.model}: the same usage would have cost "
+            f"Try {line.lower_display} instead of {line.display}: the same usage would have cost "
             f"{_usd_text(line.spend_nano - saving)} instead of {_usd_text(line.spend_nano)} "
             f"(save {_usd_text(saving)}, {_pct_text(share)}), if the smaller model passes your evals."
         )
@@ -395,9 +419,7 @@ def _prompt_caching(sums: _FeatureSums) -> dict[str, Any]:
     )
     read_share = _ratio(t["cache_read_tokens"], total_input)
     avg_input = total_input // sums.calls if sums.calls else 0
-    little_caching = (
-        avg_input >= LARGE_INPUT_TOKENS_PER_CALL and (read_share or 0) < LITTLE_CACHING_SHARE
-    )
+    little_caching = sums.cacheable_input_tokens > 0 and (read_share or 0) < LITTLE_CACHING_SHARE
     prefix_potential = to_nano(sums.full_cache_potential * REUSABLE_PREFIX_SHARE) if little_caching else 0
     premium = max(to_nano(sums.unread_write_premium), 0)
     potential = prefix_potential + premium
@@ -587,7 +609,16 @@ def _budget(rows: list[dict[str, Any]]) -> dict[str, Any]:
 # --- the board ------------------------------------------------------------------------
 
 
-def _ranked(levers: dict[str, dict[str, Any]]) -> list[dict[str, Any]]:
+def _ranked(levers: dict[str, dict[str, Any]], *, spend_nano: int) -> list[dict[str, Any]]:
+    """Return the levers with a recommendation, the one to pull first first.
+
+    By potential saving, with one exception: a lever that keeps the model and its answers
+    (caching, batch, max_tokens) and would save a material share of the feature's spend
+    comes before a smaller model, whose saving holds only if it passes the team's evals.
+    Ranked by money alone, one tier down (40-87 % off) would top every feature not already
+    on Haiku and the board would say the same thing everywhere. Advice without a money
+    figure (budget pace, caps, streaming) comes last.
+    """
     rows = [
         {
             "lever": name,
@@ -598,7 +629,18 @@ def _ranked(levers: dict[str, dict[str, Any]]) -> list[dict[str, Any]]:
         for name, lever in levers.items()
         if lever["recommendation"]
     ]
-    rows.sort(key=lambda r: (-r["potential_saving_nano"], LEVERS.index(r["lever"])))
+
+    def order(row: dict[str, Any]) -> tuple:
+        saving = row["potential_saving_nano"]
+        if saving <= 0:
+            group = 2
+        elif row["lever"] in SAME_ANSWER_LEVERS and saving * MATERIAL_SHARE_DENOMINATOR >= spend_nano:
+            group = 0
+        else:
+            group = 1
+        return (group, -saving, LEVERS.index(row["lever"]))
+
+    rows.sort(key=order)
     return rows
 
 
@@ -622,14 +664,14 @@ def lever_board(
         {
           "start": "2026-11-01", "end": "2026-11-30", "feature": "support-bot" | None,
           "totals": {"calls", "spend_usd", "spend_nano",
-                     "potential_saving_usd", "potential_saving_nano"},  # sum of each feature's best lever
+                     "potential_saving_usd", "potential_saving_nano"},  # sum of each feature's top recommendation
           "budgets": [budget status],   # tenant-wide budgets (see the budget lever)
-          "features": [                 # ranked by potential saving, largest first
+          "features": [                 # ranked by their top recommendation's saving
             {
               "key", "name", "interactive", "max_tokens_cap", "calls", "spend_usd", "spend_nano",
-              "potential_saving_usd", "potential_saving_nano",  # the best single lever's
+              "potential_saving_usd", "potential_saving_nano",  # the top recommendation's
               "recommendation": {"lever", "text", "potential_saving_usd", "potential_saving_nano"} | None,
-              "recommendations": [same, ranked by potential saving],
+              "recommendations": [same, the one to pull first first: see ``_ranked``],
               "levers": {
                 "model_selection": {by_family: [{family, calls, spend_*}],
                     by_model: [{model, family, calls, spend_*, one_tier_down_model,
@@ -697,7 +739,7 @@ def lever_board(
             LATENCY: _latency(sums, feat, histograms.get(pk)),
             BUDGET: _budget(feature_budgets.get(pk, [])),
         }
-        recommendations = _ranked(levers)
+        recommendations = _ranked(levers, spend_nano=sums.spend_nano)
         best = recommendations[0] if recommendations else None
         best_nano = best["potential_saving_nano"] if best else 0
         rows.append(
