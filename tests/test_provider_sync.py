@@ -186,13 +186,23 @@ def test_usage_is_attributed_to_mapped_features(stub, tenant, sleeps):
     assert features == {1: support, 2: search, 3: None}
 
 
-def test_workspace_filter_is_sent(stub, tenant, sleeps):
+def test_workspace_filter_limits_both_reports(stub, tenant, sleeps):
+    # given a connection limited to two workspaces
     connection = services.provider_connection_save(
         tenant=tenant, actor=Actor.system(), admin_key=stub.api_key, workspace_ids=["wrkspc_a", "wrkspc_b"]
     )
+    stub.cost[DAY] = [cost_row(amount="1", workspace_id="wrkspc_a"), cost_row(amount="2", workspace_id="wrkspc_z"),
+                      cost_row(amount="4", workspace_id=None)]
+
     sync_usage(connection, sleeps)
     sync_cost(connection, sleeps)
-    assert [r["args"]["workspace_ids[]"] for r in stub.requests] == [["wrkspc_a", "wrkspc_b"]] * 2
+
+    # then the usage report is asked for those workspaces (a documented filter), and the cost
+    # report (which documents none) is filtered by its workspace_id grouping
+    usage_request, cost_request = (r["args"] for r in stub.requests)
+    assert usage_request["workspace_ids[]"] == ["wrkspc_a", "wrkspc_b"]
+    assert "workspace_ids[]" not in cost_request
+    assert list(ProviderCostBucket.objects.values_list("workspace_id", flat=True)) == ["wrkspc_a"]
 
 
 # --- failures --------------------------------------------------------------------------------
@@ -291,6 +301,24 @@ def test_malformed_response_is_an_error_recorded_not_a_crash(stub, connection, s
     assert connection.status == ConnectionStatus.ERROR
     assert "Malformed" in connection.last_error
     assert not ProviderUsageBucket.objects.filter(tenant=tenant).exists()
+
+
+def test_transient_failures_alert_once_the_data_goes_stale(stub, connection, sleeps, tenant):
+    # given a connection whose last good sync was three hours ago
+    stub.usage[hour(0)] = [usage_row(output_tokens=5)]
+    assert sync_usage(connection, sleeps).ok
+    connection.usage_synced_at = connection.usage_synced_at - timedelta(hours=3)
+    connection.save()
+
+    # when the provider keeps failing
+    stub.script = [Canned(503, "down")] * 10
+    sync_usage(connection, sleeps)
+    sync_usage(connection, sleeps)
+
+    # then the connection is retrying, and one sync_failing alert says so
+    connection.refresh_from_db()
+    assert connection.status == ConnectionStatus.ERROR
+    assert Alert.objects.filter(tenant=tenant, kind="sync_failing").count() == 1
 
 
 def test_a_new_key_resets_a_failing_connection(stub, tenant, sleeps):

@@ -113,10 +113,13 @@ class AdminApiClient:
         *,
         starting_at: datetime,
         ending_at: datetime,
-        workspace_ids: list[str] | None = None,
         limit: int = 31,
     ) -> Iterator[dict[str, Any]]:
-        """Yield the 1-day buckets of the cost report, grouped by workspace and description."""
+        """Yield the 1-day buckets of the cost report, grouped by workspace and description.
+
+        The cost report documents no workspace filter, so none is sent (an unknown
+        parameter could be refused); callers filter by the grouped ``workspace_id``.
+        """
         params: list[tuple[str, str]] = [
             ("starting_at", rfc3339(starting_at)),
             ("ending_at", rfc3339(ending_at)),
@@ -124,7 +127,6 @@ class AdminApiClient:
             ("limit", str(limit)),
         ]
         params += [("group_by[]", name) for name in COST_GROUP_BY]
-        params += [("workspace_ids[]", w) for w in workspace_ids or []]
         yield from self._buckets(COST_PATH, params)
 
     # --- pagination and transport -----------------------------------------------------

@@ -472,7 +472,7 @@ def provider_usage_sync(
             result.chunks.append((chunk_start, chunk_end))
     except ProviderError as exc:
         result.error = str(exc)
-        provider_sync_failed(connection=connection, error=exc, now=now)
+        provider_sync_failed(connection=connection, report=result.report, error=exc, now=now)
     finally:
         if owns_client:
             client.close()
@@ -514,19 +514,17 @@ def provider_cost_sync(
     try:
         for chunk_start, chunk_end in _chunks(start, end, timedelta(days=COST_CHUNK_DAYS)):
             seen_at = timezone.now()
-            buckets = list(
-                client.cost_buckets(
-                    starting_at=chunk_start, ending_at=chunk_end, workspace_ids=connection.workspace_ids or None
-                )
-            )
+            buckets = list(client.cost_buckets(starting_at=chunk_start, ending_at=chunk_end))
             rows = _dedupe(_cost_rows(buckets, tenant=connection.tenant, seen_at=seen_at), COST_KEY)
+            if connection.workspace_ids:
+                rows = [r for r in rows if r.workspace_id in connection.workspace_ids]
             _cost_chunk_commit(connection, rows, chunk_start, chunk_end, seen_at)
             result.rows += len(rows)
             result.buckets += len(buckets)
             result.chunks.append((chunk_start, chunk_end))
     except ProviderError as exc:
         result.error = str(exc)
-        provider_sync_failed(connection=connection, error=exc, now=now)
+        provider_sync_failed(connection=connection, report=result.report, error=exc, now=now)
     finally:
         if owns_client:
             client.close()
@@ -562,7 +560,7 @@ def _mark_ok(connection: ProviderConnection, at: datetime) -> None:
 
 
 @transaction.atomic
-def provider_sync_failed(*, connection: ProviderConnection, error: ProviderError, now: datetime) -> None:
+def provider_sync_failed(*, connection: ProviderConnection, report: str, error: ProviderError, now: datetime) -> None:
     """Record a failed sync; raise ``sync_failing`` when a person must act or the data is going stale."""
     locked = ProviderConnection.objects.select_for_update().get(pk=connection.pk)
     locked.status = ConnectionStatus.FAILING if error.permanent else ConnectionStatus.ERROR
@@ -571,9 +569,8 @@ def provider_sync_failed(*, connection: ProviderConnection, error: ProviderError
     locked.last_attempt_at = now
     locked.save(update_fields=["status", "last_error", "last_error_at", "last_attempt_at", "updated_at"])
     logger.warning("provider sync failed for tenant %s: %s", locked.tenant.slug, error)
-    last_ok = max(
-        (t for t in (locked.usage_synced_at, locked.cost_synced_at) if t is not None), default=locked.created_at
-    )
+    # Each report goes stale on its own: a working usage sync does not hide a broken cost sync.
+    last_ok = (locked.usage_synced_at if report == "usage" else locked.cost_synced_at) or locked.created_at
     if error.permanent or now - last_ok > STALE_AFTER:
         what = "rejected the admin key" if error.auth_failed else "cannot be synced"
         _alert(
@@ -582,7 +579,7 @@ def provider_sync_failed(*, connection: ProviderConnection, error: ProviderError
             dedup_key=f"sync_failing:{locked.pk}:{now.date().isoformat()}",
             title=f"Anthropic {what}",
             body=(
-                f"The Anthropic Usage and Cost sync for {locked.tenant.name} failed: {error}. "
+                f"The Anthropic {report} sync for {locked.tenant.name} failed: {error}. "
                 + (
                     "Check the admin key in the provider connection settings."
                     if error.permanent
