@@ -9,7 +9,12 @@ from typing import Any
 
 from django.core.exceptions import ValidationError as DjangoValidationError
 from drf_spectacular.types import OpenApiTypes
-from drf_spectacular.utils import OpenApiParameter, extend_schema, extend_schema_field
+from drf_spectacular.utils import (
+    OpenApiParameter,
+    extend_schema,
+    extend_schema_field,
+    inline_serializer,
+)
 from rest_framework import serializers, status
 from rest_framework.response import Response
 
@@ -135,7 +140,10 @@ def channel_or_404(tenant, channel_id: str) -> AlertChannel:
 class ChannelListApi(TenantAPIView):
     required_role = KeyRole.ADMIN
 
-    @extend_schema(responses=ChannelOutput(many=True), summary="List alert channels")
+    @extend_schema(
+        responses=inline_serializer("AlertChannelList", {"results": ChannelOutput(many=True)}),
+        summary="List alert channels",
+    )
     def get(self, request):
         return Response({"results": ChannelOutput(selectors.channel_list(tenant=self.tenant), many=True).data})
 
@@ -223,7 +231,7 @@ class AlertListApi(TenantAPIView):
             OpenApiParameter("budget", OpenApiTypes.STR, description="A budget id: only its alerts"),
             OpenApiParameter("limit", OpenApiTypes.INT, description="1-500, default 100"),
         ],
-        responses=AlertOutput(many=True),
+        responses=inline_serializer("AlertList", {"results": AlertOutput(many=True)}),
         summary="Alert history, newest first, with each delivery's status",
     )
     def get(self, request):
