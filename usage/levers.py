@@ -32,7 +32,14 @@ from budgets.models import Budget
 from budgets.selectors import current_window, window_status
 from governance.api.fields import nano_to_usd
 from governance.models import Feature, Tenant
-from usage.models import HISTOGRAM_SIZE, LATENCY_BUCKETS_MS, ModelPrice, ServiceTier, UsageRollup
+from usage.models import (
+    HISTOGRAM_SIZE,
+    LATENCY_BUCKETS_MS,
+    NANO,
+    ModelPrice,
+    ServiceTier,
+    UsageRollup,
+)
 from usage.pricing import (
     MTOK,
     TokenUsage,
@@ -98,8 +105,8 @@ def _rollups(*, tenant: Tenant, start: date, end: date, feature_ids: Collection 
 def _grouped_sums(rollups) -> list[dict[str, Any]]:
     """Return one row of sums per feature × model × tier over the range."""
     sums = {name: Sum(name) for name in UsageRollup.SUM_FIELDS}
-    # Writes a day's reads do not cover were (at least) never read back: caches live
-    # minutes or an hour, so a write cannot be read on another day.
+    # Writes a day's reads do not cover were never read back: a cache lives five minutes
+    # or an hour, so it is (all but) never read on another day than it was written.
     written = F("cache_write_5m_tokens") + F("cache_write_1h_tokens")
     unread = written - F("cache_read_tokens")
     sums["unread_write_tokens"] = Sum(Greatest(unread, Value(0), output_field=BigIntegerField()))
@@ -322,7 +329,7 @@ def _accumulate(sums: _FeatureSums, row: dict[str, Any], at: datetime) -> None:
 
     if tier == ServiceTier.STANDARD:
         search_cost = usage.web_search_requests * Decimal(price.web_search_per_request)
-        token_spend = Decimal(spend) / Decimal(1_000_000_000) - search_cost
+        token_spend = Decimal(spend) / NANO - search_cost
         sums.batch_saving += max(token_spend, Decimal(0)) * (1 - Decimal(price.batch_factor))
 
 
@@ -330,7 +337,7 @@ def _accumulate(sums: _FeatureSums, row: dict[str, Any], at: datetime) -> None:
 
 
 def _usd_text(nano: int) -> str:
-    usd = Decimal(nano) / Decimal(1_000_000_000)
+    usd = Decimal(nano) / NANO
     if abs(usd) >= 1:
         return f"${usd:,.2f}"
     if abs(usd) >= Decimal("0.01"):
@@ -349,10 +356,6 @@ def _seconds_text(ms: int) -> str:
 
 def _ratio(part: int, whole: int) -> float | None:
     return round(part / whole, 4) if whole else None
-
-
-def _money(nano: int) -> dict[str, Any]:
-    return {"usd": nano_to_usd(nano), "nano": nano}
 
 
 # --- levers ---------------------------------------------------------------------------
