@@ -220,6 +220,29 @@ def test_429_honours_retry_after_then_succeeds(stub, connection, sleeps, tenant)
     assert usage_totals(tenant)[:2] == (1, 5)
 
 
+def test_a_retry_after_longer_than_a_run_waits_for_the_next_run(stub, connection, sleeps, tenant):
+    stub.script = [Canned(429, {"type": "error", "error": {"type": "rate_limit_error", "message": "slow"}},
+                          {"retry-after": "600"})]
+
+    result = sync_usage(connection, sleeps)
+
+    assert not result.ok and "retry after 600s" in result.error
+    assert sleeps == []  # it neither sleeps ten minutes nor retries early
+    connection.refresh_from_db()
+    assert connection.status == ConnectionStatus.ERROR
+
+
+def test_an_unusable_base_url_is_permanent(tenant, sleeps, settings):
+    settings.ANTHROPIC_API_BASE_URL = "ftp://example.invalid"
+    connection = services.provider_connection_save(tenant=tenant, actor=Actor.system(), admin_key="sk-ant-admin01-x")
+
+    result = sync_usage(connection, sleeps)
+
+    assert not result.ok and sleeps == []
+    connection.refresh_from_db()
+    assert connection.status == ConnectionStatus.FAILING
+
+
 def test_500_is_retried_with_backoff_then_succeeds(stub, connection, sleeps, tenant):
     stub.usage[hour(0)] = [usage_row(output_tokens=5)]
     stub.script = [Canned(500, {"type": "error", "error": {"type": "api_error", "message": "oops"}}),

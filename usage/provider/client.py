@@ -159,6 +159,8 @@ class AdminApiClient:
         for attempt in range(1, self._max_attempts + 1):
             try:
                 response = self._http.get(path, params=params)
+            except (httpx.UnsupportedProtocol, httpx.InvalidURL) as exc:
+                raise ProviderError(f"The API base URL is not usable ({exc}).", permanent=True) from exc
             except httpx.TimeoutException:
                 last = ProviderError(f"Timed out calling {path}.", permanent=False)
                 delay = self._backoff(attempt)
@@ -172,7 +174,11 @@ class AdminApiClient:
                 message = self._error_message(path, response)
                 if status == 429 or status >= 500:
                     last = ProviderError(message, permanent=False, status=status)
-                    delay = self._retry_after(response) or self._backoff(attempt)
+                    wait = self._retry_after(response)
+                    if wait is not None and wait > self._backoff_max:
+                        # Never sooner than asked; a long wait is the next beat run's to make.
+                        raise ProviderError(f"{message} (retry after {wait:.0f}s)", permanent=False, status=status)
+                    delay = wait if wait is not None else self._backoff(attempt)
                 else:
                     # 401/403: a bad or revoked key; other 4xx: our request or the configuration.
                     raise ProviderError(message, permanent=True, status=status)
@@ -196,7 +202,7 @@ class AdminApiClient:
                 seconds = (parsedate_to_datetime(value) - datetime.now(UTC)).total_seconds()
             except (TypeError, ValueError):
                 return None
-        return min(max(seconds, 0.0), self._backoff_max)
+        return max(seconds, 0.0)
 
     @staticmethod
     def _json(path: str, response: httpx.Response) -> dict[str, Any]:
