@@ -295,3 +295,36 @@ def test_the_async_client_governs_create_and_stream(shop, messages_api):
     assert event_for(message.id).output_tokens == message.usage.output_tokens
     streamed = event_for(final.id)
     assert streamed.streamed is True and streamed.output_tokens == final.usage.output_tokens
+
+
+def test_batch_holds_stay_within_the_feature_cap(shop, messages_api):
+    client = governed(sdk(messages_api), comptroller(shop.url, shop.secret), feature="support-bot")
+    params = {"model": "claude-sonnet-4-5", "messages": [ASK]}
+    requests = [{"custom_id": f"c-{n}", "params": {**params, "max_tokens": tokens}}
+                for n, tokens in enumerate([2048, 2048, 2048, 8000])]
+
+    client.messages.batches.create(requests=requests)
+
+    # Each hold's max_tokens is the sum of its requests', so none is clamped below its worst case.
+    holds = sorted(Hold.objects.values_list("max_tokens", "clamped", "service_tier"))
+    assert holds == [(2048, False, "batch"), (4096, False, "batch"), (4096, False, "batch")]
+    sent = messages_api.batches[next(iter(messages_api.batches))]
+    assert sent["batch"]["request_counts"]["succeeded"] == 4
+    assert [c.body["requests"][3]["params"]["max_tokens"] for c in messages_api.model_calls] == [4096]
+
+
+def test_the_async_client_governs_batches(shop, messages_api):
+    async def scenario():
+        sdk_async = anthropic.AsyncAnthropic(api_key="sk-ant-test", base_url=messages_api.base_url, max_retries=0)
+        async with AsyncComptroller(shop.url, shop.secret, backoff=0) as cpt:
+            client = governed(sdk_async, cpt, feature="digest")
+            batch = await client.messages.batches.create(requests=[
+                {"custom_id": "a", "params": {"model": "claude-haiku-4-5", "max_tokens": 100, "messages": [ASK]}},
+            ])
+            return await client.messages.batches.report_results(batch.id)
+
+    report = asyncio.run(scenario())
+
+    assert report.succeeded == 1 and report.records[0].status == "recorded"
+    assert UsageEvent.objects.get().service_tier == "batch"
+    assert Hold.objects.get().state == "released"

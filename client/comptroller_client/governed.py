@@ -42,6 +42,7 @@ logger = logging.getLogger("comptroller_client")
 
 COUNT_TOKENS_PARAMS = ("model", "messages", "system", "thinking", "tool_choice", "tools")
 BATCH_HOLD_TTL = 90_000  # batches may take 24 h; the contract's longest hold
+MAX_HOLD_TOKENS = 1_000_000  # the largest max_tokens an allowance accepts
 USAGE_BATCH_LIMIT = 1000
 
 
@@ -115,23 +116,29 @@ class _Governor:
         return {**call, "model": allowance.model, "max_tokens": allowance.max_tokens}
 
     def batch_plan(self, requests: list[Any], cap: int | None) -> tuple[list[dict], list[tuple[str, list[dict]]]]:
-        """Copy the requests (clamped to the cap) and group them into holds: per model, within the cap."""
+        """Copy the requests (clamped to the cap) and group them into holds: per model, within the cap.
+
+        A hold's ``max_tokens`` is the sum of its requests'; the server clamps
+        it to the feature cap and accepts at most ``MAX_HOLD_TOKENS``, so a
+        group never sums past either and the hold stays a true worst case.
+        """
+        limit = min(cap, MAX_HOLD_TOKENS) if cap else MAX_HOLD_TOKENS
         copies = []
         for request in requests:
             params = dict(request["params"])
-            if cap and params["max_tokens"] > cap:
-                params["max_tokens"] = cap
+            params["max_tokens"] = min(params["max_tokens"], limit)
             copies.append({**request, "params": params})
         groups: list[tuple[str, list[dict]]] = []
-        open_group: dict[str, list[dict]] = {}
+        open_groups: dict[str, tuple[list[dict], list[int]]] = {}
         for request in copies:
-            model = request["params"]["model"]
-            group = open_group.get(model)
-            if group is None or (cap and sum(r["params"]["max_tokens"] for r in group) + request["params"]["max_tokens"] > cap):
-                group = []
-                open_group[model] = group
+            model, tokens = request["params"]["model"], request["params"]["max_tokens"]
+            group, total = open_groups.get(model, (None, [0]))
+            if group is None or total[0] + tokens > limit:
+                group, total = [], [0]
+                open_groups[model] = (group, total)
                 groups.append((model, group))
             group.append(request)
+            total[0] += tokens
         return copies, groups
 
     def batch_hold_request(self, model: str, group: list[dict]) -> dict[str, Any]:
@@ -295,26 +302,37 @@ class _MeteredStream:
 
 
 class GovernedMessageStreamManager:
-    """``with governed(...).messages.stream(...) as stream:`` — an SDK ``MessageStream``, metered."""
+    """``with governed(...).messages.stream(...) as stream:`` — the SDK's own ``MessageStream``, metered.
+
+    The SDK's ``messages.stream`` makes the request, so every option it
+    supports (in whichever SDK version is installed) keeps working; the
+    meter goes between that stream and its raw events.
+    """
 
     def __init__(self, messages: GovernedMessages, kwargs: dict[str, Any]) -> None:
         self._messages = messages
         self._kwargs = kwargs
-        self._stream: Any = None
+        self._manager: Any = None
         self.allowance: Allowance | None = None
 
     def __enter__(self) -> Any:
-        from anthropic.lib.streaming import MessageStream
-
-        raw, allowance, meter = self._messages._open_stream(self._kwargs)
-        self.allowance = allowance
         governor = self._messages._g
-        self._stream = MessageStream(_MeteredStream(raw, meter, lambda m: _settle(governor, allowance, m)))
-        return self._stream
+        call, options = governor.split(self._kwargs)
+        call.pop("stream", None)
+        allowance = self.allowance = self._messages._reserve(call, options)
+        meter = _Meter()
+        try:
+            self._manager = governor.client.messages.stream(**governor.granted(call, allowance))
+            stream = self._manager.__enter__()
+        except BaseException:
+            _release_quietly(governor.comptroller, allowance)
+            raise
+        stream._raw_stream = _MeteredStream(stream._raw_stream, meter, lambda m: _settle(governor, allowance, m))
+        return stream
 
     def __exit__(self, *exc_info: Any) -> None:
-        if self._stream is not None:
-            self._stream.close()
+        if self._manager is not None:
+            self._manager.__exit__(*exc_info)
 
 
 class GovernedBatches:
@@ -528,25 +546,34 @@ class _AsyncMeteredStream:
 
 
 class AsyncGovernedMessageStreamManager:
+    """``async with governed(...).messages.stream(...) as stream:`` — the SDK's ``AsyncMessageStream``, metered."""
+
     def __init__(self, messages: AsyncGovernedMessages, kwargs: dict[str, Any]) -> None:
         self._messages = messages
         self._kwargs = kwargs
-        self._stream: Any = None
+        self._manager: Any = None
         self.allowance: Allowance | None = None
 
     async def __aenter__(self) -> Any:
-        from anthropic.lib.streaming import AsyncMessageStream
-
-        raw, allowance, meter = await self._messages._open_stream(self._kwargs)
-        self.allowance = allowance
         governor = self._messages._g
-        metered = _AsyncMeteredStream(raw, meter, lambda m: _asettle(governor, allowance, m))
-        self._stream = AsyncMessageStream(metered)
-        return self._stream
+        call, options = governor.split(self._kwargs)
+        call.pop("stream", None)
+        allowance = self.allowance = await self._messages._reserve(call, options)
+        meter = _Meter()
+        try:
+            self._manager = governor.client.messages.stream(**governor.granted(call, allowance))
+            stream = await self._manager.__aenter__()
+        except BaseException:
+            await _arelease_quietly(governor.comptroller, allowance)
+            raise
+        stream._raw_stream = _AsyncMeteredStream(
+            stream._raw_stream, meter, lambda m: _asettle(governor, allowance, m)
+        )
+        return stream
 
     async def __aexit__(self, *exc_info: Any) -> None:
-        if self._stream is not None:
-            await self._stream.close()
+        if self._manager is not None:
+            await self._manager.__aexit__(*exc_info)
 
 
 class AsyncGovernedBatches:
