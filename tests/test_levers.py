@@ -286,12 +286,14 @@ def test_latency_percentiles_come_from_the_merged_histograms(tenant):
 
     lever = board_feature(lever_board(tenant=tenant, **RANGE), "chat")["levers"]["latency"]
 
-    # Latency samples: 5 × ≤300 ms, 4 × ≤5 s, 1 × over 60 s: the 5th is the median, the 10th the p95
+    # Latency samples: 5 in (200, 300] ms, 4 in (3, 5] s, 1 over 60 s. The median (rank 5 of 10)
+    # is the top of the first bucket; the p95 (rank 9.5) falls in the open bucket: "60 s or more"
     assert lever["latency_p50_ms"] == 300
     assert lever["latency_p95_ms"] == 60_000
-    # ttft samples: 6 × ≤100 ms, 4 × ≤750 ms
-    assert lever["ttft_p50_ms"] == 100
-    assert lever["ttft_p95_ms"] == 750
+    # ttft samples: 6 in (0, 100] ms, 4 in (500, 750] ms. Median: rank 5 of the first 6, 100 × 5/6;
+    # p95: rank 9.5, 3.5 into the 4 of the second bucket: 500 + 250 × 3.5/4 = 718.75
+    assert lever["ttft_p50_ms"] == 83
+    assert lever["ttft_p95_ms"] == 719
     assert lever["streamed_share"] == 0.6
     assert lever["latency_avg_ms"] == 10_742
     assert lever["ttft_avg_ms"] == 328
@@ -303,7 +305,8 @@ def test_slow_unstreamed_interactive_feature_is_told_to_stream(tenant):
     rollup(feature, "claude-haiku-4-5-20251001", calls=10, streamed_calls=1,
            latency_histogram=histogram(_2800=10), ttft_histogram=histogram(_400=1), cost_nano=1)
     lever = board_feature(lever_board(tenant=tenant, **RANGE), "slow")["levers"]["latency"]
-    assert lever["latency_p50_ms"] == 3_000
+    # 10 samples in (2, 3] s: the median is halfway through the bucket
+    assert lever["latency_p50_ms"] == 2_500
     assert lever["streamed_share"] == 0.1
     assert "stream responses" in lever["recommendation"]
 
@@ -322,10 +325,12 @@ def test_latency_percentiles_are_only_for_interactive_features(tenant):
     [
         ([], 0.5, None),
         ([0] * HISTOGRAM_SIZE, 0.5, None),
-        ([1] + [0] * (HISTOGRAM_SIZE - 1), 0.95, 100),
+        ([1] + [0] * (HISTOGRAM_SIZE - 1), 0.95, 95),
         ([1, 1] + [0] * (HISTOGRAM_SIZE - 2), 0.5, 100),
-        ([1, 1] + [0] * (HISTOGRAM_SIZE - 2), 0.95, 200),
+        ([1, 1] + [0] * (HISTOGRAM_SIZE - 2), 0.95, 190),
+        ([0, 0, 0, 4] + [0] * (HISTOGRAM_SIZE - 4), 0.5, 400),  # (300, 500]: halfway
         ([0] * (HISTOGRAM_SIZE - 1) + [3], 0.5, 60_000),
+        ([2, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 1], 0.5, 75),
     ],
 )
 def test_histogram_percentile(counts, fraction, expected):
@@ -510,8 +515,11 @@ def test_usage_reported_through_the_ledger_reaches_the_board(tenant):
     assert max_tokens["truncation_rate"] == 0.3333
     assert max_tokens["cap_utilisation"] == round(1_500 / 3_072, 4)
     latency = row["levers"]["latency"]
-    assert (latency["latency_p50_ms"], latency["latency_p95_ms"]) == (1_000, 3_000)
-    assert (latency["ttft_p50_ms"], latency["ttft_p95_ms"]) == (500, 500)
+    # Latency 800 and 790 ms in (750, 1000], 2140 ms in (2000, 3000]: median rank 1.5 of 3 lies
+    # 1.5/2 into the first bucket (937.5 ms), p95 rank 2.85 lies 0.85 into the second (2850 ms)
+    assert (latency["latency_p50_ms"], latency["latency_p95_ms"]) == (938, 2_850)
+    # One ttft of 380 ms in (300, 500]
+    assert (latency["ttft_p50_ms"], latency["ttft_p95_ms"]) == (400, 490)
     assert latency["streamed_share"] == 0.3333
 
 

@@ -122,7 +122,9 @@ class LeverLatencyOutput(LeverBaseOutput):
     calls = serializers.IntegerField()
     streamed_calls = serializers.IntegerField()
     streamed_share = ratio("Streamed calls over calls")
-    ttft_p50_ms = serializers.IntegerField(allow_null=True, help_text="Upper bound of the histogram bucket")
+    ttft_p50_ms = serializers.IntegerField(
+        allow_null=True, help_text="Interpolated in fixed histogram buckets; over 60 s reads 60000"
+    )
     ttft_p95_ms = serializers.IntegerField(allow_null=True)
     latency_p50_ms = serializers.IntegerField(allow_null=True)
     latency_p95_ms = serializers.IntegerField(allow_null=True)

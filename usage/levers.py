@@ -14,7 +14,6 @@ calls really cost, long context and data residency included.
 from __future__ import annotations
 
 import copy
-import math
 from collections import defaultdict
 from collections.abc import Collection
 from dataclasses import dataclass, field
@@ -159,19 +158,24 @@ def _merged_histograms(rollups, feature_ids: Collection) -> dict[Any, tuple[list
 
 
 def histogram_percentile(counts: list[int], fraction: float) -> int | None:
-    """Return the upper bound (ms) of the bucket holding the ``fraction`` percentile.
+    """Return the ``fraction`` percentile (ms) of a fixed-bucket histogram, None without samples.
 
-    The open last bucket reports the last bound: "at least" that long. None without samples.
+    Interpolated linearly inside the bucket that holds it, as Prometheus does; in the
+    open last bucket it is that bucket's lower bound, i.e. "at least" that long.
     """
     total = sum(counts)
     if total == 0:
         return None
-    rank = max(1, math.ceil(fraction * total))
-    seen = 0
+    rank = fraction * total
+    below = 0
     for i, count in enumerate(counts):
-        seen += count
-        if seen >= rank:
-            return LATENCY_BUCKETS_MS[min(i, len(LATENCY_BUCKETS_MS) - 1)]
+        if count and below + count >= rank:
+            if i >= len(LATENCY_BUCKETS_MS):
+                return LATENCY_BUCKETS_MS[-1]
+            lower = LATENCY_BUCKETS_MS[i - 1] if i else 0
+            upper = LATENCY_BUCKETS_MS[i]
+            return round(lower + (upper - lower) * (rank - below) / count)
+        below += count
     return LATENCY_BUCKETS_MS[-1]
 
 
@@ -703,8 +707,9 @@ def lever_board(
     ``limit_nano``, ``spent_nano``, ``spent_share``, ``forecast_usd``/``forecast_nano``
     and ``forecast_tokens`` (the window's spend at its end at the burn rate so far, as the
     forecast alerts compute it; None for windows without an end or too young to tell) and
-    ``forecast_over_limit``. Latency percentiles are the upper bound of the fixed histogram
-    bucket holding them (``usage.models.LATENCY_BUCKETS_MS``), for interactive features.
+    ``forecast_over_limit``. Latency percentiles are interpolated in the fixed histogram
+    buckets (``usage.models.LATENCY_BUCKETS_MS``, see ``histogram_percentile``) and given
+    for interactive features only.
     """
     if feature is not None and feature.tenant_id != tenant.pk:
         raise ValueError("feature belongs to another tenant")
