@@ -8,6 +8,9 @@ import environ
 
 BASE_DIR = Path(__file__).resolve().parent.parent
 VAR_DIR = BASE_DIR / "var"
+# The embedded default keeps its SQLite file, file broker and logs here.
+for _folder in ("broker/out", "broker/processed", "log"):
+    (VAR_DIR / _folder).mkdir(parents=True, exist_ok=True)
 
 env = environ.Env()
 environ.Env.read_env(BASE_DIR / ".env", overwrite=False)
