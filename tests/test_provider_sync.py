@@ -185,6 +185,13 @@ def test_usage_is_attributed_to_mapped_features(stub, tenant, sleeps):
     features = {r.output_tokens: r.feature for r in ProviderUsageBucket.objects.filter(tenant=tenant)}
     assert features == {1: support, 2: search, 3: None}
 
+    # and a new mapping re-attributes what is already stored
+    services.provider_connection_save(
+        tenant=tenant, actor=Actor.system(), feature_mapping={"api_keys": {"apikey_other": "support"}}
+    )
+    features = {r.output_tokens: r.feature for r in ProviderUsageBucket.objects.filter(tenant=tenant)}
+    assert features == {1: None, 2: support, 3: support}
+
 
 def test_workspace_filter_limits_both_reports(stub, tenant, sleeps):
     # given a connection limited to two workspaces

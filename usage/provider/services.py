@@ -162,6 +162,13 @@ def _mapping_replace(*, connection: ProviderConnection, feature_mapping: dict[st
         for name, kind in kinds.items()
         for provider_id, key in sorted(feature_mapping.get(name, {}).items())
     )
+    # Re-attribute what is already stored, so history follows the new mapping at once:
+    # workspaces first, then API keys, which are the finer attribution and win.
+    buckets = ProviderUsageBucket.objects.filter(tenant=connection.tenant)
+    buckets.exclude(feature=None).update(feature=None)
+    for name, column in (("workspaces", "workspace_id"), ("api_keys", "api_key_id")):
+        for provider_id, key in feature_mapping.get(name, {}).items():
+            buckets.filter(**{column: provider_id}).update(feature=features[key])
 
 
 @transaction.atomic
