@@ -7,6 +7,7 @@ from decimal import ROUND_HALF_UP, Decimal
 from django import template
 
 from governance.api.ids import public_id
+from governance.crypto import mask
 from usage.models import NANO
 
 register = template.Library()
@@ -54,6 +55,12 @@ def pid(obj) -> str:
 
 
 @register.filter
+def masked(secret: str) -> str:
+    """Show a stored secret by its last four characters only."""
+    return mask(secret)
+
+
+@register.filter
 def get_item(mapping, key):
     return mapping.get(key) if hasattr(mapping, "get") else None
 
@@ -84,3 +91,29 @@ def audit_changes(entry) -> list[dict[str, str]]:
         changes.append({"field": label, "before": _show(name, old) if before else "",
                         "after": _show(name, new) if after else ""})
     return changes
+
+
+@register.filter
+def pct(ratio: float | None) -> str:
+    """Render a 0..1 ratio as a percentage: 0.4321 -> '43.2%'."""
+    if ratio is None:
+        return "—"
+    return f"{ratio * 100:.1f}%"
+
+
+@register.filter
+def ms(value: int | None) -> str:
+    if value is None:
+        return "—"
+    return f"{value / 1000:.1f} s" if value >= 1000 else f"{value} ms"
+
+
+LEVER_NAMES = {
+    "model_selection": "Model", "prompt_caching": "Prompt caching", "batch": "Batch",
+    "max_tokens": "max_tokens", "latency": "Streaming", "budget": "Budget",
+}
+
+
+@register.filter
+def lever_name(lever: str) -> str:
+    return LEVER_NAMES.get(lever, lever.replace("_", " ").capitalize())

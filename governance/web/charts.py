@@ -90,6 +90,11 @@ def _text(x: float, y: float, text: str, *, size: int = 11, anchor: str = "start
 # --- budget bar --------------------------------------------------------------------
 
 
+def _pct(value: int, scale: int) -> str:
+    # A position on screen, not an amount: a float is fine here.
+    return f"{100 * min(max(value, 0), scale) / scale:.2f}%"
+
+
 def budget_bar(
     *,
     spent: int,
@@ -98,60 +103,48 @@ def budget_bar(
     thresholds: Sequence[int] = (),
     forecast: int | None = None,
     fmt: Formatter = usd_short,
-    uid: str = "b",
 ) -> SafeString:
-    """Draw one window as a bar: spent, held, remaining, threshold ticks and the forecast marker."""
-    width, height = 600, 58
-    left, right, top, bar_h = 4, 596, 20, 18
-    span = right - left
+    """Draw one window as a bar: spent, held, remaining, threshold ticks and the forecast marker.
+
+    Drawn with HTML boxes rather than SVG so the labels keep their size from 375 px
+    phones to wide screens while the bar stretches.
+    """
     # The scale stretches past the limit when spend or the forecast overshoot it.
-    scale_max = max(limit, spent + held, forecast or 0, 1)
-    px = span / scale_max
-
-    def x(value: int) -> float:
-        return left + min(max(value, 0), scale_max) * px
-
-    body = [
-        f'<defs><pattern id="hatch-{uid}" width="6" height="6" patternUnits="userSpaceOnUse" '
-        f'patternTransform="rotate(45)"><rect width="6" height="6" fill="{HELD}"/>'
-        f'<line x1="0" y1="0" x2="0" y2="6" stroke="#ffffff" stroke-width="2"/></pattern></defs>',
-        f'<rect x="{left}" y="{top}" width="{x(limit) - left:.1f}" height="{bar_h}" rx="3" fill="{TRACK}"/>',
-    ]
-    within = min(spent, limit)
-    body.append(f'<rect x="{left}" y="{top}" width="{x(within) - left:.1f}" height="{bar_h}" fill="{SPENT}"/>')
+    scale = max(limit, spent + held, forecast or 0, 1)
+    parts = [f'<span class="bar-track" style="width:{_pct(limit, scale)}"></span>']
+    parts.append(f'<span class="bar-spent" style="width:{_pct(min(spent, limit), scale)}"></span>')
     if spent > limit:
-        body.append(
-            f'<rect x="{x(limit):.1f}" y="{top}" width="{x(spent) - x(limit):.1f}" height="{bar_h}" fill="{OVER}"/>'
+        parts.append(
+            f'<span class="bar-over" style="left:{_pct(limit, scale)};width:{_pct(spent - limit, scale)}"></span>'
         )
     if held > 0:
-        body.append(
-            f'<rect x="{x(spent):.1f}" y="{top}" width="{max(x(spent + held) - x(spent), 1.5):.1f}" '
-            f'height="{bar_h}" fill="url(#hatch-{uid})"/>'
+        parts.append(
+            f'<span class="bar-held" style="left:{_pct(spent, scale)};width:max(2px,{_pct(held, scale)})"></span>'
         )
-    # The limit line, then thresholds as ticks with their percentage above the bar.
-    body.append(
-        f'<line x1="{x(limit):.1f}" y1="{top - 4}" x2="{x(limit):.1f}" y2="{top + bar_h + 4}" '
-        f'stroke="{INK}" stroke-width="2"/>'
-    )
     for pct in sorted(set(thresholds)):
-        value = limit * pct // 100
-        tx = x(value)
-        body.append(
-            f'<line x1="{tx:.1f}" y1="{top - 3}" x2="{tx:.1f}" y2="{top + bar_h + 3}" stroke="{INK}" '
-            f'stroke-width="1" stroke-dasharray="2,2"/>'
+        if pct == 100:
+            continue  # the limit line marks 100 %
+        parts.append(
+            f'<span class="bar-tick" style="left:{_pct(limit * pct // 100, scale)}"><span>{pct}%</span></span>'
         )
-        anchor = "end" if tx > right - 20 else ("start" if tx < left + 20 else "middle")
-        body.append(_text(tx, top - 6, f"{pct}%", size=10, anchor=anchor))
+    at_end = " end" if limit * 100 >= scale * 95 else ""
+    parts.append(f'<span class="bar-limit{at_end}" style="left:{_pct(limit, scale)}"><span>100%</span></span>')
+    marker = ""
     if forecast is not None and forecast > 0:
-        fx = x(forecast)
-        colour = OVER if forecast > limit else INK
-        body.append(
-            f'<path d="M{fx:.1f},{top + bar_h + 2} l-5,8 h10 z" fill="{colour}"/>'
+        over = " over" if forecast > limit else ""
+        position = 100 * min(forecast, scale) / scale
+        side = " right" if position > 70 else ""
+        marker = (
+            f'<span class="bar-forecast{over}{side}" style="left:{position:.2f}%">'
+            f"▲ forecast {escape(fmt(forecast))}</span>"
         )
-        anchor = "end" if fx > right - 60 else ("start" if fx < left + 60 else "middle")
-        body.append(_text(fx, top + bar_h + 20, f"forecast {fmt(forecast)}", size=10, anchor=anchor, fill=colour))
     label = f"spent {fmt(spent)}, held {fmt(held)} of {fmt(limit)}"
-    return _svg(width, height, body, label, css="chart bar")
+    if forecast is not None:
+        label += f", forecast {fmt(forecast)}"
+    return mark_safe(
+        f'<div class="budget-bar" role="img" aria-label="{escape(label)}"><div class="bar">{"".join(parts)}</div>'
+        f"{marker}</div>"
+    )
 
 
 # --- line chart: cumulative spend, forecast, limit ----------------------------------------
@@ -185,15 +178,16 @@ def _axes(frame: Frame, day_list: Sequence[date], fmt: Formatter, *, bars: bool 
         y = frame.y(value)
         body.append(f'<line x1="{frame.left}" y1="{y:.1f}" x2="{frame.right}" y2="{y:.1f}" stroke="{GRID}"/>')
         body.append(_text(frame.left - 6, y + 4, fmt(value), anchor="end"))
-    # Label about six days along the axis, always the first and the last.
+    # Label a handful of days along the axis (fewer on narrow charts), always the first and the last.
     n = len(day_list)
-    every = max(1, math.ceil(n / 6))
+    every = max(1, math.ceil(n / max((frame.right - frame.left) // 90, 2)))
     marks = set(range(0, n, every)) | {n - 1}
     if n > 1 and (n - 1) % every and (n - 1) - max(i for i in marks if i != n - 1) < every / 2:
         marks.discard(max(i for i in marks if i != n - 1))
     for i in sorted(marks):
         x = frame.x(i + 0.5) if bars else frame.x(i)
-        body.append(_text(x, frame.bottom + 16, f"{day_list[i]:%b} {day_list[i].day}", anchor="middle"))
+        anchor = "end" if x > frame.right - 20 else ("start" if x < frame.left + 20 else "middle")
+        body.append(_text(x, frame.bottom + 16, f"{day_list[i]:%b} {day_list[i].day}", anchor=anchor))
     return body
 
 
@@ -205,12 +199,13 @@ def cumulative_chart(
     limit: int | None = None,
     fmt: Formatter = usd_short,
     label: str = "Cumulative spend",
+    width: int = 600,
 ) -> SafeString:
     """Draw cumulative spend per day, a dashed forecast to the last day, and the limit."""
-    width, height = 600, 260
+    height = 260
     known = [(i, v) for i, v in enumerate(cumulative) if v is not None]
     peak = max([v for _, v in known] + [forecast_end or 0, limit or 0, 1])
-    frame = Frame(width, height, left=58, right=584, top=16, bottom=230, days=max(len(days), 2),
+    frame = Frame(width, height, left=50, right=width - 12, top=16, bottom=230, days=max(len(days), 2),
                   y_max=nice_ceiling(int(peak * 1.05)))
     body = _axes(frame, days, fmt)
     if limit:
@@ -256,11 +251,11 @@ class Series:
 
 
 def stacked_bars(*, days: Sequence[date], series: Sequence[Series], fmt: Formatter = usd_short,
-                 label: str = "Spend per day", limit: int | None = None) -> SafeString:
+                 label: str = "Spend per day", limit: int | None = None, width: int = 600) -> SafeString:
     """Draw one bar per day, stacked by series, with the day's total above the tallest bars."""
-    width, height = 600, 260
+    height = 260
     totals = [sum(s.values[i] for s in series) for i in range(len(days))]
-    frame = Frame(width, height, left=58, right=584, top=16, bottom=230, days=len(days) + 1,
+    frame = Frame(width, height, left=50, right=width - 12, top=16, bottom=230, days=len(days) + 1,
                   y_max=nice_ceiling(int(max([*totals, limit or 0, 1]) * 1.08)))
     body = _axes(frame, days, fmt, bars=True)
     slot = (frame.right - frame.left) / max(len(days), 1)
@@ -294,3 +289,17 @@ def stacked_bars(*, days: Sequence[date], series: Sequence[Series], fmt: Formatt
 
 def colour_for(index: int) -> str:
     return PALETTE[index % len(PALETTE)]
+
+
+NARROW_WIDTH = 340
+
+
+def responsive(draw: Callable[..., SafeString], **kwargs) -> SafeString:
+    """Draw a chart twice, for wide and for narrow screens; CSS shows the one that fits.
+
+    An SVG scales its text with its width, so one drawing is either cramped on a phone
+    or huge on a wide screen; two drawings keep labels readable at both.
+    """
+    wide = draw(width=600, **kwargs)
+    narrow = draw(width=NARROW_WIDTH, **kwargs)
+    return mark_safe(f'<div class="chart-wide">{wide}</div><div class="chart-narrow">{narrow}</div>')

@@ -8,7 +8,9 @@ from django import forms
 from django.core.exceptions import ValidationError
 
 from budgets.models import Enforcement, Period, Scope
+from governance.crypto import mask
 from governance.models import FailMode, KeyRole, Role, slug_validator
+from governance.notify.models import AlertKind, ChannelKind
 from usage.models import NANO, ModelFamily, ServiceTier
 from usage.pricing import is_priced, priced_models
 
@@ -187,4 +189,123 @@ class UsageFilterForm(forms.Form):
             self.add_error("end", "The end must not be before the start.")
         if start and end and (end - start).days > 366 * 2:
             self.add_error("start", "Choose at most two years.")
+        return data
+
+
+def _split_list(text: str) -> list[str]:
+    return [part.strip() for part in (text or "").replace("\n", ",").split(",") if part.strip()]
+
+
+class ChannelForm(forms.Form):
+    name = forms.CharField(max_length=200)
+    kind = forms.ChoiceField(choices=ChannelKind.choices, initial=ChannelKind.EMAIL)
+    email_addresses = forms.CharField(
+        required=False, widget=forms.Textarea(attrs={"rows": 2}),
+        help_text="Email channels: one or more addresses, one per line or comma-separated.",
+    )
+    slack_webhook_url = forms.CharField(
+        required=False, max_length=500, label="Slack webhook URL",
+        widget=forms.PasswordInput(render_value=False, attrs={"autocomplete": "off"}),
+        help_text="Slack channels: the incoming-webhook URL. Stored encrypted and never shown again.",
+    )
+    alert_kinds = forms.MultipleChoiceField(
+        choices=AlertKind.choices, required=False, widget=forms.CheckboxSelectMultiple,
+        initial=list(AlertKind.values), help_text="Which alerts this channel receives.",
+    )
+    enabled = forms.BooleanField(required=False, initial=True)
+
+    def __init__(self, *args, channel=None, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.channel = channel
+        if channel is not None:
+            self.fields["kind"].disabled = True
+            if channel.slack_webhook_url:
+                self.fields["slack_webhook_url"].help_text = (
+                    f"Saved: {channel.slack_webhook_hint}. Leave empty to keep it; paste a new URL to replace it."
+                )
+
+    def clean_email_addresses(self) -> list[str]:
+        return _split_list(self.cleaned_data["email_addresses"])
+
+    def service_data(self) -> dict:
+        data = dict(self.cleaned_data)
+        if self.channel is not None:
+            data.pop("kind", None)
+            if not data.get("slack_webhook_url"):
+                data.pop("slack_webhook_url", None)  # empty means "keep the saved one"
+        return data
+
+
+class ProviderForm(forms.Form):
+    admin_key = forms.CharField(
+        required=False, label="Anthropic Admin API key",
+        widget=forms.PasswordInput(render_value=False, attrs={"autocomplete": "off"}),
+        help_text="sk-ant-admin…; stored encrypted, shown only masked.",
+    )
+    workspace_ids = forms.CharField(
+        required=False, help_text="Only sync these workspaces (wrkspc_…), comma-separated; empty: all.",
+    )
+    mapping = forms.CharField(
+        required=False, widget=forms.Textarea(attrs={"rows": 3}), label="Attribute to features",
+        help_text="One per line: an Anthropic API key id (apikey_…) or workspace id (wrkspc_…) = feature key.",
+    )
+    enabled = forms.BooleanField(required=False, initial=True)
+
+    def __init__(self, *args, connection=None, features=(), **kwargs):
+        super().__init__(*args, **kwargs)
+        self.connection = connection
+        self.feature_keys = set(features)
+        if connection is None:
+            self.fields["admin_key"].required = True
+        else:
+            self.fields["admin_key"].help_text = (
+                f"Saved: {mask(connection.admin_key)}. Leave empty to keep it; paste a new key to replace it."
+            )
+
+    def clean_workspace_ids(self) -> list[str]:
+        return _split_list(self.cleaned_data["workspace_ids"])
+
+    def clean_mapping(self) -> dict[str, dict[str, str]]:
+        mapping: dict[str, dict[str, str]] = {"api_keys": {}, "workspaces": {}}
+        for number, line in enumerate((self.cleaned_data["mapping"] or "").splitlines(), start=1):
+            if not line.strip():
+                continue
+            provider_id, sep, key = (part.strip() for part in line.partition("="))
+            if not sep or not provider_id or not key:
+                raise ValidationError(f"Line {number}: write “apikey_… = feature-key”.")
+            if key not in self.feature_keys:
+                raise ValidationError(f"Line {number}: no feature “{key}”.")
+            if provider_id.startswith("apikey_"):
+                mapping["api_keys"][provider_id] = key
+            elif provider_id.startswith("wrkspc_"):
+                mapping["workspaces"][provider_id] = key
+            else:
+                raise ValidationError(f"Line {number}: ids start with apikey_ or wrkspc_.")
+        return mapping
+
+    def service_data(self) -> dict:
+        data = dict(self.cleaned_data)
+        data["feature_mapping"] = data.pop("mapping")
+        if not data.get("admin_key"):
+            data["admin_key"] = None  # keep the saved key
+        return data
+
+
+class RangeForm(forms.Form):
+    start = forms.DateField(required=False, widget=forms.DateInput(attrs={"type": "date"}))
+    end = forms.DateField(required=False, widget=forms.DateInput(attrs={"type": "date"}))
+    feature = forms.ModelChoiceField(queryset=None, required=False, empty_label="All features",
+                                     to_field_name="key")
+
+    def __init__(self, *args, features, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.fields["feature"].queryset = features
+
+    def clean(self):
+        data = super().clean()
+        start, end = data.get("start"), data.get("end")
+        if start and end and start > end:
+            self.add_error("end", "The end must not be before the start.")
+        if start and end and (end - start).days > 366:
+            self.add_error("start", "Choose at most a year.")
         return data

@@ -14,11 +14,15 @@ from typing import Any
 from django.db.models import F, Sum
 from django.utils import timezone
 
+from budgets.alerting import window_projections
 from budgets.models import Budget, BudgetWindow, Period, Scope
 from budgets.selectors import budget_list, current_window
 from governance.models import Tenant
+from governance.notify.models import Notification
+from governance.notify.selectors import alert_list
 from governance.web import charts
 from usage.models import UsageRollup
+from usage.provider.selectors import connection_get, reconciliation_compute
 
 TOKEN_SUM = (
     F("input_tokens") + F("output_tokens") + F("cache_write_5m_tokens") + F("cache_write_1h_tokens")
@@ -67,6 +71,7 @@ class BudgetCard:
     held: int
     forecast: int | None
     bar: Any
+    runs_out_at: datetime | None = None
 
     @property
     def remaining(self) -> int:
@@ -94,8 +99,8 @@ class BudgetCard:
 def _window_forecast(window: BudgetWindow, spent: int, now: datetime) -> int | None:
     """Project spend to the window's end at the burn rate so far (None for open windows).
 
-    The same rule as the forecast alerts (budgets.selectors.window_forecast_nano), so
-    the page and the alert never disagree about whether a budget will run out.
+    For the tenant's month when no budget is drawn; budgets use the forecast alerts'
+    own projection (``budgets.alerting.window_projections``).
     """
     if window.end is None:
         return None
@@ -106,20 +111,23 @@ def _window_forecast(window: BudgetWindow, spent: int, now: datetime) -> int | N
     return spent * total // elapsed
 
 
-def budget_card(budget: Budget, *, now: datetime | None = None, uid: str = "") -> BudgetCard:
+def budget_card(budget: Budget, *, now: datetime | None = None) -> BudgetCard:
     now = now or timezone.now()
     window = current_window(budget, at=now)
     if budget.limit_nano is not None:
         unit, limit, spent, held = "usd", budget.limit_nano, window.spent_nano, window.reserved_nano
     else:
         unit, limit, spent, held = "tokens", budget.limit_tokens or 0, window.spent_tokens, window.reserved_tokens
-    forecast = _window_forecast(window, spent, now) if budget.scope != Scope.RUN else None
+    # The forecast alerts' own projection, so page and alert agree (None while too young to tell).
+    projection = next((p for p in window_projections(window, now=now) if p.unit == unit), None)
+    forecast = projection.projected if projection else None
     fmt = charts.usd_short if unit == "usd" else charts.tokens_short
     bar = charts.budget_bar(
         spent=spent, held=held, limit=limit, thresholds=budget.thresholds, forecast=forecast, fmt=fmt,
-        uid=uid or budget.pk.hex[:8],
     )
-    return BudgetCard(budget, window, unit, limit, spent, held, forecast, bar)
+    card = BudgetCard(budget, window, unit, limit, spent, held, forecast, bar)
+    card.runs_out_at = projection.reaches_limit_at if projection else None
+    return card
 
 
 def budget_cards(*, tenant: Tenant, now: datetime | None = None) -> list[BudgetCard]:
@@ -169,12 +177,15 @@ def cumulative_chart_for(*, budget: Budget | None, tenant: Tenant, now: datetime
             continue
         running += daily.get(day, 0)
         cumulative.append(running)
-    start_at = datetime.combine(first, time(0), tzinfo=tenant.tz)
-    end_at = datetime.combine(last, time(0), tzinfo=tenant.tz)
-    forecast_end = _window_forecast(BudgetWindow(start=start_at, end=end_at), running, now)
+    if budget is not None:
+        forecast_end = budget_card(budget, now=now).forecast
+    else:
+        start_at = datetime.combine(first, time(0), tzinfo=tenant.tz)
+        end_at = datetime.combine(last, time(0), tzinfo=tenant.tz)
+        forecast_end = _window_forecast(BudgetWindow(start=start_at, end=end_at), running, now)
     return {
-        "svg": charts.cumulative_chart(days=days, cumulative=cumulative, forecast_end=forecast_end, limit=limit,
-                                       fmt=fmt, label=label),
+        "svg": charts.responsive(charts.cumulative_chart, days=days, cumulative=cumulative,
+                                 forecast_end=forecast_end, limit=limit, fmt=fmt, label=label),
         "spent": running,
         "forecast": forecast_end,
         "limit": limit,
@@ -192,8 +203,8 @@ def daily_chart_for(*, budget: Budget, tenant: Tenant, now: datetime | None = No
     fmt = charts.usd_short if measure == "cost_nano" else charts.tokens_short
     limit = budget.limit_nano if measure == "cost_nano" else budget.limit_tokens
     series = [charts.Series(budget.name, charts.SPENT, [daily.get(d, 0) for d in day_list])]
-    return charts.stacked_bars(days=day_list, series=series, fmt=fmt, limit=limit,
-                               label=f"Daily spend of {budget.name}, last {days} days")
+    return charts.responsive(charts.stacked_bars, days=day_list, series=series, fmt=fmt, limit=limit,
+                             label=f"Daily spend of {budget.name}, last {days} days")
 
 
 # --- spend per day by feature and by model ----------------------------------------------------
@@ -228,8 +239,8 @@ def spend_by_day(*, tenant: Tenant, dimension: str, days: int = 30, now: datetim
                 [sum(by_name[n].get(d, 0) for n in rest) for d in day_list],
             )
         )
-    svg = charts.stacked_bars(days=day_list, series=series,
-                              label=f"Spend per day by {dimension}, last {days} days")
+    svg = charts.responsive(charts.stacked_bars, days=day_list, series=series,
+                            label=f"Spend per day by {dimension}, last {days} days")
     legend = [{"name": s.name, "colour": s.colour, "total": sum(s.values)} for s in series]
     return svg, legend
 
@@ -310,9 +321,34 @@ def models_used(*, tenant: Tenant) -> list[str]:
 
 def recent_alerts(*, tenant: Tenant, budget: Budget | None = None, limit: int = 8) -> list:
     """Return the newest alerts (of one budget if given) with their deliveries."""
-    return []
+    return list(alert_list(tenant=tenant, budget_id=budget.pk if budget is not None else None)[:limit])
 
 
-def reconciliation_status(*, tenant: Tenant, days: int = 7) -> dict[str, Any] | None:
+def channel_deliveries(*, channel, limit: int = 50) -> list:
+    """Return a channel's latest deliveries with their alerts."""
+    return list(
+        Notification.objects.filter(channel=channel, alert__tenant_id=channel.tenant_id)
+        .select_related("alert").order_by("-created_at", "-id")[:limit]
+    )
+
+
+def reconciliation_status(*, tenant: Tenant, days: int = 7, now: datetime | None = None) -> dict[str, Any] | None:
     """Return the provider connection's sync state and the last days' metered vs billed spend."""
-    return None
+    connection = connection_get(tenant=tenant)
+    if connection is None:
+        return None
+    today = local_today(tenant, now)
+    rows = []
+    for day in reconciliation_compute(tenant=tenant, start=today - timedelta(days=days), end=today - timedelta(days=1)):
+        rows.append({
+            "day": day.day, "metered": day.metered_nano, "provider": day.provider_nano,
+            "drift_pct": day.drift_pct, "over": day.drifting,
+        })
+    synced = [t for t in (connection.usage_synced_at, connection.cost_synced_at) if t is not None]
+    return {
+        "connection": connection,
+        "status": connection.status if connection.enabled else "disabled",
+        "status_label": connection.get_status_display() if connection.enabled else "Disabled",
+        "last_synced": max(synced) if synced else None,
+        "days": list(reversed(rows)),
+    }

@@ -6,7 +6,18 @@ from django.contrib.auth import views as auth_views
 from django.urls import include, path, register_converter
 
 from governance.web import auth
-from governance.web.views import account, budgets, dashboard, features, keys, members, usage
+from governance.web.views import (
+    account,
+    alerts,
+    budgets,
+    dashboard,
+    features,
+    keys,
+    levers,
+    members,
+    provider,
+    usage,
+)
 
 
 class HexIdConverter:
@@ -26,6 +37,16 @@ register_converter(HexIdConverter, "hex")
 tenant_patterns = [
     path("", dashboard.dashboard, name="dashboard"),
     path("usage/", usage.usage_explorer, name="usage"),
+    path("levers/", levers.levers, name="levers"),
+    path("alerts/", alerts.alert_index, name="alerts"),
+    path("alerts/channels/new/", alerts.channel_create, name="channel-create"),
+    path("alerts/channels/<hex:channel_hex>/", alerts.channel_detail, name="channel"),
+    path("alerts/channels/<hex:channel_hex>/edit/", alerts.channel_edit, name="channel-edit"),
+    path("alerts/channels/<hex:channel_hex>/test/", alerts.channel_test, name="channel-test"),
+    path("alerts/channels/<hex:channel_hex>/delete/", alerts.channel_delete, name="channel-delete"),
+    path("provider/", provider.provider, name="provider"),
+    path("provider/save/", provider.provider_save, name="provider-save"),
+    path("provider/delete/", provider.provider_delete, name="provider-delete"),
     path("features/", features.feature_list, name="features"),
     path("features/new/", features.feature_create, name="feature-create"),
     path("features/<slug:key>/", features.feature_edit, name="feature-edit"),
