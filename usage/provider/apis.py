@@ -58,7 +58,7 @@ class ProviderConnectionApi(TenantAPIView):
 
     required_role = KeyRole.ADMIN
 
-    class InputSerializer(StrictSerializer):
+    class ProviderConnectionInputSerializer(StrictSerializer):
         admin_key = SecretField(
             required=False,
             write_only=True,
@@ -78,7 +78,7 @@ class ProviderConnectionApi(TenantAPIView):
                 raise serializers.ValidationError("An admin key has no whitespace.")
             return value
 
-    class OutputSerializer(serializers.Serializer):
+    class ProviderConnectionOutputSerializer(serializers.Serializer):
         admin_key = serializers.SerializerMethodField(help_text="The key, masked: only its last characters.")
         base_url = serializers.SerializerMethodField()
         workspace_ids = serializers.ListField(child=serializers.CharField())
@@ -109,13 +109,15 @@ class ProviderConnectionApi(TenantAPIView):
             raise NotFound("This tenant has no provider connection.")
         return connection
 
-    @extend_schema(responses=OutputSerializer, summary="The Anthropic provider connection (admin)")
+    @extend_schema(
+        responses=ProviderConnectionOutputSerializer, summary="The Anthropic provider connection (admin)"
+    )
     def get(self, request):
-        return Response(self.OutputSerializer(self._connection()).data)
+        return Response(self.ProviderConnectionOutputSerializer(self._connection()).data)
 
     @extend_schema(
-        request=InputSerializer,
-        responses={200: OutputSerializer, 201: OutputSerializer},
+        request=ProviderConnectionInputSerializer,
+        responses={200: ProviderConnectionOutputSerializer, 201: ProviderConnectionOutputSerializer},
         summary="Create or update the Anthropic provider connection (admin)",
         description=(
             "Fields left out keep their value; `feature_mapping`, when given, replaces the whole mapping. "
@@ -125,7 +127,7 @@ class ProviderConnectionApi(TenantAPIView):
         ),
     )
     def put(self, request):
-        data = self.validate(self.InputSerializer, request.data)
+        data = self.validate(self.ProviderConnectionInputSerializer, request.data)
         existed = selectors.connection_get(tenant=self.tenant) is not None
         if not existed and not data.get("admin_key"):
             raise ApiError("An admin key is needed to create the connection.",
@@ -135,7 +137,8 @@ class ProviderConnectionApi(TenantAPIView):
         except services.UnknownFeatures as exc:
             raise ApiError(str(exc), code="unknown_feature", details={"feature_mapping": exc.keys}) from exc
         return Response(
-            self.OutputSerializer(connection).data, status=status.HTTP_200_OK if existed else status.HTTP_201_CREATED
+            self.ProviderConnectionOutputSerializer(connection).data,
+            status=status.HTTP_200_OK if existed else status.HTTP_201_CREATED,
         )
 
     @extend_schema(responses={204: None}, summary="Delete the provider connection and forget its key (admin)")
@@ -176,11 +179,11 @@ class ReconciledDayOutput(serializers.Serializer):
 class ReconciliationApi(TenantAPIView):
     """Metered spend (the ledger) against the provider's usage (priced by our table) and cost."""
 
-    class QuerySerializer(StrictSerializer):
+    class ReconciliationQuerySerializer(StrictSerializer):
         start = serializers.DateField(required=False, help_text="First tenant-local day (default: 6 days before end)")
         end = serializers.DateField(required=False, help_text="Last tenant-local day (default: today)")
 
-    class OutputSerializer(serializers.Serializer):
+    class ReconciliationOutputSerializer(serializers.Serializer):
         start = serializers.DateField()
         end = serializers.DateField()
         timezone = serializers.CharField()
@@ -193,7 +196,7 @@ class ReconciliationApi(TenantAPIView):
             OpenApiParameter("start", date, description="First tenant-local day, YYYY-MM-DD"),
             OpenApiParameter("end", date, description="Last tenant-local day, YYYY-MM-DD (at most 92 days)"),
         ],
-        responses=OutputSerializer,
+        responses=ReconciliationOutputSerializer,
         summary="Reconciliation: metered vs provider-reported spend per day and model",
         description=(
             "Computed on demand from the ledger's daily rollups and the synced provider reports. "
@@ -202,7 +205,7 @@ class ReconciliationApi(TenantAPIView):
         ),
     )
     def get(self, request):
-        query = self.validate(self.QuerySerializer, request.query_params.dict())
+        query = self.validate(self.ReconciliationQuerySerializer, request.query_params.dict())
         end = query.get("end") or timezone.now().astimezone(self.tenant.tz).date()
         start = query.get("start") or end - timedelta(days=6)
         if start > end:
