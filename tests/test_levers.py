@@ -370,6 +370,7 @@ def test_budget_spend_and_forecast_for_the_period(tenant):
     assert tenant_status["name"] == "Everything"
     assert tenant_status["spent_usd"] == "0.000000"
     assert tenant_status["forecast_over_limit"] is False
+    assert board["budget_recommendation"] is None
 
 
 # --- the board as a whole -------------------------------------------------------------
@@ -566,3 +567,18 @@ def test_caching_is_only_suggested_above_the_models_minimum_prompt(tenant, model
     lever = board_feature(lever_board(tenant=tenant, **RANGE), "short-prompts")["levers"]["prompt_caching"]
     assert lever["large_input_little_caching"] is flagged
     assert (lever["potential_saving_nano"] > 0) is flagged
+
+
+@time_machine.travel(datetime(2026, 11, 11, tzinfo=UTC), tick=False)
+def test_a_tenant_budget_on_pace_to_overrun_is_called_out(tenant):
+    # Given a $100 monthly company budget that spent $40 in the first 10 of 30 days
+    budget = Budget.objects.create(tenant=tenant, name="Company", scope=Scope.TENANT, period=Period.MONTH,
+                                   limit_nano=usd("100"))
+    BudgetWindow.objects.create(budget=budget, start=datetime(2026, 11, 1, tzinfo=UTC),
+                                end=datetime(2026, 12, 1, tzinfo=UTC), spent_nano=usd("40"))
+
+    board = lever_board(tenant=tenant, **RANGE)
+
+    [status] = board["budgets"]
+    assert status["forecast_usd"] == "120.000000"
+    assert board["budget_recommendation"].startswith("On pace to spend $120.00 against the $100.00 budget 'Company'")

@@ -170,6 +170,9 @@ class LeverBoardOutput(serializers.Serializer):
     feature = serializers.CharField(allow_null=True)
     totals = LeverTotalsOutput()
     budgets = LeverBudgetStatusOutput(many=True, help_text="Tenant-wide budgets")
+    budget_recommendation = serializers.CharField(
+        allow_null=True, help_text="Set when a tenant-wide budget is on pace to overrun"
+    )
     features = LeverFeatureBoardOutput(many=True, help_text="Ranked by their top recommendation's potential saving")
 
 

@@ -603,7 +603,7 @@ def _budget(rows: list[dict[str, Any]]) -> dict[str, Any]:
             pace = f"{row['forecast_tokens']:,} tokens against the {row['limit_tokens']:,}-token"
         recommendation = (
             f"On pace to spend {pace} budget '{row['name']}' this {row['period']}: act on the "
-            f"levers above or raise the limit."
+            f"levers on this board or raise the limit."
         )
     return {
         "budgets": rows,
@@ -673,6 +673,7 @@ def lever_board(
           "totals": {"calls", "spend_usd", "spend_nano",
                      "potential_saving_usd", "potential_saving_nano"},  # sum of each feature's top recommendation
           "budgets": [budget status],   # tenant-wide budgets (see the budget lever)
+          "budget_recommendation": str | None,  # when one of them is on pace to overrun
           "features": [                 # ranked by their top recommendation's saving
             {
               "key", "name", "interactive", "max_tokens_cap", "calls", "spend_usd", "spend_nano",
@@ -782,6 +783,7 @@ def lever_board(
             "potential_saving_nano": potential,
         },
         "budgets": tenant_budgets,
+        "budget_recommendation": _budget(tenant_budgets)["recommendation"],
         "features": rows,
     }
 
