@@ -65,24 +65,36 @@ def window_denied(window_ids: list[int]) -> None:
 def _evaluate_if_crossed(window_ids: list[int]) -> None:
     """Enqueue evaluation only when some window is past a threshold not yet alerted.
 
-    Runs after every allowance and commit, so it is two indexed queries and usually no task.
+    Runs after every allowance and commit, so it reads bare values (no model instances)
+    in one query, and asks about alerts only when a threshold is crossed.
     """
     from governance.notify.models import Alert
     from governance.notify.tasks import enqueue_window_evaluation
 
-    windows = list(BudgetWindow.objects.filter(pk__in=window_ids, budget__active=True).select_related("budget"))
-    wanted = {}
-    for window in windows:
-        threshold = highest_threshold_crossed(window)
+    rows = (
+        BudgetWindow.objects.filter(pk__in=window_ids, budget__active=True)
+        .order_by()
+        .values_list(
+            "pk", "budget__tenant_id", "spent_nano", "spent_tokens",
+            "budget__limit_nano", "budget__limit_tokens", "budget__thresholds",
+        )
+    )
+    wanted: dict[str, tuple[int, int]] = {}
+    for pk, tenant_id, spent_nano, spent_tokens, limit_nano, limit_tokens, thresholds in rows:
+        measures = _measures(spent_nano, limit_nano, spent_tokens, limit_tokens)
+        threshold = _highest_crossed(thresholds, measures)
         if threshold is not None:
-            wanted[threshold_key(window, threshold)] = window
+            wanted[f"threshold:{pk}:{threshold}"] = (tenant_id, pk)
     if not wanted:
         return
-    tenant_ids = {w.budget.tenant_id for w in wanted.values()}
     raised = set(
-        Alert.objects.filter(tenant_id__in=tenant_ids, dedup_key__in=list(wanted)).values_list("dedup_key", flat=True)
+        Alert.objects.filter(
+            tenant_id__in={tenant_id for tenant_id, _ in wanted.values()}, dedup_key__in=list(wanted)
+        )
+        .order_by()
+        .values_list("dedup_key", flat=True)
     )
-    pending = sorted({w.pk for key, w in wanted.items() if key not in raised})
+    pending = sorted({pk for key, (_, pk) in wanted.items() if key not in raised})
     if pending:
         enqueue_window_evaluation(pending)
 
@@ -109,26 +121,37 @@ class Measure:
         return (Decimal(self.spent) * 100 / Decimal(self.limit)).quantize(Decimal("0.1"), ROUND_HALF_UP)
 
 
+def _measures(spent_nano: int, limit_nano: int | None, spent_tokens: int, limit_tokens: int | None) -> list[Measure]:
+    measures = []
+    if limit_nano is not None:
+        measures.append(Measure("usd", spent_nano, limit_nano))
+    if limit_tokens is not None:
+        measures.append(Measure("tokens", spent_tokens, limit_tokens))
+    return measures
+
+
 def window_measures(window: BudgetWindow) -> list[Measure]:
     budget = window.budget
-    measures = []
-    if budget.limit_nano is not None:
-        measures.append(Measure("usd", window.spent_nano, budget.limit_nano))
-    if budget.limit_tokens is not None:
-        measures.append(Measure("tokens", window.spent_tokens, budget.limit_tokens))
-    return measures
+    return _measures(window.spent_nano, budget.limit_nano, window.spent_tokens, budget.limit_tokens)
+
+
+def _valid_thresholds(values) -> list[int]:
+    values = values if isinstance(values, list) else []
+    return sorted({t for t in values if isinstance(t, int) and not isinstance(t, bool) and 0 < t <= 1000})
 
 
 def budget_thresholds(budget: Budget) -> list[int]:
     """Return the budget's valid threshold percents, ascending (bad entries are ignored)."""
-    values = budget.thresholds if isinstance(budget.thresholds, list) else []
-    return sorted({int(t) for t in values if isinstance(t, int) and not isinstance(t, bool) and 0 < t <= 1000})
+    return _valid_thresholds(budget.thresholds)
+
+
+def _highest_crossed(thresholds, measures: list[Measure]) -> int | None:
+    crossed = [t for t in _valid_thresholds(thresholds) if any(m.crossed(t) for m in measures)]
+    return crossed[-1] if crossed else None
 
 
 def highest_threshold_crossed(window: BudgetWindow) -> int | None:
-    measures = window_measures(window)
-    crossed = [t for t in budget_thresholds(window.budget) if any(m.crossed(t) for m in measures)]
-    return crossed[-1] if crossed else None
+    return _highest_crossed(window.budget.thresholds, window_measures(window))
 
 
 @dataclass(frozen=True)
