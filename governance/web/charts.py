@@ -235,7 +235,9 @@ def cumulative_chart(
             body.append(_text(end_x - 4, end_y - 8, f"forecast {fmt(forecast_end)}", anchor="end", fill=colour,
                               weight="600"))
         value_anchor = "start" if frame.x(last_i) < frame.right - 90 else "end"
-        body.append(_text(frame.x(last_i) + (6 if value_anchor == "start" else -6), frame.y(last_v) + 16,
+        # Below the point, unless that would sit on the day labels.
+        value_y = frame.y(last_v) + 16 if frame.y(last_v) < frame.bottom - 28 else frame.y(last_v) - 8
+        body.append(_text(frame.x(last_i) + (6 if value_anchor == "start" else -6), value_y,
                           f"{fmt(last_v)} so far", anchor=value_anchor, fill=SPENT, weight="600"))
     return _svg(width, height, body, label)
 
