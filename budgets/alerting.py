@@ -10,6 +10,9 @@ Each alert is claimed by a dedup key (unique per tenant), so racing evaluators r
   Only the highest threshold crossed is raised, so a jump from 10 % to 85 % says "80 %"
   once instead of "50 %" and "80 %" together.
 - ``exhausted:<window>`` — the first denial in a window.
+- Run budgets give every agent run its own window, so announcing each run would flood the
+  channels: their threshold and exhaustion alerts are keyed by budget and (tenant-local)
+  day instead, ``threshold:run:<budget>:<day>:<percent>``, naming the first run that got there.
 - ``forecast:<window>`` — the burn rate so far projects the window's end above its limit.
 
 Commits and usage reports call ``windows_evaluate_later`` inside their transaction; after it
@@ -24,6 +27,7 @@ import logging
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from decimal import ROUND_HALF_UP, Decimal
+from zoneinfo import ZoneInfo
 
 from django.core.cache import cache
 from django.db import transaction
@@ -77,14 +81,17 @@ def _evaluate_if_crossed(window_ids: list[int]) -> None:
         .values_list(
             "pk", "budget__tenant_id", "spent_nano", "spent_tokens",
             "budget__limit_nano", "budget__limit_tokens", "budget__thresholds",
+            "budget_id", "budget__scope", "budget__tenant__timezone",
         )
     )
+    now = timezone.now()
     wanted: dict[str, tuple[int, int]] = {}
-    for pk, tenant_id, spent_nano, spent_tokens, limit_nano, limit_tokens, thresholds in rows:
+    for pk, tenant_id, spent_nano, spent_tokens, limit_nano, limit_tokens, thresholds, budget_id, scope, tz in rows:
         measures = _measures(spent_nano, limit_nano, spent_tokens, limit_tokens)
         threshold = _highest_crossed(thresholds, measures)
         if threshold is not None:
-            wanted[f"threshold:{pk}:{threshold}"] = (tenant_id, pk)
+            key = _threshold_key(window_pk=pk, budget_pk=budget_id, scope=scope, tz=tz, percent=threshold, now=now)
+            wanted[key] = (tenant_id, pk)
     if not wanted:
         return
     raised = set(
@@ -198,15 +205,32 @@ def _microseconds(delta: timedelta) -> int:
 # --- Evaluation ----------------------------------------------------------------------------------
 
 
-def threshold_key(window: BudgetWindow, percent: int) -> str:
-    return f"threshold:{window.pk}:{percent}"
+def _threshold_key(*, window_pk: int, budget_pk, scope: str, tz: str, percent: int, now: datetime) -> str:
+    if scope == Scope.RUN:
+        return f"threshold:run:{budget_pk.hex}:{_local_day(now, tz)}:{percent}"
+    return f"threshold:{window_pk}:{percent}"
+
+
+def _local_day(now: datetime, tz: str) -> str:
+    return now.astimezone(ZoneInfo(tz)).date().isoformat()
+
+
+def threshold_key(window: BudgetWindow, percent: int, *, now: datetime) -> str:
+    budget = window.budget
+    return _threshold_key(
+        window_pk=window.pk, budget_pk=budget.pk, scope=budget.scope, tz=budget.tenant.timezone,
+        percent=percent, now=now,
+    )
 
 
 def forecast_key(window: BudgetWindow) -> str:
     return f"forecast:{window.pk}"
 
 
-def exhausted_key(window: BudgetWindow) -> str:
+def exhausted_key(window: BudgetWindow, *, now: datetime) -> str:
+    budget = window.budget
+    if budget.scope == Scope.RUN:
+        return f"exhausted:run:{budget.pk.hex}:{_local_day(now, budget.tenant.timezone)}"
     return f"exhausted:{window.pk}"
 
 
@@ -252,7 +276,7 @@ def _evaluate(windows: list[BudgetWindow], *, now: datetime, forecasts: bool) ->
     for window in windows:
         threshold = highest_threshold_crossed(window)
         if threshold is not None:
-            key = threshold_key(window, threshold)
+            key = threshold_key(window, threshold, now=now)
             candidates[(window.budget.tenant_id, key)] = ("threshold", window, threshold)
         if forecasts and window.budget.forecast_alert:
             projections = window_projections(window, now=now)
@@ -408,6 +432,9 @@ def _raise(window: BudgetWindow, *, kind: str, key: str, title: str, body: str, 
     )
 
 
+RUN_NOTE = " Other runs of this budget that get there today are not announced separately."
+
+
 def _raise_threshold(window: BudgetWindow, percent: int, *, now: datetime):
     budget = window.budget
     facts = _facts(window, now=now)
@@ -421,8 +448,11 @@ def _raise_threshold(window: BudgetWindow, percent: int, *, now: datetime):
     ) + f" — {facts['window']}."
     if percent >= 100 and budget.enforcement == "block":
         body += " Calls that do not fit are now denied."
+    if budget.scope == Scope.RUN:
+        title = f"{budget.name}: run {window.run_id} " + title[len(budget.name) + 1 :]
+        body += RUN_NOTE
     return _raise(
-        window, kind="threshold", key=threshold_key(window, percent), title=title, body=body,
+        window, kind="threshold", key=threshold_key(window, percent, now=now), title=title, body=body,
         data=_data(window, facts, threshold=percent), threshold=percent,
     )
 
@@ -456,4 +486,7 @@ def _raise_exhausted(window: BudgetWindow, *, now: datetime):
         f"A call was refused because it did not fit in what is left of this budget "
         f"({facts['spent']} spent, plus live holds). Calls that do not fit are denied {until}."
     )
-    return _raise(window, kind="exhausted", key=exhausted_key(window), title=title, body=body, data=_data(window, facts))
+    if budget.scope == Scope.RUN:
+        title = f"{budget.name}: run {window.run_id} is exhausted, its calls are being denied"
+        body += RUN_NOTE
+    return _raise(window, kind="exhausted", key=exhausted_key(window, now=now), title=title, body=body, data=_data(window, facts))

@@ -213,3 +213,31 @@ def test_bad_threshold_entries_are_ignored(tenant, mailoutbox):
     window = BudgetWindow.objects.create(budget=budget, start=start, end=start + timedelta(days=30), spent_nano=95)
     assert windows_evaluate(window_ids=[window.pk], now=start + timedelta(days=1)) == 1
     assert Alert.objects.get().threshold == 50
+
+
+def test_run_budgets_announce_once_a_day_not_once_a_run(tenant, feature, channels, api, mailoutbox, django_capture_on_commit_callbacks):
+    # Given a per-run budget of two calls
+    BudgetFactory(tenant=tenant, name="Per run", scope="run", period="total", limit_nano=2 * CALL_NANO, enforcement="alert")
+
+    # When three runs each spend half their cap on one day
+    with time_machine.travel(datetime(2026, 11, 23, 10, tzinfo=UTC), tick=False):
+        for run in ("run-a", "run-b", "run-c"):
+            with django_capture_on_commit_callbacks(execute=True):
+                hold = api.post("/api/v1/allowances", {**ASK, "run_id": run}, format="json").json()
+            with django_capture_on_commit_callbacks(execute=True):
+                api.post(f"/api/v1/allowances/{hold['id']}/commit", {"usage": USAGE}, format="json")
+
+    # Then one alert names the first run, and the channels heard once
+    alert = Alert.objects.get()
+    assert alert.title == "Per run: run run-a has used 50% of its limit"
+    assert "not announced separately" in alert.body
+    assert len(mailoutbox) == 1
+
+    # And the next day re-arms it
+    with time_machine.travel(datetime(2026, 11, 24, 10, tzinfo=UTC), tick=False):
+        with django_capture_on_commit_callbacks(execute=True):
+            hold = api.post("/api/v1/allowances", {**ASK, "run_id": "run-d"}, format="json").json()
+        with django_capture_on_commit_callbacks(execute=True):
+            api.post(f"/api/v1/allowances/{hold['id']}/commit", {"usage": USAGE}, format="json")
+    assert Alert.objects.count() == 2
+    assert len(mailoutbox) == 2
