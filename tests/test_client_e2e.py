@@ -328,3 +328,19 @@ def test_the_async_client_governs_batches(shop, messages_api):
     assert report.succeeded == 1 and report.records[0].status == "recorded"
     assert UsageEvent.objects.get().service_tier == "batch"
     assert Hold.objects.get().state == "released"
+
+
+def test_a_downgrade_budget_moves_the_call_to_the_fallback_model(shop, messages_api):
+    shop.support.fallback_models = ["claude-haiku-4-5"]
+    shop.support.save()
+    Budget.objects.create(tenant=shop.tenant, name="Support daily", scope="feature", feature=shop.support,
+                          period="day", limit_nano=5_000_000, enforcement="downgrade")  # $0.005
+    client = governed(sdk(messages_api), comptroller(shop.url, shop.secret), feature="support-bot")
+
+    message = client.messages.create(model="claude-sonnet-4-5", max_tokens=512, messages=[ASK])
+
+    assert messages_api.model_calls[0].body["model"] == "claude-haiku-4-5-20251001"
+    event = event_for(message.id)
+    assert event.model == "claude-haiku-4-5-20251001"
+    assert event.cost_nano == message.usage.input_tokens * 1_000 + message.usage.output_tokens * 5_000
+    assert Hold.objects.get(usage_event=event).decision == "downgraded"
