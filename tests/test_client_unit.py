@@ -331,3 +331,24 @@ def test_the_async_client_fails_open_and_spools(fake, relay):
 
     assert allowance.offline and result.spooled and delivered == 1
     assert "msg_async" in fake.events
+
+
+def test_an_outage_costs_one_attempt_while_the_breaker_is_open(fake, relay):
+    client = make(relay.url, fail_mode="open", breaker_seconds=60)
+    relay.stop()
+    assert client.reserve("support-bot", "claude-sonnet-4-5", 1, 1).offline
+    relay.start()
+
+    # Within the breaker window the client does not wait on Comptroller again.
+    assert client.reserve("support-bot", "claude-sonnet-4-5", 1, 1).offline
+    assert fake.count("POST", "/api/v1/allowances") == 0
+
+
+def test_a_spooled_event_the_server_refuses_is_dropped_and_the_rest_delivered(fake):
+    client = make(fake.url)
+    client.spool.put({"kind": "usage", "event": {"feature": "", "request_id": "msg_bad", "usage": {}}})
+    client.spool.put({"kind": "usage", "event": {"feature": "digest", "request_id": "msg_good", "usage": USAGE}})
+
+    assert client.flush() == 2
+
+    assert list(fake.events) == ["msg_good"] and len(client.spool) == 0
