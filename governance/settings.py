@@ -9,7 +9,7 @@ import environ
 BASE_DIR = Path(__file__).resolve().parent.parent
 VAR_DIR = BASE_DIR / "var"
 # The embedded default keeps its SQLite file, file broker and logs here.
-for _folder in ("broker/out", "broker/processed", "log"):
+for _folder in ("broker/out", "broker/processed", "broker/control", "log"):
     (VAR_DIR / _folder).mkdir(parents=True, exist_ok=True)
 
 env = environ.Env()
@@ -104,6 +104,7 @@ else:
         "data_folder_in": str(VAR_DIR / "broker" / "out"),
         "data_folder_out": str(VAR_DIR / "broker" / "out"),
         "processed_folder": str(VAR_DIR / "broker" / "processed"),
+        "control_folder": str(VAR_DIR / "broker" / "control"),
         "store_processed": False,
     }
 
