@@ -195,8 +195,12 @@ class LeverBoardApi(TenantAPIView):
             "Per feature over the tenant-local days start..end: spend by model family and one tier "
             "down, cache-read share and savings, batch share and potential, truncation rate and "
             "max_tokens utilisation, ttft and latency percentiles of interactive features, budget "
-            "forecasts, and a plain-language recommendation per lever, ranked by potential saving. "
-            "Computed from daily rollups. A key restricted to some features sees only those."
+            "forecasts, and a plain-language recommendation per lever. Recommendations are ranked "
+            "by potential saving, except that a lever keeping the model and its answers (caching, "
+            "batch, max_tokens) saving at least 5% of the feature's spend comes before a smaller "
+            "model, whose saving holds only if it passes your evals. Features are ranked by their "
+            "top recommendation's saving. Computed from daily rollups. A key restricted to some "
+            "features sees only those."
         ),
         parameters=[
             OpenApiParameter("start", str, required=True, description="YYYY-MM-DD (inclusive)"),
