@@ -3,7 +3,7 @@
 The real sync code (httpx client, pagination, parsing, pricing by our table, upsert
 by natural key) reads the documented shapes from ``usage.provider.stub`` served on a
 local pytest-httpserver. It times a first sync of the 30 days (14,400 rows), a re-run
-over the same window (every row an update, nothing added), and the first sync again with
+over the same window (nothing changed, so nothing is written), and the first sync again with
 24 buckets a page (the API's default page size: 30 pages instead of 5).
 
 Run by hand (not in CI):
@@ -101,8 +101,8 @@ def main() -> int:
             elapsed = time.perf_counter() - t0
             assert result.ok, result.error
             stored = ProviderUsageBucket.objects.filter(tenant=tenant).count()
-            print(f"{label:<34} {elapsed:6.2f} s  {result.rows:,} rows, {len(stub.requests)} pages, "
-                  f"{stored:,} stored")
+            print(f"{label:<34} {elapsed:6.2f} s  {result.rows:,} rows read, {result.written:,} written, "
+                  f"{len(stub.requests)} pages, {stored:,} stored")
             return elapsed
 
         first = run("first sync (168 buckets a page)")

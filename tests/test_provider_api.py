@@ -151,7 +151,7 @@ def seed_drift(tenant, feature):
     ProviderUsageBucket.objects.create(
         tenant=tenant, bucket_start=datetime(2026, 11, 20, 9, tzinfo=UTC), model="claude-haiku-4-5-20251001",
         canonical_model="claude-haiku-4-5-20251001", uncached_input_tokens=12_500_000, cost_nano=12_500_000_000,
-        seen_at=datetime(2026, 11, 20, 10, tzinfo=UTC),
+        synced_at=datetime(2026, 11, 20, 10, tzinfo=UTC),
     )
 
 

@@ -94,13 +94,16 @@ def test_rerun_over_the_same_window_adds_nothing(stub, connection, sleeps, tenan
     sync_usage(connection, sleeps)
     before = usage_totals(tenant)
 
+    written = set(ProviderUsageBucket.objects.values_list("pk", "synced_at"))
+
     # when it is synced again, and once more with an overlapping window
     sync_usage(connection, sleeps)
     sync_usage(connection, sleeps, start=hour(12), end=hour(36))
 
-    # then nothing is counted twice
+    # then nothing is counted twice, and unchanged rows were not even rewritten
     assert usage_totals(tenant) == before
     assert before[0] == 24
+    assert set(ProviderUsageBucket.objects.values_list("pk", "synced_at")) == written
 
 
 def test_late_correction_replaces_the_old_value(stub, connection, sleeps, tenant):

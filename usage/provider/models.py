@@ -102,7 +102,7 @@ class ProviderUsageBucket(models.Model):
     # Priced by our own table; null when the model has no price.
     cost_nano = models.BigIntegerField(null=True, blank=True)
     feature = models.ForeignKey(Feature, null=True, blank=True, on_delete=models.SET_NULL, related_name="+")
-    seen_at = models.DateTimeField(help_text="The sync run that last read this row")
+    synced_at = models.DateTimeField(help_text="When a sync last wrote this row (new or changed)")
 
     class Meta:
         ordering = ["-bucket_start", "model"]
@@ -138,7 +138,7 @@ class ProviderCostBucket(models.Model):
     currency = models.CharField(max_length=3, default="USD")
     amount_cents = models.CharField(max_length=40, help_text="The decimal string as reported, in cents")
     amount_nano = models.BigIntegerField(help_text="The amount in nano-USD")
-    seen_at = models.DateTimeField()
+    synced_at = models.DateTimeField(help_text="When a sync last wrote this row (new or changed)")
 
     class Meta:
         ordering = ["-day", "description"]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import logging
 from collections.abc import Callable, Iterable, Iterator
@@ -58,6 +59,7 @@ class SyncResult:
     start: datetime
     end: datetime
     rows: int = 0
+    written: int = 0
     buckets: int = 0
     error: str | None = None
     chunks: list[tuple[datetime, datetime]] = field(default_factory=list)
@@ -240,13 +242,13 @@ USAGE_KEY = (
 )
 USAGE_VALUES = (
     "uncached_input_tokens", "cache_write_5m_tokens", "cache_write_1h_tokens", "cache_read_tokens",
-    "output_tokens", "web_search_requests", "canonical_model", "cost_nano", "feature", "seen_at",
+    "output_tokens", "web_search_requests", "canonical_model", "cost_nano", "feature",
 )
 COST_KEY = (
     "bucket_start", "workspace_id", "description", "cost_type", "model",
     "service_tier", "context_window", "token_type",
 )
-COST_VALUES = ("day", "canonical_model", "currency", "amount_cents", "amount_nano", "seen_at")
+COST_VALUES = ("day", "canonical_model", "currency", "amount_cents", "amount_nano")
 
 
 def _canonical(model: str) -> str:
@@ -278,7 +280,7 @@ def _bucket_cost_nano(model: str, usage: TokenUsage, *, tier: str, geo: str, con
 
 def _usage_rows(
     buckets: Iterable[dict[str, Any]], *, tenant: Tenant, features: Callable[[str, str], Feature | None],
-    seen_at: datetime,
+    synced_at: datetime,
 ) -> Iterator[ProviderUsageBucket]:
     for bucket in buckets:
         start = _when(bucket.get("starting_at"), "starting_at")
@@ -320,7 +322,7 @@ def _usage_rows(
                 cost_nano=_bucket_cost_nano(model, usage, tier=tier, geo=geo, context_window=context_window,
                                             at=start),
                 feature=features(api_key_id, workspace_id),
-                seen_at=seen_at,
+                synced_at=synced_at,
             )
 
 
@@ -338,7 +340,7 @@ def cents_to_nano(amount: Any) -> int:
     return to_nano(cents / 100)
 
 
-def _cost_rows(buckets: Iterable[dict[str, Any]], *, tenant: Tenant, seen_at: datetime) -> Iterator[ProviderCostBucket]:
+def _cost_rows(buckets: Iterable[dict[str, Any]], *, tenant: Tenant, synced_at: datetime) -> Iterator[ProviderCostBucket]:
     for bucket in buckets:
         start = _when(bucket.get("starting_at"), "starting_at")
         for row in bucket["results"]:
@@ -361,7 +363,7 @@ def _cost_rows(buckets: Iterable[dict[str, Any]], *, tenant: Tenant, seen_at: da
                 currency=(_dimension(row, "currency") or "USD")[:3],
                 amount_cents=str(amount)[:40],
                 amount_nano=cents_to_nano(amount),
-                seen_at=seen_at,
+                synced_at=synced_at,
             )
 
 
@@ -375,19 +377,40 @@ def _dedupe(rows: Iterable[Any], key: tuple[str, ...]) -> list[Any]:
 
 
 def _store(model, rows: list[Any], *, key: tuple[str, ...], values: tuple[str, ...], tenant: Tenant,
-           start: datetime, end: datetime, seen_at: datetime) -> None:
-    model.objects.bulk_create(
-        rows,
-        batch_size=500,
-        update_conflicts=True,
-        unique_fields=["tenant", *key],
-        update_fields=list(values),
-    )
-    # The read covered every bucket in [start, end): a row it did not return is stale
-    # (a late correction removed it, or the workspace filter changed), so drop it.
-    model.objects.filter(tenant=tenant, bucket_start__gte=start, bucket_start__lt=end).exclude(
-        seen_at=seen_at
-    ).delete()
+           start: datetime, end: datetime, synced_at: datetime) -> int:
+    """Make the stored buckets in [start, end) exactly ``rows``; return how many rows were written.
+
+    Called under the connection's row lock, so nothing else writes these buckets meanwhile:
+    new keys are inserted, changed values updated, unchanged rows left alone (a re-read of the
+    trailing window is mostly unchanged), and keys the read no longer returned deleted, since
+    the read covered every bucket in the window (a late correction removed them, or the
+    workspace filter changed).
+    """
+    attnames = [model._meta.get_field(name).attname for name in values]
+    existing = {
+        tuple(r[:len(key)]): (r[len(key)], tuple(r[len(key) + 1:]))
+        for r in model.objects.filter(tenant=tenant, bucket_start__gte=start, bucket_start__lt=end)
+        .values_list(*key, "pk", *attnames)
+        .iterator(chunk_size=2000)
+    }
+    new, changed = [], []
+    for row in rows:
+        if not start <= row.bucket_start < end:
+            continue  # the provider snapped a bucket outside the window we asked for; not ours to replace
+        found = existing.pop(tuple(getattr(row, k) for k in key), None)
+        if found is None:
+            new.append(row)
+        elif tuple(getattr(row, a) for a in attnames) != found[1]:
+            row.pk = found[0]
+            changed.append(row)
+    for row in new + changed:
+        row.synced_at = synced_at
+    model.objects.bulk_create(new, batch_size=500)
+    model.objects.bulk_update(changed, [*values, "synced_at"], batch_size=500)
+    stale = [pk for pk, _ in existing.values()]
+    for i in range(0, len(stale), 500):
+        model.objects.filter(pk__in=stale[i : i + 500]).delete()
+    return len(new) + len(changed) + len(stale)
 
 
 # --- the syncs ---------------------------------------------------------------------------------
@@ -464,22 +487,25 @@ def provider_usage_sync(
     client = client or connection_client(connection)
     try:
         for chunk_start, chunk_end in _chunks(start, end, USAGE_CHUNK):
-            seen_at = timezone.now()
+            synced_at = timezone.now()
             buckets = list(
                 client.usage_buckets(
                     starting_at=chunk_start, ending_at=chunk_end, workspace_ids=connection.workspace_ids or None
                 )
             )
             rows = _dedupe(
-                _usage_rows(buckets, tenant=connection.tenant, features=resolve, seen_at=seen_at), USAGE_KEY
+                _usage_rows(buckets, tenant=connection.tenant, features=resolve, synced_at=synced_at), USAGE_KEY
             )
-            _usage_chunk_commit(connection, rows, chunk_start, chunk_end, seen_at)
+            result.written += _usage_chunk_commit(connection, rows, chunk_start, chunk_end, synced_at)
             result.rows += len(rows)
             result.buckets += len(buckets)
             result.chunks.append((chunk_start, chunk_end))
     except ProviderError as exc:
         result.error = str(exc)
-        provider_sync_failed(connection=connection, report=result.report, error=exc, now=now)
+        with contextlib.suppress(ConnectionGone):
+            provider_sync_failed(connection=connection, report=result.report, error=exc, now=now)
+    except ConnectionGone as exc:
+        result.error = str(exc)
     finally:
         if owns_client:
             client.close()
@@ -488,17 +514,20 @@ def provider_usage_sync(
 
 @transaction.atomic
 def _usage_chunk_commit(connection: ProviderConnection, rows: list[ProviderUsageBucket], start: datetime,
-                        end: datetime, seen_at: datetime) -> None:
+                        end: datetime, synced_at: datetime) -> int:
     # One sync of a connection writes at a time; a second waits here and then writes its own read.
-    locked = ProviderConnection.objects.select_for_update().get(pk=connection.pk)
-    _store(ProviderUsageBucket, rows, key=USAGE_KEY, values=USAGE_VALUES, tenant=locked.tenant,
-           start=start, end=end, seen_at=seen_at)
+    locked = _lock(connection)
+    written = _store(
+        ProviderUsageBucket, rows, key=USAGE_KEY, values=USAGE_VALUES, tenant=locked.tenant,
+        start=start, end=end, synced_at=synced_at,
+    )
     locked.usage_synced_until = _advance(locked.usage_synced_until, start, end)
     locked.usage_synced_from = min(locked.usage_synced_from or start, start)
-    locked.usage_synced_at = seen_at
-    _mark_ok(locked, seen_at)
+    locked.usage_synced_at = synced_at
+    _mark_ok(locked, synced_at)
     locked.save()
     connection.refresh_from_db()
+    return written
 
 
 def provider_cost_sync(
@@ -520,18 +549,21 @@ def provider_cost_sync(
     client = client or connection_client(connection)
     try:
         for chunk_start, chunk_end in _chunks(start, end, timedelta(days=COST_CHUNK_DAYS)):
-            seen_at = timezone.now()
+            synced_at = timezone.now()
             buckets = list(client.cost_buckets(starting_at=chunk_start, ending_at=chunk_end))
-            rows = _dedupe(_cost_rows(buckets, tenant=connection.tenant, seen_at=seen_at), COST_KEY)
+            rows = _dedupe(_cost_rows(buckets, tenant=connection.tenant, synced_at=synced_at), COST_KEY)
             if connection.workspace_ids:
                 rows = [r for r in rows if r.workspace_id in connection.workspace_ids]
-            _cost_chunk_commit(connection, rows, chunk_start, chunk_end, seen_at)
+            result.written += _cost_chunk_commit(connection, rows, chunk_start, chunk_end, synced_at)
             result.rows += len(rows)
             result.buckets += len(buckets)
             result.chunks.append((chunk_start, chunk_end))
     except ProviderError as exc:
         result.error = str(exc)
-        provider_sync_failed(connection=connection, report=result.report, error=exc, now=now)
+        with contextlib.suppress(ConnectionGone):
+            provider_sync_failed(connection=connection, report=result.report, error=exc, now=now)
+    except ConnectionGone as exc:
+        result.error = str(exc)
     finally:
         if owns_client:
             client.close()
@@ -540,16 +572,30 @@ def provider_cost_sync(
 
 @transaction.atomic
 def _cost_chunk_commit(connection: ProviderConnection, rows: list[ProviderCostBucket], start: datetime,
-                       end: datetime, seen_at: datetime) -> None:
-    locked = ProviderConnection.objects.select_for_update().get(pk=connection.pk)
-    _store(ProviderCostBucket, rows, key=COST_KEY, values=COST_VALUES, tenant=locked.tenant,
-           start=start, end=end, seen_at=seen_at)
+                       end: datetime, synced_at: datetime) -> int:
+    locked = _lock(connection)
+    written = _store(
+        ProviderCostBucket, rows, key=COST_KEY, values=COST_VALUES, tenant=locked.tenant,
+        start=start, end=end, synced_at=synced_at,
+    )
     locked.cost_synced_until = _advance(locked.cost_synced_until, start, end)
     locked.cost_synced_from = min(locked.cost_synced_from or start, start)
-    locked.cost_synced_at = seen_at
-    _mark_ok(locked, seen_at)
+    locked.cost_synced_at = synced_at
+    _mark_ok(locked, synced_at)
     locked.save()
     connection.refresh_from_db()
+    return written
+
+
+class ConnectionGone(Exception):
+    """The connection was deleted while a sync was reading: drop what was read."""
+
+
+def _lock(connection: ProviderConnection) -> ProviderConnection:
+    locked = ProviderConnection.objects.select_for_update().filter(pk=connection.pk).first()
+    if locked is None:
+        raise ConnectionGone("The provider connection was deleted during the sync.")
+    return locked
 
 
 def _advance(cursor: datetime | None, start: datetime, end: datetime) -> datetime:
@@ -569,7 +615,7 @@ def _mark_ok(connection: ProviderConnection, at: datetime) -> None:
 @transaction.atomic
 def provider_sync_failed(*, connection: ProviderConnection, report: str, error: ProviderError, now: datetime) -> None:
     """Record a failed sync; raise ``sync_failing`` when a person must act or the data is going stale."""
-    locked = ProviderConnection.objects.select_for_update().get(pk=connection.pk)
+    locked = _lock(connection)
     locked.status = ConnectionStatus.FAILING if error.permanent else ConnectionStatus.ERROR
     locked.last_error = str(error)[:2000]
     locked.last_error_at = now
