@@ -39,3 +39,4 @@ def test_seed_demo_is_idempotent_and_fills_the_dashboard(db, client, settings, t
     html = client.get("/t/demo/").content.decode()
     assert "Code review weekly" in html and "Spend per day by model" in html
     assert "No usage in the last 30 days" not in html
+    assert "No Anthropic connection" not in html  # a paused demo connection with reconciled days

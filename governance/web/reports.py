@@ -348,7 +348,7 @@ def reconciliation_status(*, tenant: Tenant, days: int = 7, now: datetime | None
     return {
         "connection": connection,
         "status": connection.status if connection.enabled else "disabled",
-        "status_label": connection.get_status_display() if connection.enabled else "Disabled",
+        "status_label": connection.get_status_display() if connection.enabled else "Paused",
         "last_synced": max(synced) if synced else None,
         "days": list(reversed(rows)),
     }

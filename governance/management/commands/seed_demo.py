@@ -20,6 +20,7 @@ from django.conf import settings
 from django.contrib.auth import get_user_model
 from django.core.management.base import BaseCommand
 from django.db import transaction
+from django.db.models import Sum
 from django.utils import timezone
 
 from budgets import alerting
@@ -32,6 +33,8 @@ from governance.notify import services as notify_services
 from governance.notify.models import AlertChannel, ChannelKind
 from usage.models import NANO, UsageRollup
 from usage.pricing import TokenUsage
+from usage.provider import services as provider_services
+from usage.provider.models import ConnectionStatus, ProviderConnection, ProviderUsageBucket
 from usage.services import UsageInput, usage_report
 
 SLUG = "demo"
@@ -96,6 +99,7 @@ class Command(BaseCommand):
         secret = self._key(tenant, actor)
         calls = self._usage(tenant, features, days=days)
         self._live_holds(tenant, features)
+        self._provider(tenant, actor)
         raised = alerting.budgets_evaluate()
         login = f"{OWNER} / {PASSWORD}"
         path = Path(settings.BASE_DIR) / "var" / "demo-login.txt"
@@ -287,6 +291,48 @@ class Command(BaseCommand):
             stop_reason="end_turn", max_tokens=2048,
             latency_ms=None if tier == "batch" else int(rng.uniform(15000, 40000)), streamed=False,
         )
+
+    @transaction.atomic
+    def _provider(self, tenant: Tenant, actor: Actor) -> None:
+        """Add a paused Anthropic connection whose last two weeks of reports were read.
+
+        The demo has no real admin key, so the connection is disabled (the beat never
+        calls Anthropic with it) and its usage report is made up here from the ledger's
+        rollups: equal to the metered spend except two days ago, when someone used the
+        Console directly and 9 % more was billed than went through Comptroller.
+        """
+        if ProviderConnection.objects.filter(tenant=tenant).exists():
+            return
+        now = timezone.now()
+        today = now.astimezone(tenant.tz).date()
+        first = today - timedelta(days=14)
+        connection = provider_services.provider_connection_save(
+            tenant=tenant, actor=actor, admin_key="sk-ant-admin01-demo-not-a-real-key-0000", enabled=False,
+        )
+        buckets = []
+        rollups = UsageRollup.objects.filter(tenant=tenant, day__gte=first, day__lt=today).values(
+            "day", "model"
+        ).annotate(
+            cost=Sum("cost_nano"), input=Sum("input_tokens"), output=Sum("output_tokens"),
+            cache_read=Sum("cache_read_tokens"), cache_write=Sum("cache_write_5m_tokens"),
+        )
+        for row in rollups:
+            extra = 109 if row["day"] == today - timedelta(days=2) and "sonnet" in row["model"] else 100
+            noon = datetime(row["day"].year, row["day"].month, row["day"].day, 12, tzinfo=tenant.tz).astimezone(UTC)
+            buckets.append(ProviderUsageBucket(
+                tenant=tenant, bucket_start=noon, model=row["model"], canonical_model=row["model"],
+                uncached_input_tokens=row["input"] * extra // 100, output_tokens=row["output"] * extra // 100,
+                cache_read_tokens=row["cache_read"], cache_write_5m_tokens=row["cache_write"],
+                cost_nano=row["cost"] * extra // 100, synced_at=now,
+            ))
+        ProviderUsageBucket.objects.bulk_create(buckets)
+        start = datetime(first.year, first.month, first.day, tzinfo=tenant.tz).astimezone(UTC)
+        end = datetime(today.year, today.month, today.day, tzinfo=tenant.tz).astimezone(UTC)
+        ProviderConnection.objects.filter(pk=connection.pk).update(
+            status=ConnectionStatus.OK, usage_synced_from=start, usage_synced_until=end,
+            usage_synced_at=now - timedelta(minutes=4), last_attempt_at=now - timedelta(minutes=4),
+        )
+        provider_services.reconciliation_run(tenant=tenant, start=first, end=today - timedelta(days=1), now=now)
 
     def _live_holds(self, tenant: Tenant, features: dict[str, Feature]) -> None:
         """Keep a few calls in flight, so the 'held' part of the bars has something to show."""
