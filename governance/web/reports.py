@@ -291,6 +291,7 @@ def usage_rows(
     feature=None,
     model: str = "",
     service_tier: str = "",
+    limit: int | None = EXPLORER_MAX_ROWS,
 ) -> tuple[list[dict[str, Any]], dict[str, Any]]:
     """Return usage sums grouped by ``group_by`` over tenant-local days start..end, and the totals."""
     rollups = UsageRollup.objects.filter(tenant=tenant, day__gte=start, day__lte=end)
@@ -307,7 +308,8 @@ def usage_rows(
         return [], totals
     ordering = [f"-{c}" if c == "day" else c for c in columns]
     rows = []
-    for row in rollups.values(*columns).annotate(**sums).order_by(*ordering)[:EXPLORER_MAX_ROWS]:
+    grouped = rollups.values(*columns).annotate(**sums).order_by(*ordering)
+    for row in grouped[:limit] if limit is not None else grouped:
         rows.append({**{g: row[EXPLORER_GROUPS[g]] for g in group_by}, **{k: row[k] or 0 for k in EXPLORER_SUMS}})
     return rows, totals
 

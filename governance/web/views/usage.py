@@ -39,11 +39,14 @@ def usage_explorer(request):
         start = filters.get("start") or start
         end = filters.get("end") or end
         group_by = filters.get("group_by") if data is not None else ["day", "feature"]
+        as_csv = request.GET.get("format") == "csv"
         rows, totals = reports.usage_rows(
             tenant=tenant, start=start, end=end, group_by=group_by, feature=filters.get("feature"),
             model=filters.get("model") or "", service_tier=filters.get("service_tier") or "",
+            # The table shows the first rows; the export has them all (rollups: a few per day at most).
+            limit=None if as_csv else reports.EXPLORER_MAX_ROWS,
         )
-        if request.GET.get("format") == "csv":
+        if as_csv:
             return _csv(tenant, start, end, group_by, rows)
     csv_query = request.GET.copy()
     csv_query["format"] = "csv"
