@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import importlib
 import math
+from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime
 from types import SimpleNamespace
 from urllib.parse import urlsplit
@@ -25,6 +26,7 @@ from comptroller_client import (
     governed,
 )
 from django.apps import apps as django_apps
+from django.db import connection
 from pytest_httpserver import HTTPServer
 
 from budgets.models import Budget, BudgetWindow, Hold
@@ -49,11 +51,18 @@ def ensure_prices() -> None:
     clear_price_cache()
 
 
+def run_async(scenario):
+    """Run the coroutine in a thread of its own: a loop left running by another test cannot refuse it."""
+    with ThreadPoolExecutor(1) as pool:
+        return pool.submit(lambda: asyncio.run(scenario())).result()
+
+
 @pytest.fixture(scope="module", autouse=True)
 def prices_restored_for_later_tests(django_db_setup, django_db_blocker):
     yield
     with django_db_blocker.unblock():
         ensure_prices()
+        connection.close()
 
 
 @pytest.fixture
@@ -290,7 +299,7 @@ def test_the_async_client_governs_create_and_stream(shop, messages_api):
                 final = await s.get_final_message()
         return message, final
 
-    message, final = asyncio.run(scenario())
+    message, final = run_async(scenario)
 
     assert event_for(message.id).output_tokens == message.usage.output_tokens
     streamed = event_for(final.id)
@@ -323,7 +332,7 @@ def test_the_async_client_governs_batches(shop, messages_api):
             ])
             return await client.messages.batches.report_results(batch.id)
 
-    report = asyncio.run(scenario())
+    report = run_async(scenario)
 
     assert report.succeeded == 1 and report.records[0].status == "recorded"
     assert UsageEvent.objects.get().service_tier == "batch"

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime
 from decimal import Decimal
 
@@ -27,6 +28,12 @@ def policy(key: str = "support-bot", fail_mode: str = "closed", **extra) -> dict
     return {"key": key, "name": key, "default_model": "claude-sonnet-4-5", "allowed_models": [],
             "fallback_models": [], "max_tokens_cap": 2048, "interactive": True, "fail_mode": fail_mode,
             "active": True, "budgets": [], **extra}
+
+
+def run_async(scenario):
+    """Run the coroutine in a thread of its own: a loop left running by another test cannot refuse it."""
+    with ThreadPoolExecutor(1) as pool:
+        return pool.submit(lambda: asyncio.run(scenario())).result()
 
 
 @pytest.fixture
@@ -309,7 +316,7 @@ def test_the_async_client_reserves_commits_and_holds(fake):
                 await client.reserve("support-bot", "claude-sonnet-4-5", 1, 1)
             return committed, hold
 
-    committed, hold = asyncio.run(scenario())
+    committed, hold = run_async(scenario)
 
     assert committed.state == "committed" and hold.result.state == "committed"
     assert [h["state"] for h in fake.holds.values()] == ["committed", "committed"]
@@ -327,7 +334,7 @@ def test_the_async_client_fails_open_and_spools(fake, relay):
         await client.close()
         return allowance, result, delivered
 
-    allowance, result, delivered = asyncio.run(scenario())
+    allowance, result, delivered = run_async(scenario)
 
     assert allowance.offline and result.spooled and delivered == 1
     assert "msg_async" in fake.events
