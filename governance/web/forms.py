@@ -165,6 +165,7 @@ class MemberRoleForm(forms.Form):
 
 
 class UsageFilterForm(forms.Form):
+    quiet_optional = True  # every filter is optional; saying so on each is noise
     GROUPS = [("day", "Day"), ("feature", "Feature"), ("model", "Model"), ("service_tier", "Tier")]
 
     start = forms.DateField(required=False, widget=forms.DateInput(attrs={"type": "date"}))
@@ -292,6 +293,7 @@ class ProviderForm(forms.Form):
 
 
 class RangeForm(forms.Form):
+    quiet_optional = True
     start = forms.DateField(required=False, widget=forms.DateInput(attrs={"type": "date"}))
     end = forms.DateField(required=False, widget=forms.DateInput(attrs={"type": "date"}))
     feature = forms.ModelChoiceField(queryset=None, required=False, empty_label="All features",
