@@ -91,6 +91,7 @@ class Command(BaseCommand):
 
     def handle(self, *args, days: int, **options):
         started = time.monotonic()
+        self._broker_folders()
         tenant, owner = self._tenant_and_users()
         actor = Actor(user=owner)
         features = self._features(tenant, actor)
@@ -113,6 +114,15 @@ class Command(BaseCommand):
             self.stdout.write(f"Demo service API key (shown once): {secret}")
         self.stdout.write(f"Viewer login: {VIEWER} / {PASSWORD}")
         self.stdout.write(f"Owner login: {login}")
+
+    @staticmethod
+    def _broker_folders() -> None:
+        """Create the file broker's folders: `make run` seeds before the worker first starts."""
+        options = getattr(settings, "CELERY_BROKER_TRANSPORT_OPTIONS", {}) or {}
+        if settings.CELERY_BROKER_URL.startswith("filesystem://"):
+            for key in ("data_folder_in", "data_folder_out", "processed_folder"):
+                if options.get(key):
+                    Path(options[key]).mkdir(parents=True, exist_ok=True)
 
     # --- tenancy -----------------------------------------------------------------------
 
