@@ -148,3 +148,20 @@ def test_feature_keys_are_not_guessable_through_a_restricted_key(tenant):
     client = make_client(secret)
     assert client.get(URL, {**PARAMS, "feature": "mine"}).status_code == 200
     assert_error(client.get(URL, {**PARAMS, "feature": "ghost"}), 400, "unknown_feature")
+
+
+@pytest.mark.parametrize(
+    "params",
+    [
+        {"start": "0001-01-01", "end": "0001-01-02"},
+        {"start": "9999-12-01", "end": "9999-12-31"},
+        {**PARAMS, "feature": "ünïcode"},
+        {**PARAMS, "feature": "x'; drop table usage_usagerollup; --"},
+    ],
+)
+def test_odd_but_wellformed_queries_never_fail(api, tenant, params):
+    demo_like_usage(tenant)
+    response = api.get(URL, params)
+    assert response.status_code in (200, 400), response.content
+    if response.status_code == 400:
+        assert response.json()["error"]["code"] == "unknown_feature"
