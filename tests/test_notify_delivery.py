@@ -339,3 +339,17 @@ def test_unreachable_smtp_is_transient(tenant, email_channel, settings, django_c
     outcome = services.notification_deliver(notification_id=Notification.objects.get().pk)
     assert outcome.status == "retry"
     assert Notification.objects.get().error.startswith("Could not reach the mail server")
+
+
+def test_slack_rate_limit_waits_as_long_as_slack_asks(tenant, slack_channel, httpserver, django_capture_on_commit_callbacks, celery_disabled):
+    httpserver.expect_request(SLACK_PATH, method="POST").respond_with_data(
+        "rate_limited", status=429, headers={"Retry-After": "300"}
+    )
+    with django_capture_on_commit_callbacks(execute=True):
+        raise_drift(tenant)
+    outcome = services.notification_deliver(notification_id=Notification.objects.get().pk)
+    assert outcome.status == "retry"
+    assert outcome.retry_in == 300
+    notification = Notification.objects.get()
+    assert notification.status == NotificationStatus.PENDING
+    assert notification.error == "Slack answered 429: rate_limited"

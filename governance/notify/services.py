@@ -280,6 +280,8 @@ def notification_deliver(*, notification_id: int) -> DeliveryOutcome:
         duration = _elapsed_ms(started)
         if not exc.permanent and notification.attempts < MAX_ATTEMPTS:
             delay = backoff_seconds(notification.attempts)
+            if exc.retry_after is not None:
+                delay = min(max(delay, exc.retry_after), BACKOFF_CAP_SECONDS)
             _notification_finish(
                 notification,
                 status=NotificationStatus.PENDING,

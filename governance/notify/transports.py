@@ -38,10 +38,11 @@ SLACK_PERMANENT_ERRORS = {
 
 
 class TransportError(Exception):
-    def __init__(self, message: str, *, permanent: bool = False) -> None:
+    def __init__(self, message: str, *, permanent: bool = False, retry_after: int | None = None) -> None:
         super().__init__(message)
         self.message = message
         self.permanent = permanent
+        self.retry_after = retry_after  # seconds the receiver asked us to wait, if it said
 
 
 @dataclass(frozen=True)
@@ -120,10 +121,20 @@ class SlackTransport(Transport):
         message_text = f"Slack answered {response.status_code}: {detail}"
         if response.status_code in (404, 410) or body in SLACK_PERMANENT_ERRORS:
             raise TransportError(message_text, permanent=True)
-        if response.status_code == 429 or response.status_code >= 500:
+        if response.status_code == 429:
+            raise TransportError(message_text, retry_after=_retry_after(response.headers))
+        if response.status_code >= 500:
             raise TransportError(message_text)
         # Other 4xx: the request itself is wrong and resending it cannot help.
         raise TransportError(message_text, permanent=400 <= response.status_code < 500)
+
+
+def _retry_after(headers) -> int | None:
+    value = next((v for k, v in (headers or {}).items() if k.lower() == "retry-after"), None)
+    try:
+        return max(int(str(value).strip()), 0) if value is not None else None
+    except ValueError:
+        return None  # an HTTP date: our own backoff will do
 
 
 TRANSPORTS: dict[str, type[Transport]] = {
