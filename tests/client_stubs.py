@@ -11,8 +11,9 @@ Its usage is deterministic so tests can assert the exact ledger rows:
 - output: one token per word of ``reply`` (each word one stream delta), cut
   at ``max_tokens`` with ``stop_reason="max_tokens"``.
 
-A message containing ``FAIL_CALL`` gets a 500 ``api_error``, as an overloaded
-or failing model call would.
+A message containing ``FAIL_CALL`` gets a 500 ``api_error``, as a failing
+model call would; a stream whose message contains ``OVERLOAD_STREAM`` opens
+and then sends an ``overloaded_error`` event before ``message_start``.
 """
 
 from __future__ import annotations
@@ -145,6 +146,9 @@ class MessagesStub:
         if path == "/v1/messages":
             if "FAIL_CALL" in json.dumps(body.get("messages")):
                 return self.json({"type": "error", "error": {"type": "api_error", "message": "Internal error"}}, 500)
+            if body.get("stream") and "OVERLOAD_STREAM" in json.dumps(body.get("messages")):
+                error = {"type": "error", "error": {"type": "overloaded_error", "message": "Overloaded"}}
+                return Response(f"event: error\ndata: {json.dumps(error)}\n\n", content_type="text/event-stream")
             if body.get("stream"):
                 return Response(self.sse(body), content_type="text/event-stream",
                                 headers={"request-id": f"req_{next(self._ids)}"})

@@ -179,6 +179,7 @@ def test_a_stream_commits_its_final_usage_with_ttft_and_latency(shop, messages_a
     assert event.output_tokens == len(messages_api.reply.split(" "))
     assert event.streamed is True and event.stop_reason == "end_turn"
     assert event.ttft_ms is not None and event.latency_ms >= event.ttft_ms
+    assert "usage_estimated" not in event.metadata
 
 
 def test_a_stream_closed_halfway_commits_the_partial_usage(shop, messages_api):
@@ -199,7 +200,31 @@ def test_a_stream_closed_halfway_commits_the_partial_usage(shop, messages_api):
     assert event.output_tokens == expected_output < len(messages_api.reply.split(" "))
     assert event.cost_nano == event.input_tokens * SONNET_IN + expected_output * SONNET_OUT
     assert event.streamed is True and event.stop_reason == ""
+    assert event.metadata["usage_estimated"] == "output"
     assert BudgetWindow.objects.get(budget=shop.budget).reserved_nano == 0
+
+
+def test_a_stream_closed_before_message_start_charges_the_input_estimate(shop, messages_api):
+    client = governed(sdk(messages_api), comptroller(shop.url, shop.secret), feature="support-bot")
+
+    with client.messages.stream(model="claude-sonnet-4-5", max_tokens=512, messages=[ASK]):
+        pass  # the prompt was sent; nothing was read
+
+    hold = Hold.objects.get()
+    event = hold.usage_event
+    assert hold.state == "committed" and (event.input_tokens, event.output_tokens) == (hold.input_tokens, 0)
+    assert event.metadata["usage_estimated"] == "input"
+
+
+def test_a_stream_that_fails_before_message_start_releases_its_hold(shop, messages_api):
+    client = governed(sdk(messages_api), comptroller(shop.url, shop.secret), feature="support-bot")
+
+    with pytest.raises(anthropic.APIStatusError), client.messages.stream(
+        model="claude-sonnet-4-5", max_tokens=512, messages=[{"role": "user", "content": "OVERLOAD_STREAM"}]
+    ) as stream:
+        stream.until_done()
+
+    assert Hold.objects.get().state == "released" and not UsageEvent.objects.exists()
 
 
 def test_a_raw_stream_closed_early_commits_too(shop, messages_api):

@@ -273,6 +273,7 @@ class _Base:
             run_id=body.get("run_id"),
             metadata=body.get("metadata"),
             offline=True,
+            input_tokens=body["input_tokens"],
         )
 
     def _policy_fresh(self, feature: str) -> bool:
@@ -294,6 +295,7 @@ class _Base:
         latency_ms: int | None = None,
         ttft_ms: int | None = None,
         streamed: bool | None = None,
+        metadata: dict[str, Any] | None = None,
     ) -> dict[str, Any]:
         body: dict[str, Any] = {"usage": usage_dict(usage)}
         optional = {
@@ -303,6 +305,7 @@ class _Base:
             "latency_ms": None if latency_ms is None else int(latency_ms),
             "ttft_ms": None if ttft_ms is None else int(ttft_ms),
             "streamed": streamed,
+            "metadata": metadata or None,
         }
         body.update({k: v for k, v in optional.items() if v is not None})
         return body
@@ -317,8 +320,7 @@ class _Base:
         event["feature"] = hold.feature
         if hold.run_id:
             event["run_id"] = hold.run_id
-        metadata = dict(hold.metadata or {})
-        metadata["comptroller_offline"] = True
+        metadata = {**(hold.metadata or {}), **(body.get("metadata") or {}), "comptroller_offline": True}
         event["metadata"] = metadata
         event["usage"].setdefault("service_tier", hold.service_tier)
         return event
@@ -457,7 +459,7 @@ class Comptroller(_Base):
         """Report what the call consumed: ``usage`` as the Messages API returned it.
 
         ``details``: ``model``, ``request_id``, ``stop_reason``, ``latency_ms``,
-        ``ttft_ms``, ``streamed``.
+        ``ttft_ms``, ``streamed``, ``metadata`` (merged into the hold's).
         """
         body = self._commit_body(usage, **details)
         if isinstance(hold, Allowance) and hold.offline:

@@ -9,7 +9,9 @@
   latency. A stream closed before ``message_delta`` commits the usage of
   ``message_start`` with ``output_tokens`` raised to what was received (one
   token per delta at least, and the text at ``CHARS_PER_TOKEN``): the
-  tokens were generated and billed.
+  tokens were generated and billed. Closed before ``message_start``: the
+  hold's input estimate, no output. An error before ``message_start``
+  releases the hold.
 - ``messages.batches``: ``create`` reserves at the batch tier (one hold per
   model, or per group of requests that fits the feature's ``max_tokens`` cap),
   ``results`` reports each succeeded result (``request_id`` = the message id,
@@ -189,6 +191,7 @@ class _Meter:
         self.deltas = 0
         self.chars = 0
         self.final_usage_seen = False
+        self.failed = False
 
     def _elapsed_ms(self) -> int:
         return round((time.perf_counter() - self.started) * 1000)
@@ -213,15 +216,16 @@ class _Meter:
                 self.usage.update(usage_dict(event.usage))
             self.stop_reason = getattr(event.delta, "stop_reason", None)
 
-    def commit_args(self) -> tuple[dict[str, Any], dict[str, Any]] | None:
-        """Return (usage, details) for the commit, or None when nothing was billed (no message_start)."""
-        if self.usage is None:
-            return None
-        usage = dict(self.usage)
-        if not self.final_usage_seen:
-            received = max(self.deltas, math.ceil(self.chars / CHARS_PER_TOKEN))
-            usage["output_tokens"] = max(int(usage.get("output_tokens") or 0), received)
-        details = {
+    def commit_args(self, allowance: Allowance) -> tuple[dict[str, Any], dict[str, Any]] | None:
+        """Return (usage, details) for the commit, or None when the call failed before it began.
+
+        A stream closed before ``message_delta`` has no final usage: output is
+        raised to what was received. One closed before ``message_start`` has
+        none at all: the prompt was sent and is charged at the hold's input
+        estimate. Either way ``metadata.usage_estimated`` says which part was
+        estimated.
+        """
+        details: dict[str, Any] = {
             "model": self.model,
             "request_id": self.request_id,
             "stop_reason": self.stop_reason,
@@ -229,6 +233,16 @@ class _Meter:
             "ttft_ms": self.ttft_ms,
             "streamed": True,
         }
+        if self.usage is None:
+            if self.failed:
+                return None  # an error event before message_start: nothing was processed
+            details["metadata"] = {"usage_estimated": "input"}
+            return {"input_tokens": allowance.input_tokens, "output_tokens": 0}, details
+        usage = dict(self.usage)
+        if not self.final_usage_seen:
+            received = max(self.deltas, math.ceil(self.chars / CHARS_PER_TOKEN))
+            usage["output_tokens"] = max(int(usage.get("output_tokens") or 0), received)
+            details["metadata"] = {"usage_estimated": "output"}
         return usage, details
 
 
@@ -236,7 +250,7 @@ class _Meter:
 
 
 def _settle(governor: _Governor, allowance: Allowance, meter: _Meter) -> None:
-    args = meter.commit_args()
+    args = meter.commit_args(allowance)
     try:
         if args is None:
             governor.comptroller.release(allowance)
@@ -271,6 +285,9 @@ class _MeteredStream:
             for event in self._raw:
                 self._meter.observe(event)
                 yield event
+        except Exception:
+            self._meter.failed = True
+            raise
         finally:
             self._finish()
 
@@ -481,7 +498,7 @@ class GovernedAnthropic:
 
 
 async def _asettle(governor: _Governor, allowance: Allowance, meter: _Meter) -> None:
-    args = meter.commit_args()
+    args = meter.commit_args(allowance)
     try:
         if args is None:
             await governor.comptroller.release(allowance)
@@ -514,6 +531,9 @@ class _AsyncMeteredStream:
             async for event in self._raw:
                 self._meter.observe(event)
                 yield event
+        except Exception:
+            self._meter.failed = True
+            raise
         finally:
             await self._finish()
 

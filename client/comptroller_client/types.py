@@ -94,6 +94,7 @@ class Allowance:
     run_id: str | None = None
     metadata: dict[str, Any] | None = field(default=None, repr=False)
     offline: bool = False
+    input_tokens: int = 0  # the estimate this allowance was asked with
 
     @property
     def binding_budgets(self) -> tuple[BudgetStatus, ...]:
@@ -119,6 +120,7 @@ class Allowance:
             service_tier=request.get("service_tier", "standard"),
             run_id=request.get("run_id"),
             metadata=request.get("metadata"),
+            input_tokens=int(request.get("input_tokens") or 0),
         )
 
 
