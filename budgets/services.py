@@ -402,7 +402,7 @@ def _decide(tenant, api_key, feature, req, max_tokens, clamped, fingerprint) -> 
         for w in windows:
             w.reserved_nano += amount
             w.reserved_tokens += tokens
-        alerting.windows_evaluate_later(hold.window_ids)
+        # No threshold check here: thresholds count spent, and a hold only changes reserved.
         return AllowanceDecision(
             decision=hold.decision, model=hold.model, max_tokens=max_tokens, clamped=clamped,
             amount_nano=amount, tokens=tokens, windows=windows, binding_ids=set(), hold=hold,
