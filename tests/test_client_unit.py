@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime
 from decimal import Decimal
@@ -289,6 +290,17 @@ def test_report_usage_sends_batches_of_at_most_1000(fake):
     assert fake.count("POST", "/api/v1/usage") == 3
     assert len(report.results) == 2500 and {r.status for r in report.results} == {"recorded"}
     assert make(fake.url).report_usage(events[0]).results[0].status == "duplicate"
+
+
+def test_report_usage_keeps_each_request_under_the_body_limit(fake):
+    big = {"note": "x" * 3000}  # 3 KB of metadata: 1,000 such events would be 3 MB
+    events = [{"feature": "digest", "request_id": f"msg_{n}", "usage": USAGE, "metadata": big} for n in range(1000)]
+
+    make(fake.url).report_usage(events)
+
+    bodies = [json.dumps(body) for method, path, body in fake.requests if path == "/api/v1/usage"]
+    assert len(bodies) == 4 and all(len(b) < 1024 * 1024 for b in bodies)
+    assert len(fake.events) == 1000
 
 
 def test_report_usage_needs_a_feature_and_a_request_id(fake):

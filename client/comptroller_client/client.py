@@ -27,6 +27,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import email.utils
+import json
 import logging
 import random
 import threading
@@ -63,6 +64,7 @@ VERSION = "0.1.0"
 DEFAULT_TIMEOUT = 2.0
 RETRY_STATUSES = frozenset({429, 500, 502, 503, 504})
 USAGE_BATCH_LIMIT = 1000  # the contract's events per POST /api/v1/usage
+USAGE_BODY_LIMIT = 900_000  # bytes of events per request, under the contract's 1 MiB with room to spare
 FAIL_MODES = ("open", "closed")
 # Spooled reports the server refused for good (bad data, a conflicting commit) are dropped;
 # auth and rate errors may heal, so those stay in the spool.
@@ -110,9 +112,24 @@ def _api_error(response: httpx.Response) -> ApiError:
     return cls(response.status_code, code, message, details)
 
 
-def _chunks(items: list[Any], size: int) -> Iterable[list[Any]]:
-    for start in range(0, len(items), size):
-        yield items[start : start + size]
+def _entry_batches(entries: list[dict[str, Any]]) -> list[list[dict[str, Any]]]:
+    """Group spooled usage entries the way ``_batches`` groups their events."""
+    by_id = {id(e["event"]): e for e in entries}
+    return [[by_id[id(event)] for event in batch] for batch in _batches([e["event"] for e in entries])]
+
+
+def _batches(events: list[dict[str, Any]]) -> list[list[dict[str, Any]]]:
+    """Split usage events into request bodies within the contract's limits (1,000 events, 1 MiB)."""
+    batches: list[list[dict[str, Any]]] = [[]]
+    size = 0
+    for event in events:
+        event_size = len(json.dumps(event, separators=(",", ":"), default=str)) + 1
+        if batches[-1] and (len(batches[-1]) >= USAGE_BATCH_LIMIT or size + event_size > USAGE_BODY_LIMIT):
+            batches.append([])
+            size = 0
+        batches[-1].append(event)
+        size += event_size
+    return [b for b in batches if b]
 
 
 class _Base:
@@ -503,14 +520,13 @@ class Comptroller(_Base):
         Each event is a commit body plus ``feature`` and ``request_id`` (the
         idempotency key), and optionally ``run_id``, ``occurred_at``, ``metadata``.
         """
-        pending = self._events(events)
+        batches = _batches(self._events(events))
         records: list[UsageRecord] = []
-        for position in range(0, len(pending), USAGE_BATCH_LIMIT):
-            chunk = pending[position : position + USAGE_BATCH_LIMIT]
+        for index, batch in enumerate(batches):
             try:
-                data = self._send("POST", "/usage", {"events": chunk})
+                data = self._send("POST", "/usage", {"events": batch})
             except _Unreachable:
-                records.extend(self._spool_events(pending[position:]))
+                records.extend(self._spool_events([e for b in batches[index:] for e in b]))
                 break
             records.extend(self._records(data))
         else:
@@ -534,7 +550,7 @@ class Comptroller(_Base):
         try:
             entries = self.spool.peek()
             usage = [e for e in entries if e["kind"] == "usage"]
-            for chunk in _chunks(usage, USAGE_BATCH_LIMIT):
+            for chunk in _entry_batches(usage):
                 try:
                     self._send("POST", "/usage", {"events": [e["event"] for e in chunk]})
                     done.extend(chunk)
@@ -727,14 +743,13 @@ class AsyncComptroller(_Base):
     async def report_usage(
         self, events: Mapping[str, Any] | Iterable[Mapping[str, Any]]
     ) -> UsageReport:
-        pending = self._events(events)
+        batches = _batches(self._events(events))
         records: list[UsageRecord] = []
-        for position in range(0, len(pending), USAGE_BATCH_LIMIT):
-            chunk = pending[position : position + USAGE_BATCH_LIMIT]
+        for index, batch in enumerate(batches):
             try:
-                data = await self._send("POST", "/usage", {"events": chunk})
+                data = await self._send("POST", "/usage", {"events": batch})
             except _Unreachable:
-                records.extend(self._spool_events(pending[position:]))
+                records.extend(self._spool_events([e for b in batches[index:] for e in b]))
                 break
             records.extend(self._records(data))
         else:
@@ -759,7 +774,7 @@ class AsyncComptroller(_Base):
         try:
             entries = self.spool.peek()
             usage = [e for e in entries if e["kind"] == "usage"]
-            for chunk in _chunks(usage, USAGE_BATCH_LIMIT):
+            for chunk in _entry_batches(usage):
                 try:
                     await self._send("POST", "/usage", {"events": [e["event"] for e in chunk]})
                     done.extend(chunk)
