@@ -102,7 +102,8 @@ def sdk(stub: MessagesStub) -> anthropic.Anthropic:
 
 
 def comptroller(url: str, secret: str, **options) -> Comptroller:
-    return Comptroller(url, secret, backoff=0, breaker_seconds=0, **options)
+    # No background flusher: a test's spool is delivered by the calls the test makes.
+    return Comptroller(url, secret, backoff=0, breaker_seconds=0, flush_interval=0, **options)
 
 
 def event_for(message_id: str) -> UsageEvent:

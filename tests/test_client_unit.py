@@ -52,6 +52,7 @@ def relay(httpserver: HTTPServer):
 def make(url: str, **options) -> Comptroller:
     options.setdefault("backoff", 0)
     options.setdefault("breaker_seconds", 0)
+    options.setdefault("flush_interval", 0)  # no background flusher outliving its test
     return Comptroller(url, "cpt_test_secret", **options)
 
 
@@ -371,3 +372,16 @@ def test_a_spooled_event_the_server_refuses_is_dropped_and_the_rest_delivered(fa
     assert client.flush() == 2
 
     assert list(fake.events) == ["msg_good"] and len(client.spool) == 0
+
+
+def test_the_spool_is_delivered_in_the_background_once_comptroller_is_back(fake, relay):
+    client = make(relay.url, fail_mode="open", flush_interval=0.05)
+    relay.stop()
+    client.commit(client.reserve("digest", "claude-haiku-4-5", 1, 1), USAGE, request_id="msg_idle")
+    assert len(client.spool) == 1
+
+    relay.start()  # and the service makes no further call
+
+    client._flusher.join(timeout=30)
+    assert len(client.spool) == 0 and "msg_idle" in fake.events
+    client.close()

@@ -19,7 +19,9 @@ copy is used while Comptroller is down), else ``unknown_fail_mode``. Fail
 closed raises ``ComptrollerUnavailable``; fail open returns an ``offline``
 allowance for the requested model. Commits, releases and usage reports that
 cannot be delivered go to the bounded spool and are sent when Comptroller
-answers again (after the next successful commit or report, or ``flush()``).
+answers again: after the next successful commit or report, every
+``flush_interval`` seconds in the background while anything waits, on
+``flush()`` and on ``close()``.
 """
 
 from __future__ import annotations
@@ -152,6 +154,7 @@ class _Base:
         spool_size: int = 10_000,
         spool_path: str | None = None,
         auto_flush: bool = True,
+        flush_interval: float = 30.0,
     ) -> None:
         for name, value in (("fail_mode", fail_mode), ("unknown_fail_mode", unknown_fail_mode)):
             if value is not None and value not in FAIL_MODES:
@@ -170,6 +173,7 @@ class _Base:
         self.breaker_seconds = breaker_seconds
         self.spool = spool if spool is not None else Spool(spool_size, spool_path)
         self.auto_flush = auto_flush
+        self.flush_interval = flush_interval
         self._headers = {"Authorization": f"Bearer {api_key}", "User-Agent": f"comptroller-client/{VERSION}"}
         self._policies: dict[str, tuple[float, FeaturePolicy]] = {}
         self._down_until = 0.0
@@ -368,8 +372,16 @@ class _Base:
 
     def _spool_events(self, events: list[dict[str, Any]]) -> list[UsageRecord]:
         for event in events:
-            self.spool.put({"kind": "usage", "event": event})
+            self._spool({"kind": "usage", "event": event})
         return [UsageRecord(request_id=e["request_id"], status="spooled") for e in events]
+
+    def _spool(self, entry: dict[str, Any]) -> None:
+        self.spool.put(entry)
+        if self.flush_interval > 0:
+            self._start_flusher()
+
+    def _start_flusher(self) -> None:
+        """Start retrying the spool in the background until it is empty (see the subclasses)."""
 
     @staticmethod
     def _hold_id(hold: HoldRef) -> str | None:
@@ -402,6 +414,19 @@ class Comptroller(_Base):
             base_url=f"{self.base_url}/api/v1", headers=self._headers, timeout=timeout, transport=transport
         )
         self._flush_lock = threading.Lock()
+        self._flusher: threading.Thread | None = None
+        self._closed = threading.Event()
+
+    def _start_flusher(self) -> None:
+        # A daemon thread, started only while something waits in the spool: an idle
+        # service still reports its fail-open usage soon after Comptroller is back.
+        if self._flusher is None or not self._flusher.is_alive():
+            self._flusher = threading.Thread(target=self._flush_until_empty, name="comptroller-spool", daemon=True)
+            self._flusher.start()
+
+    def _flush_until_empty(self) -> None:
+        while len(self.spool) and not self._closed.wait(self.flush_interval):
+            self.flush()
 
     def __enter__(self) -> Comptroller:
         return self
@@ -411,6 +436,7 @@ class Comptroller(_Base):
 
     def close(self) -> None:
         """Try once more to deliver the spool, then close the connection pool."""
+        self._closed.set()
         if len(self.spool):
             self.flush()
         self._http.close()
@@ -492,7 +518,7 @@ class Comptroller(_Base):
         try:
             data = self._send("POST", f"/allowances/{hold_id}/commit", body)
         except _Unreachable:
-            self.spool.put({"kind": "commit", "hold_id": hold_id, "body": body})
+            self._spool({"kind": "commit", "hold_id": hold_id, "body": body})
             return CommitResult(id=hold_id, state="spooled", spooled=True)
         self._after_success()
         return CommitResult.from_json(data)
@@ -505,7 +531,7 @@ class Comptroller(_Base):
         try:
             data = self._send("POST", f"/allowances/{hold_id}/release", {})
         except _Unreachable:
-            self.spool.put({"kind": "release", "hold_id": hold_id})
+            self._spool({"kind": "release", "hold_id": hold_id})
             return ReleaseResult(id=hold_id, state="spooled", spooled=True)
         self._after_success()
         return ReleaseResult(id=data.get("id", hold_id), state=str(data.get("state", "released")))
@@ -644,6 +670,18 @@ class AsyncComptroller(_Base):
             base_url=f"{self.base_url}/api/v1", headers=self._headers, timeout=timeout, transport=transport
         )
         self._flushing = False
+        self._flusher: asyncio.Task[None] | None = None
+
+    def _start_flusher(self) -> None:
+        if self._flusher is None or self._flusher.done():
+            # Without a running loop the next success or close() delivers the spool.
+            with contextlib.suppress(RuntimeError):
+                self._flusher = asyncio.get_running_loop().create_task(self._flush_until_empty())
+
+    async def _flush_until_empty(self) -> None:
+        while len(self.spool):
+            await asyncio.sleep(self.flush_interval)
+            await self.flush()
 
     async def __aenter__(self) -> AsyncComptroller:
         return self
@@ -652,6 +690,8 @@ class AsyncComptroller(_Base):
         await self.close()
 
     async def close(self) -> None:
+        if self._flusher is not None:
+            self._flusher.cancel()
         if len(self.spool):
             await self.flush()
         await self._http.aclose()
@@ -720,7 +760,7 @@ class AsyncComptroller(_Base):
         try:
             data = await self._send("POST", f"/allowances/{hold_id}/commit", body)
         except _Unreachable:
-            self.spool.put({"kind": "commit", "hold_id": hold_id, "body": body})
+            self._spool({"kind": "commit", "hold_id": hold_id, "body": body})
             return CommitResult(id=hold_id, state="spooled", spooled=True)
         await self._after_success()
         return CommitResult.from_json(data)
@@ -732,7 +772,7 @@ class AsyncComptroller(_Base):
         try:
             data = await self._send("POST", f"/allowances/{hold_id}/release", {})
         except _Unreachable:
-            self.spool.put({"kind": "release", "hold_id": hold_id})
+            self._spool({"kind": "release", "hold_id": hold_id})
             return ReleaseResult(id=hold_id, state="spooled", spooled=True)
         await self._after_success()
         return ReleaseResult(id=data.get("id", hold_id), state=str(data.get("state", "released")))
