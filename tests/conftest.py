@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import importlib
+
 import pytest
 from rest_framework.test import APIClient
 
@@ -9,6 +11,7 @@ from governance.audit import Actor
 from governance.models import KeyRole
 from governance.services import api_key_create
 from tests.factories import FeatureFactory, TenantFactory
+from usage.pricing import clear_price_cache
 
 
 def pytest_report_header(config):
@@ -31,6 +34,27 @@ def other_tenant(db):
 @pytest.fixture
 def feature(tenant):
     return FeatureFactory(tenant=tenant, key="support-bot", default_model="claude-sonnet-4-5")
+
+
+def ensure_prices() -> None:
+    """Seed the price table again: a transactional test's flush empties what the data migration wrote."""
+    from django.apps import apps as django_apps
+
+    importlib.import_module("usage.migrations.0002_seed_prices").seed(django_apps, None)
+    clear_price_cache()
+
+
+@pytest.fixture(autouse=True)
+def _prices_in_transactional_tests(request):
+    """Give every transactional test (live servers, races) the seeded price table."""
+    marker = request.node.get_closest_marker("django_db")
+    transactional = (marker is not None and marker.kwargs.get("transaction")) or (
+        "transactional_db" in request.fixturenames
+    )
+    if transactional:
+        request.getfixturevalue("transactional_db")
+        ensure_prices()
+    yield
 
 
 def make_client(secret: str | None) -> APIClient:

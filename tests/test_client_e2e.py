@@ -9,7 +9,6 @@ HTTP. The ledger must show exactly what each call consumed.
 from __future__ import annotations
 
 import asyncio
-import importlib
 import math
 from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime
@@ -25,8 +24,6 @@ from comptroller_client import (
     ComptrollerUnavailable,
     governed,
 )
-from django.apps import apps as django_apps
-from django.db import connection
 from pytest_httpserver import HTTPServer
 
 from budgets.models import Budget, BudgetWindow, Hold
@@ -36,7 +33,6 @@ from governance.services import api_key_create
 from tests.client_stubs import MessagesStub, TcpRelay
 from tests.factories import FeatureFactory, TenantFactory
 from usage.models import NANO, UsageEvent
-from usage.pricing import clear_price_cache
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -45,29 +41,14 @@ ASK = {"role": "user", "content": "How should I think about a monthly budget for
 SONNET_IN, SONNET_OUT = 3_000, 15_000
 
 
-def ensure_prices() -> None:
-    """Seed the price table again: a transactional test's flush empties what the data migration wrote."""
-    importlib.import_module("usage.migrations.0002_seed_prices").seed(django_apps, None)
-    clear_price_cache()
-
-
 def run_async(scenario):
     """Run the coroutine in a thread of its own: a loop left running by another test cannot refuse it."""
     with ThreadPoolExecutor(1) as pool:
         return pool.submit(lambda: asyncio.run(scenario())).result()
 
 
-@pytest.fixture(scope="module", autouse=True)
-def prices_restored_for_later_tests(django_db_setup, django_db_blocker):
-    yield
-    with django_db_blocker.unblock():
-        ensure_prices()
-        connection.close()
-
-
 @pytest.fixture
 def shop(live_server):
-    ensure_prices()
     tenant = TenantFactory(slug="shop")
     support = FeatureFactory(tenant=tenant, key="support-bot", default_model="claude-sonnet-4-5",
                              fail_mode="closed", max_tokens_cap=4096)
