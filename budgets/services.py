@@ -24,6 +24,7 @@ from django.utils import timezone
 from budgets import alerting
 from budgets.models import Budget, BudgetWindow, Enforcement, Hold, HoldState, Period, Scope
 from budgets.periods import window_bounds
+from budgets.policy import TenantPolicy, policy_changed, tenant_policy
 from governance.audit import Actor, audit_record
 from governance.models import ApiKey, Feature, Tenant
 from usage.models import ModelFamily, ServiceTier, UsageEvent, UsageSource
@@ -183,17 +184,6 @@ def windows_by_key(wanted: dict[WindowKey, tuple[Budget, datetime | None]]) -> d
     return found
 
 
-def windows_get_or_create(
-    budgets: list[Budget], *, tenant: Tenant, at: datetime, run_id: str
-) -> dict[Any, BudgetWindow]:
-    """Return each budget's window containing ``at`` (its run's window for run budgets), by budget id."""
-    wanted = {}
-    for budget in budgets:
-        key, end = window_key(budget, tenant=tenant, at=at, run_id=run_id)
-        wanted[key] = (budget, end)
-    return {key[0]: window for key, window in windows_by_key(wanted).items()}
-
-
 def windows_lock(window_ids: list[int]) -> dict[int, BudgetWindow]:
     """Lock windows in ascending id order (the global lock order) and return them fresh."""
     locked = BudgetWindow.objects.select_for_update().filter(id__in=window_ids).order_by("id")
@@ -290,15 +280,15 @@ class AllowanceDecision:
         return self.decision != "denied"
 
 
-def feature_for_call(*, tenant: Tenant, api_key: ApiKey | None, key: str) -> Feature:
+def feature_for_call(*, tenant: Tenant, api_key: ApiKey | None, key: str, policy: TenantPolicy) -> Feature:
     """Return the tenant's feature ``key`` if this API key may call it, else raise AllowanceError."""
-    from governance.api.base import key_may_use_feature
-
-    feature = Feature.objects.filter(tenant=tenant, key=key).first()
+    feature = policy.features.get(key)
     if feature is None:
         raise AllowanceError("unknown_feature", f"No feature '{key}'.", {"feature": key})
-    if api_key is not None and not key_may_use_feature(api_key, feature):
-        raise AllowanceError("forbidden", f"This API key may not use feature '{key}'.", {"feature": key})
+    if api_key is not None:
+        allowed = policy.key_feature_ids(api_key)
+        if allowed and feature.pk not in allowed:
+            raise AllowanceError("forbidden", f"This API key may not use feature '{key}'.", {"feature": key})
     return feature
 
 
@@ -326,7 +316,8 @@ def _fits(budget: Budget, window: BudgetWindow, amount: int, tokens: int) -> boo
 
 def allowance_request(*, tenant: Tenant, api_key: ApiKey | None, req: AllowanceRequest) -> AllowanceDecision:
     """Decide whether a call may go ahead, and hold its worst-case cost on every window it touches."""
-    feature = feature_for_call(tenant=tenant, api_key=api_key, key=req.feature)
+    policy = tenant_policy(tenant)
+    feature = feature_for_call(tenant=tenant, api_key=api_key, key=req.feature, policy=policy)
     if not feature.active:
         raise AllowanceError("feature_inactive", f"Feature '{feature.key}' is inactive.", {"feature": feature.key})
     _check_model(feature, req.model)
@@ -340,8 +331,15 @@ def allowance_request(*, tenant: Tenant, api_key: ApiKey | None, req: AllowanceR
         if replay is not None:
             return replay
     try:
-        with transaction.atomic():
-            return _decide(tenant, api_key, feature, req, max_tokens, clamped, fingerprint)
+        try:
+            with transaction.atomic():
+                return _decide(tenant, api_key, feature, req, max_tokens, clamped, fingerprint, policy)
+        except StalePolicy:
+            # A window the cached policy knew is gone (its budget was deleted): reload once.
+            policy_changed(tenant.pk)
+            policy = tenant_policy(tenant)
+            with transaction.atomic():
+                return _decide(tenant, api_key, feature, req, max_tokens, clamped, fingerprint, policy)
     except IntegrityError:
         if not req.idempotency_key:
             raise
@@ -352,7 +350,26 @@ def allowance_request(*, tenant: Tenant, api_key: ApiKey | None, req: AllowanceR
         return replay
 
 
-def _decide(tenant, api_key, feature, req, max_tokens, clamped, fingerprint) -> AllowanceDecision:
+class StalePolicy(Exception):
+    """The cached policy names a window that no longer exists."""
+
+
+def _window_ids(policy: TenantPolicy, budgets: list[Budget], *, tenant: Tenant, at: datetime,
+                run_id: str) -> dict[Any, int]:
+    """Return each budget's current window id, from the policy's memo or the database."""
+    keys = {}
+    missing: dict[WindowKey, tuple[Budget, datetime | None]] = {}
+    for budget in budgets:
+        key, end = window_key(budget, tenant=tenant, at=at, run_id=run_id)
+        keys[budget.pk] = key
+        if key not in policy.window_ids:
+            missing[key] = (budget, end)
+    if missing:
+        policy.remember_windows({key: w.id for key, w in windows_by_key(missing).items()})
+    return {budget_id: policy.window_ids[key] for budget_id, key in keys.items()}
+
+
+def _decide(tenant, api_key, feature, req, max_tokens, clamped, fingerprint, policy) -> AllowanceDecision:
     """Run the decision in the caller's transaction, holding the window locks as briefly as possible.
 
     Everything that can happen before the locks does: pricing every candidate model,
@@ -369,15 +386,15 @@ def _decide(tenant, api_key, feature, req, max_tokens, clamped, fingerprint) -> 
         cache_write_1h_tokens=req.cache_write_1h_tokens,
     )
     tokens = planned.total_tokens
-    budgets = [b for b in Budget.objects.filter(tenant=tenant, active=True) if b.scope != Scope.RUN or req.run_id]
+    budgets = [b for b in policy.budgets if b.scope != Scope.RUN or req.run_id]
     candidates = [req.model]
     if any(b.enforcement == Enforcement.DOWNGRADE for b in budgets):
         candidates += [m for m in feature.fallback_models if is_priced(m) and m != req.model]
     per_candidate = {m: _applicable(budgets, feature=feature, model=m, run_id=req.run_id) for m in candidates}
     amounts = {m: worst_case_nano(m, planned, service_tier=req.service_tier) for m in candidates}
     union = {b.pk: b for bs in per_candidate.values() for b in bs}
-    windows_by_budget = windows_get_or_create(list(union.values()), tenant=tenant, at=now, run_id=req.run_id)
-    window_ids = {m: [windows_by_budget[b.pk].id for b in per_candidate[m]] for m in candidates}
+    id_by_budget = _window_ids(policy, list(union.values()), tenant=tenant, at=now, run_id=req.run_id)
+    window_ids = {m: [id_by_budget[b.pk] for b in per_candidate[m]] for m in candidates}
     hold = Hold.objects.create(
         tenant=tenant, feature=feature, api_key=api_key, run_id=req.run_id,
         requested_model=req.model, model=canonical_model(req.model), decision="granted",
@@ -387,7 +404,9 @@ def _decide(tenant, api_key, feature, req, max_tokens, clamped, fingerprint) -> 
         idempotency_key=req.idempotency_key, request_hash=fingerprint, metadata=req.metadata,
     )
 
-    locked = windows_lock([w.id for w in windows_by_budget.values()])  # --- critical section starts
+    locked = windows_lock(list(id_by_budget.values()))  # --- critical section starts
+    if len(locked) != len(id_by_budget):
+        raise StalePolicy
     for window in locked.values():
         window.budget = union[window.budget_id]
     chosen, binding = _choose(candidates, window_ids, locked, amounts, tokens)

@@ -260,3 +260,23 @@ def test_other_tenants_budget_is_404(outsider_api, tenant):
                  404, "not_found")
     assert_error(outsider_api.delete(f"/api/v1/budgets/bud_{budget.pk.hex}"), 404, "not_found")
     assert outsider_api.get("/api/v1/budgets").json()["results"] == []
+
+
+def test_budget_and_feature_changes_apply_to_the_next_allowance(api, admin_api, feature, tenant):
+    budget = BudgetFactory(tenant=tenant, scope="feature", feature=feature, limit_nano=10**9)
+    assert ask(api).json()["granted"] is True  # the tenant's policy is now cached
+    admin_api.patch(f"/api/v1/budgets/bud_{budget.pk.hex}", {"limit_usd": "0.01"}, format="json")
+    assert ask(api).json()["decision"] == "denied"
+    admin_api.patch("/api/v1/features/support-bot", {"active": False}, format="json")
+    assert_error(ask(api), 400, "feature_inactive")
+
+
+def test_a_window_deleted_behind_the_cache_is_found_again(api, feature, tenant):
+    from django.db import connection
+
+    budget = BudgetFactory(tenant=tenant, scope="tenant", limit_nano=10**9)
+    assert ask(api).status_code == 201
+    with connection.cursor() as cursor:  # no signals: the cached window id goes stale
+        cursor.execute("DELETE FROM budgets_budgetwindow")
+    assert ask(api).status_code == 201
+    assert window_of(budget).reserved_nano == HOLD_NANO

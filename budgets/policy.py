@@ -1,0 +1,108 @@
+"""A tenant's allowance policy, cached per process: features, key restrictions, budgets, window ids.
+
+The allowance is asked before every model call, so it must not re-read configuration
+that changes a few times a day. Each process keeps the policy of the tenants it serves
+and checks, on every request, one shared version number in the cache (Redis in
+production); any change to a feature, budget, key or window bumps it (signals below, so
+Django admin edits count too), and the next request reloads. Without a shared cache
+(the embedded single-process default) the local copy is also dropped at once, and a
+copy is never older than ``MAX_AGE_SECONDS``.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+import uuid
+from dataclasses import dataclass, field
+
+from django.core.cache import cache
+from django.db import transaction
+from django.db.models.signals import m2m_changed, post_delete, post_save
+
+from budgets.models import Budget, BudgetWindow
+from governance.models import ApiKey, Feature, Tenant
+
+MAX_AGE_SECONDS = 30.0
+MAX_WINDOW_IDS = 10_000  # run budgets make a window per run; keep the memo bounded
+
+
+@dataclass
+class TenantPolicy:
+    version: str
+    loaded_at: float
+    features: dict[str, Feature]
+    budgets: list[Budget]
+    key_features: dict[uuid.UUID, frozenset] = field(default_factory=dict)
+    window_ids: dict[tuple, int] = field(default_factory=dict)
+
+    def key_feature_ids(self, key: ApiKey) -> frozenset:
+        """Return the features this key is restricted to (empty: all of them)."""
+        ids = self.key_features.get(key.pk)
+        if ids is None:
+            ids = frozenset(key.features.values_list("pk", flat=True))
+            self.key_features[key.pk] = ids
+        return ids
+
+    def remember_windows(self, ids: dict[tuple, int]) -> None:
+        if len(self.window_ids) > MAX_WINDOW_IDS:
+            self.window_ids.clear()
+        self.window_ids.update(ids)
+
+
+_local: dict[int, TenantPolicy] = {}
+_lock = threading.Lock()
+
+
+def _version_key(tenant_id: int) -> str:
+    return f"policy-version:{tenant_id}"
+
+
+def _shared_version(tenant_id: int) -> str:
+    version = cache.get(_version_key(tenant_id))
+    if version is None:
+        cache.add(_version_key(tenant_id), uuid.uuid4().hex, timeout=None)
+        version = cache.get(_version_key(tenant_id)) or ""
+    return version
+
+
+def tenant_policy(tenant: Tenant) -> TenantPolicy:
+    """Return the tenant's current policy, reloading it when it changed or grew old."""
+    version = _shared_version(tenant.pk)
+    entry = _local.get(tenant.pk)
+    if entry is not None and entry.version == version and time.monotonic() - entry.loaded_at < MAX_AGE_SECONDS:
+        return entry
+    features = {f.key: f for f in Feature.objects.filter(tenant=tenant)}
+    budgets = list(Budget.objects.filter(tenant=tenant, active=True))
+    for budget in budgets:
+        budget.tenant = tenant
+    entry = TenantPolicy(version=version, loaded_at=time.monotonic(), features=features, budgets=budgets)
+    with _lock:
+        _local[tenant.pk] = entry
+    return entry
+
+
+def policy_changed(tenant_id: int) -> None:
+    """Make every process reload this tenant's policy on its next request."""
+    with _lock:
+        _local.pop(tenant_id, None)
+    cache.set(_version_key(tenant_id), uuid.uuid4().hex, timeout=None)
+
+
+def _changed(sender, instance, **kwargs) -> None:
+    if sender is BudgetWindow:
+        tenant_id = Budget.objects.filter(pk=instance.budget_id).values_list("tenant_id", flat=True).first()
+        if tenant_id is None:
+            return
+    else:
+        tenant_id = instance.tenant_id
+    policy_changed(tenant_id)
+    # Again once the change is committed, so no process keeps a copy read just before it.
+    transaction.on_commit(lambda: policy_changed(tenant_id))
+
+
+for _model in (Feature, Budget, ApiKey):
+    post_save.connect(_changed, sender=_model, dispatch_uid=f"policy-save-{_model.__name__}")
+    post_delete.connect(_changed, sender=_model, dispatch_uid=f"policy-delete-{_model.__name__}")
+post_delete.connect(_changed, sender=BudgetWindow, dispatch_uid="policy-delete-window")
+m2m_changed.connect(_changed, sender=ApiKey.features.through, dispatch_uid="policy-key-features")
