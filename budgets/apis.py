@@ -16,9 +16,8 @@ from governance.api.fields import StrictSerializer, UsdField, nano_to_usd, token
 from governance.api.ids import parse_public_id, public_id
 from governance.selectors import feature_get
 from usage.models import ModelFamily, ServiceTier
-from usage.pricing import TokenUsage, is_priced
+from usage.pricing import TokenUsage
 from usage.serializers import CommitInput, validate_metadata
-from usage.services import UsageInput
 
 ERROR_STATUS = {"forbidden": 403, "not_found": 404, "conflict": 409}
 
@@ -141,30 +140,23 @@ class AllowanceCommitApi(HoldMixin, TenantAPIView):
     def post(self, request, hold_id: str):
         pk = self.hold_id(hold_id)
         data = self.validate(CommitInput, request.data)
-        hold = selectors.hold_get(tenant=self.tenant, hold_id=pk)
-        if hold is None or hold.state == HoldState.DENIED:
-            raise NotFound("No such allowance.")
-        model = data.get("model") or hold.model
-        if not is_priced(model):
-            raise ApiError(f"No price is known for model '{model}'.", code="unknown_model", details={"model": model})
         usage = data["usage"]
-        item = UsageInput(
-            feature=hold.feature,
-            model=model,
+        commit = services.CommitData(
             usage=TokenUsage.from_anthropic(usage),
-            service_tier=usage.get("service_tier") or hold.service_tier,
+            model=data.get("model") or "",
+            service_tier=usage.get("service_tier") or "",
             inference_geo=usage.get("inference_geo") or "",
             request_id=data.get("request_id") or "",
             stop_reason=data.get("stop_reason") or "",
             latency_ms=data.get("latency_ms"),
             ttft_ms=data.get("ttft_ms"),
             streamed=data.get("streamed"),
-            metadata={**hold.metadata, **(data.get("metadata") or {})},
+            metadata=data.get("metadata") or {},
         )
         fingerprint = services.AllowanceRequest.fingerprint_of(request.data)
         try:
             result = services.hold_commit(
-                tenant=self.tenant, hold_id=pk, api_key=self.api_key, item=item, fingerprint=fingerprint
+                tenant=self.tenant, hold_id=pk, api_key=self.api_key, data=commit, fingerprint=fingerprint
             )
         except services.AllowanceError as exc:
             raise_allowance_error(exc)

@@ -29,6 +29,7 @@ from governance.audit import Actor, audit_record
 from governance.models import ApiKey, Feature, Tenant
 from usage.models import ModelFamily, ServiceTier, UsageEvent, UsageSource
 from usage.pricing import (
+    TokenUsage,
     canonical_model,
     is_priced,
     model_family,
@@ -184,9 +185,13 @@ def windows_by_key(wanted: dict[WindowKey, tuple[Budget, datetime | None]]) -> d
     return found
 
 
-def windows_lock(window_ids: list[int]) -> dict[int, BudgetWindow]:
+def windows_lock(window_ids: list[int], *, with_budgets: bool = False) -> dict[int, BudgetWindow]:
     """Lock windows in ascending id order (the global lock order) and return them fresh."""
-    locked = BudgetWindow.objects.select_for_update().filter(id__in=window_ids).order_by("id")
+    locked = BudgetWindow.objects.filter(id__in=window_ids).order_by("id")
+    if with_budgets:
+        locked = locked.select_related("budget").select_for_update(of=("self",))
+    else:
+        locked = locked.select_for_update()
     return {w.id: w for w in locked}
 
 
@@ -500,15 +505,27 @@ def _replay(tenant: Tenant, idempotency_key: str, fingerprint: str) -> Allowance
 class CommitResult:
     hold: Hold
     event: UsageEvent
-
-    @property
-    def windows(self) -> list[BudgetWindow]:
-        """Read after the commit's transaction, so the status costs no time under its locks."""
-        return _windows_for(self.hold)
+    windows: list[BudgetWindow]
 
     @property
     def released_nano(self) -> int:
         return self.hold.amount_nano - self.event.cost_nano
+
+
+@dataclass
+class CommitData:
+    """A call's actual usage as the caller reports it; unset fields default to the hold's."""
+
+    usage: TokenUsage
+    model: str = ""
+    service_tier: str = ""
+    inference_geo: str = ""
+    request_id: str = ""
+    stop_reason: str = ""
+    latency_ms: int | None = None
+    ttft_ms: int | None = None
+    streamed: bool | None = None
+    metadata: dict[str, Any] = field(default_factory=dict)
 
 
 def _hold_locked(tenant: Tenant, hold_id) -> Hold:
@@ -530,7 +547,7 @@ def _windows_for(hold: Hold) -> list[BudgetWindow]:
 
 @transaction.atomic
 def hold_commit(
-    *, tenant: Tenant, hold_id, api_key: ApiKey | None, item: UsageInput, fingerprint: str
+    *, tenant: Tenant, hold_id, api_key: ApiKey | None, data: CommitData, fingerprint: str
 ) -> CommitResult:
     """Charge a call's actual usage to the windows its hold reserved on, and write it to the ledger.
 
@@ -542,17 +559,24 @@ def hold_commit(
     if hold.state == HoldState.COMMITTED:
         if hold.commit_hash != fingerprint:
             raise AllowanceError("conflict", "This allowance was already committed with a different body.")
-        return CommitResult(hold=hold, event=hold.usage_event)
-    if item.request_id and UsageEvent.objects.filter(tenant=tenant, request_id=item.request_id).exists():
+        return CommitResult(hold=hold, event=hold.usage_event, windows=_windows_for(hold))
+    model = data.model or hold.model
+    if not is_priced(model):
+        raise AllowanceError("unknown_model", f"No price is known for model '{model}'.", {"model": model})
+    if data.request_id and UsageEvent.objects.filter(tenant=tenant, request_id=data.request_id).exists():
         raise AllowanceError(
-            "conflict", f"Usage for request_id '{item.request_id}' is already recorded.",
-            {"request_id": item.request_id},
+            "conflict", f"Usage for request_id '{data.request_id}' is already recorded.",
+            {"request_id": data.request_id},
         )
     now = timezone.now()
     was_held = hold.state == HoldState.HELD
-    item.feature = hold.feature
-    item.run_id = hold.run_id
-    item.max_tokens = hold.max_tokens
+    item = UsageInput(
+        feature=hold.feature, model=model, usage=data.usage,
+        service_tier=data.service_tier or hold.service_tier, inference_geo=data.inference_geo,
+        request_id=data.request_id, run_id=hold.run_id, stop_reason=data.stop_reason,
+        latency_ms=data.latency_ms, ttft_ms=data.ttft_ms, streamed=data.streamed,
+        max_tokens=hold.max_tokens, metadata={**hold.metadata, **data.metadata},
+    )
     event = usage_event_build(tenant=tenant, api_key=api_key, item=item, source=UsageSource.COMMIT)
     event.save(force_insert=True)
     hold.state = HoldState.COMMITTED
@@ -562,17 +586,22 @@ def hold_commit(
     hold.finished_at = now
     hold.save(update_fields=["state", "late", "usage_event", "commit_hash", "finished_at"])
     # The shared rows (windows, then the day's rollup) are locked last, so they are held briefly.
-    windows_lock(hold.window_ids)
-    windows_add(
-        hold.window_ids,
+    locked = windows_lock(hold.window_ids, with_budgets=True)
+    deltas = dict(
         spent=event.cost_nano,
         spent_tokens=event_tokens(event),
         reserved=-hold.amount_nano if was_held else 0,
         reserved_tokens=-hold.tokens if was_held else 0,
     )
+    windows_add(hold.window_ids, **deltas)
+    for window in locked.values():
+        window.spent_nano += deltas["spent"]
+        window.spent_tokens += deltas["spent_tokens"]
+        window.reserved_nano += deltas["reserved"]
+        window.reserved_tokens += deltas["reserved_tokens"]
     rollups_add(tenant=tenant, events=[event])
     alerting.windows_evaluate_later(hold.window_ids)
-    return CommitResult(hold=hold, event=event)
+    return CommitResult(hold=hold, event=event, windows=list(locked.values()))
 
 
 @transaction.atomic
