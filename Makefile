@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 HOST ?= 127.0.0.1
 PORT ?= 8000
 
-.PHONY: run test lint install migrate seed worker web bench clean
+.PHONY: run test lint install migrate seed clean
 
 $(BIN)/activate:
 	$(PYTHON) -m venv $(VENV)
@@ -35,9 +35,6 @@ lint: install
 
 test: lint
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
-
-bench: install
-	$(BIN)/python -m bench
 
 clean:
 	rm -rf var staticfiles .pytest_cache
