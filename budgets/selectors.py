@@ -9,7 +9,7 @@ from typing import Any
 from django.db.models import QuerySet
 from django.utils import timezone
 
-from budgets.models import Budget, BudgetWindow, Hold, Scope
+from budgets.models import Budget, BudgetWindow, Hold
 from budgets.periods import window_bounds
 from governance.api.fields import nano_to_usd
 from governance.api.ids import public_id
@@ -77,30 +77,22 @@ def budget_statuses(*, tenant: Tenant, feature: Feature | None = None) -> list[d
     """
     budgets = budget_list(tenant=tenant).filter(active=True)
     if feature is not None:
-        budgets = [
-            b for b in budgets
-            if b.scope == Scope.TENANT or (b.feature_id in (None, feature.pk) and b.scope == Scope.RUN)
-            or b.feature_id == feature.pk
-        ]
+        # Tenant budgets and feature-less run budgets cover every feature.
+        budgets = [b for b in budgets if b.feature_id in (None, feature.pk)]
     return [window_status(current_window(b)) for b in budgets]
 
 
-def window_forecast_nano(window: BudgetWindow, *, now: datetime | None = None) -> int | None:
-    """Return the spend projected at the window's end at the burn rate so far (None without an end)."""
-    if window.end is None:
-        return None
-    now = now or timezone.now()
-    total = (window.end - window.start).total_seconds()
-    elapsed = min(max((now - window.start).total_seconds(), 0.0), total)
-    if elapsed <= 0:
-        return window.spent_nano
-    # Integer arithmetic on microseconds keeps money exact.
-    return window.spent_nano * int(total * 1_000_000) // int(elapsed * 1_000_000)
-
-
 def budget_detail(budget: Budget, *, now: datetime | None = None) -> dict[str, Any]:
-    """Return a budget's configuration with its current window status and forecast."""
+    """Return a budget's configuration with its current window status and forecast.
+
+    The forecast is the alerts' own burn-rate projection (null until enough of the
+    window has passed to trust a rate, and for windows without an end).
+    """
+    from budgets.alerting import window_projections
+
+    now = now or timezone.now()
     window = current_window(budget, at=now)
+    usd = next((p for p in window_projections(window, now=now) if p.unit == "usd"), None)
     data = window_status(window)
     data.update(
         feature=budget.feature.key if budget.feature_id else None,
@@ -108,7 +100,7 @@ def budget_detail(budget: Budget, *, now: datetime | None = None) -> dict[str, A
         thresholds=budget.thresholds,
         forecast_alert=budget.forecast_alert,
         active=budget.active,
-        forecast_usd=nano_to_usd(window_forecast_nano(window, now=now)),
+        forecast_usd=nano_to_usd(usd.projected) if usd else None,
         created_at=budget.created_at,
         updated_at=budget.updated_at,
     )

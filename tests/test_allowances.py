@@ -280,3 +280,18 @@ def test_a_window_deleted_behind_the_cache_is_found_again(api, feature, tenant):
         cursor.execute("DELETE FROM budgets_budgetwindow")
     assert ask(api).status_code == 201
     assert window_of(budget).reserved_nano == HOLD_NANO
+
+
+def test_budget_list_forecasts_the_window_end_at_the_burn_rate(api, tenant):
+    from datetime import UTC, datetime
+
+    budget = BudgetFactory(tenant=tenant, scope="tenant", period="month", limit_nano=100 * 10**9)
+    with time_machine.travel(datetime(2026, 11, 11, tzinfo=UTC), tick=False):
+        BudgetWindow.objects.create(
+            budget=budget, start=datetime(2026, 11, 1, tzinfo=UTC), end=datetime(2026, 12, 1, tzinfo=UTC),
+            spent_nano=40 * 10**9,
+        )
+        (listed,) = api.get("/api/v1/budgets").json()["results"]
+    # $40 in 10 of 30 days projects $120 at the month's end.
+    assert listed["spent_usd"] == "40.000000"
+    assert listed["forecast_usd"] == "120.000000"
