@@ -239,6 +239,7 @@ class BudgetListApi(BudgetMixin, TenantAPIView):
         parameters=[OpenApiParameter("feature", OpenApiTypes.STR, description="Only budgets touching this feature")],
         responses=OpenApiTypes.OBJECT,
         summary="Budgets with their current window status, thresholds and forecast",
+        operation_id="budgets_list",
     )
     def get(self, request):
         budgets = selectors.budget_list(tenant=self.tenant)

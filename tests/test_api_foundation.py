@@ -226,6 +226,7 @@ def test_schema_and_docs_are_served(client, db):
     schema = client.get("/api/schema/")
     assert schema.status_code == 200
     assert b"/api/v1/features" in schema.content
+    assert b"scheme: bearer" in schema.content  # the key's auth is documented, so docs can send it
     docs = client.get("/api/docs/")
     assert docs.status_code == 200
     assert b"cdn" not in docs.content.lower()

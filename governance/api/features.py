@@ -57,7 +57,7 @@ def feature_policy(feature: Feature) -> dict:
 
 
 class FeatureListApi(TenantAPIView):
-    @extend_schema(responses=FeatureOutput(many=True), summary="List features")
+    @extend_schema(responses=FeatureOutput(many=True), summary="List features", operation_id="features_list")
     def get(self, request):
         features = selectors.feature_list(tenant=self.tenant)
         return Response({"results": FeatureOutput(features, many=True).data})
@@ -76,7 +76,7 @@ class FeatureListApi(TenantAPIView):
 
 
 class FeatureDetailApi(TenantAPIView):
-    @extend_schema(summary="A feature's policy and its budgets' current status")
+    @extend_schema(responses=OpenApiTypes.OBJECT, summary="A feature's policy and its budgets' current status")
     def get(self, request, key: str):
         feature = feature_or_404(self.tenant, key)
         self.check_feature_access(feature)

@@ -143,6 +143,7 @@ class ChannelListApi(TenantAPIView):
     @extend_schema(
         responses=inline_serializer("AlertChannelList", {"results": ChannelOutput(many=True)}),
         summary="List alert channels",
+        operation_id="alert_channels_list",
     )
     def get(self, request):
         return Response({"results": ChannelOutput(selectors.channel_list(tenant=self.tenant), many=True).data})
