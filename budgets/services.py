@@ -16,7 +16,7 @@ from datetime import datetime, timedelta
 from typing import Any
 
 from django.core.exceptions import ValidationError
-from django.db import IntegrityError, transaction
+from django.db import IntegrityError, connection, transaction
 from django.db.models import F
 from django.forms.models import model_to_dict
 from django.utils import timezone
@@ -193,6 +193,34 @@ def windows_lock(window_ids: list[int], *, with_budgets: bool = False) -> dict[i
     else:
         locked = locked.select_for_update()
     return {w.id: w for w in locked}
+
+
+def windows_reserve(window_ids: list[int], *, amount: int, tokens: int) -> dict[int, BudgetWindow]:
+    """Lock the windows in ascending id order and add a hold to them, in one statement.
+
+    Return the windows with their counters after the addition. The allowance's fast path:
+    one round trip under the locks instead of a SELECT … FOR UPDATE and an UPDATE.
+    """
+    if not window_ids:
+        return {}
+    table = BudgetWindow._meta.db_table
+    columns = 'id, budget_id, run_id, start, "end", created_at, spent_nano, reserved_nano, spent_tokens, reserved_tokens'
+    placeholders = ", ".join(["%s"] * len(window_ids))
+    if connection.vendor == "postgresql":
+        # The CTE takes the row locks in id order (the global lock order) before the update.
+        sql = (
+            f"WITH locked AS (SELECT id FROM {table} WHERE id IN ({placeholders}) ORDER BY id FOR UPDATE) "
+            f"UPDATE {table} SET reserved_nano = reserved_nano + %s, reserved_tokens = reserved_tokens + %s "
+            f"WHERE id IN (SELECT id FROM locked) RETURNING {columns}"
+        )
+    else:
+        # SQLite runs one writer at a time (BEGIN IMMEDIATE), so there is no lock order to keep.
+        sql = (
+            f"UPDATE {table} SET reserved_nano = reserved_nano + %s, reserved_tokens = reserved_tokens + %s "
+            f"WHERE id IN ({placeholders}) RETURNING {columns}"
+        )
+    params = [*window_ids, amount, tokens] if connection.vendor == "postgresql" else [amount, tokens, *window_ids]
+    return {w.id: w for w in BudgetWindow.objects.raw(sql, params)}
 
 
 def windows_add(window_ids: list[int], *, spent: int = 0, reserved: int = 0, spent_tokens: int = 0,
@@ -409,6 +437,9 @@ def _decide(tenant, api_key, feature, req, max_tokens, clamped, fingerprint, pol
         idempotency_key=req.idempotency_key, request_hash=fingerprint, metadata=req.metadata,
     )
 
+    if len(candidates) == 1:
+        return _decide_one(tenant, req, hold, union, window_ids[req.model], amounts[req.model], tokens, now)
+
     locked = windows_lock(list(id_by_budget.values()))  # --- critical section starts
     if len(locked) != len(id_by_budget):
         raise StalePolicy
@@ -434,18 +465,57 @@ def _decide(tenant, api_key, feature, req, max_tokens, clamped, fingerprint, pol
         )
 
     # Denied: nothing is held. With an idempotency key the denial is kept, so a repeat gets it again.
-    if req.idempotency_key:
-        hold.state, hold.decision, hold.finished_at = HoldState.DENIED, "denied", now
-        hold.save(update_fields=["state", "decision", "finished_at"])
-    else:
-        hold.delete()
-    alerting.window_denied(sorted(binding))
+    _deny(req, hold, binding, now)
     first_windows = [locked[i] for i in window_ids[req.model]]
     return AllowanceDecision(
         decision="denied", model=canonical_model(req.model), max_tokens=max_tokens, clamped=clamped,
         amount_nano=amounts[req.model], tokens=tokens, windows=first_windows, binding_ids=binding,
         retry_after=_retry_after([w for w in first_windows if w.id in binding]),
     )
+
+
+def _decide_one(tenant, req, hold, budgets_by_id, ids, amount, tokens, now) -> AllowanceDecision:
+    """Decide a call with one candidate model: reserve first, then check, and undo on refusal.
+
+    The common case (no downgrade budget, or no fallback models) needs one statement under
+    the locks when granted; a denial adds one more to take the reservation back.
+    """
+    windows = windows_reserve(ids, amount=amount, tokens=tokens)  # --- critical section starts
+    if len(windows) != len(ids):
+        raise StalePolicy
+    ordered = [windows[i] for i in ids]
+    for window in ordered:
+        window.budget = budgets_by_id[window.budget_id]
+    refusing = {
+        w.id for w in ordered
+        if w.budget.enforcement != Enforcement.ALERT and not _fits(w.budget, w, 0, 0)
+    }
+    if not refusing:
+        return AllowanceDecision(
+            decision=hold.decision, model=hold.model, max_tokens=hold.max_tokens, clamped=hold.clamped,
+            amount_nano=amount, tokens=tokens, windows=ordered, binding_ids=set(), hold=hold,
+            expires_at=hold.expires_at,
+        )
+    windows_add(ids, reserved=-amount, reserved_tokens=-tokens)
+    for window in ordered:
+        window.reserved_nano -= amount
+        window.reserved_tokens -= tokens
+    _deny(req, hold, refusing, now)
+    return AllowanceDecision(
+        decision="denied", model=hold.model, max_tokens=hold.max_tokens, clamped=hold.clamped,
+        amount_nano=amount, tokens=tokens, windows=ordered, binding_ids=refusing,
+        retry_after=_retry_after([w for w in ordered if w.id in refusing]),
+    )
+
+
+def _deny(req, hold: Hold, binding: set[int], now: datetime) -> None:
+    """Drop the provisional hold (keep it as a denial when an idempotency key must replay it)."""
+    if req.idempotency_key:
+        hold.state, hold.decision, hold.finished_at = HoldState.DENIED, "denied", now
+        hold.save(update_fields=["state", "decision", "finished_at"])
+    else:
+        hold.delete()
+    alerting.window_denied(sorted(binding))
 
 
 def _choose(candidates, window_ids, locked, amounts, tokens) -> tuple[str | None, set[int]]:
