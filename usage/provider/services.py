@@ -496,7 +496,7 @@ def provider_usage_sync(
             rows = _dedupe(
                 _usage_rows(buckets, tenant=connection.tenant, features=resolve, synced_at=synced_at), USAGE_KEY
             )
-            result.written += _usage_chunk_commit(connection, rows, chunk_start, chunk_end, synced_at)
+            result.written += _chunk_commit(connection, "usage", rows, chunk_start, chunk_end, synced_at)
             result.rows += len(rows)
             result.buckets += len(buckets)
             result.chunks.append((chunk_start, chunk_end))
@@ -513,17 +513,21 @@ def provider_usage_sync(
 
 
 @transaction.atomic
-def _usage_chunk_commit(connection: ProviderConnection, rows: list[ProviderUsageBucket], start: datetime,
-                        end: datetime, synced_at: datetime) -> int:
+def _chunk_commit(connection: ProviderConnection, report: str, rows: list, start: datetime, end: datetime,
+                  synced_at: datetime) -> int:
+    """Replace one chunk of a report's buckets and move that report's cursors, under the connection's lock."""
     # One sync of a connection writes at a time; a second waits here and then writes its own read.
+    model, key, values = (
+        (ProviderUsageBucket, USAGE_KEY, USAGE_VALUES) if report == "usage"
+        else (ProviderCostBucket, COST_KEY, COST_VALUES)
+    )
     locked = _lock(connection)
     written = _store(
-        ProviderUsageBucket, rows, key=USAGE_KEY, values=USAGE_VALUES, tenant=locked.tenant,
-        start=start, end=end, synced_at=synced_at,
+        model, rows, key=key, values=values, tenant=locked.tenant, start=start, end=end, synced_at=synced_at,
     )
-    locked.usage_synced_until = _advance(locked.usage_synced_until, start, end)
-    locked.usage_synced_from = min(locked.usage_synced_from or start, start)
-    locked.usage_synced_at = synced_at
+    setattr(locked, f"{report}_synced_until", _advance(getattr(locked, f"{report}_synced_until"), start, end))
+    setattr(locked, f"{report}_synced_from", min(getattr(locked, f"{report}_synced_from") or start, start))
+    setattr(locked, f"{report}_synced_at", synced_at)
     _mark_ok(locked, synced_at)
     locked.save()
     connection.refresh_from_db()
@@ -554,7 +558,7 @@ def provider_cost_sync(
             rows = _dedupe(_cost_rows(buckets, tenant=connection.tenant, synced_at=synced_at), COST_KEY)
             if connection.workspace_ids:
                 rows = [r for r in rows if r.workspace_id in connection.workspace_ids]
-            result.written += _cost_chunk_commit(connection, rows, chunk_start, chunk_end, synced_at)
+            result.written += _chunk_commit(connection, "cost", rows, chunk_start, chunk_end, synced_at)
             result.rows += len(rows)
             result.buckets += len(buckets)
             result.chunks.append((chunk_start, chunk_end))
@@ -568,23 +572,6 @@ def provider_cost_sync(
         if owns_client:
             client.close()
     return result
-
-
-@transaction.atomic
-def _cost_chunk_commit(connection: ProviderConnection, rows: list[ProviderCostBucket], start: datetime,
-                       end: datetime, synced_at: datetime) -> int:
-    locked = _lock(connection)
-    written = _store(
-        ProviderCostBucket, rows, key=COST_KEY, values=COST_VALUES, tenant=locked.tenant,
-        start=start, end=end, synced_at=synced_at,
-    )
-    locked.cost_synced_until = _advance(locked.cost_synced_until, start, end)
-    locked.cost_synced_from = min(locked.cost_synced_from or start, start)
-    locked.cost_synced_at = synced_at
-    _mark_ok(locked, synced_at)
-    locked.save()
-    connection.refresh_from_db()
-    return written
 
 
 class ConnectionGone(Exception):
