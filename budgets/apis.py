@@ -19,7 +19,7 @@ from usage.models import ModelFamily, ServiceTier
 from usage.pricing import TokenUsage
 from usage.serializers import CommitInput, validate_metadata
 
-ERROR_STATUS = {"forbidden": 403, "not_found": 404, "conflict": 409}
+ERROR_STATUS = {"forbidden": 403, "not_found": 404, "conflict": 409, "unavailable": 503}
 
 
 def raise_allowance_error(exc: services.AllowanceError):

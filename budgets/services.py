@@ -16,7 +16,7 @@ from datetime import datetime, timedelta
 from typing import Any
 
 from django.core.exceptions import ValidationError
-from django.db import IntegrityError, connection, transaction
+from django.db import IntegrityError, OperationalError, connection, transaction
 from django.db.models import F
 from django.forms.models import model_to_dict
 from django.utils import timezone
@@ -27,6 +27,7 @@ from budgets.periods import window_bounds
 from budgets.policy import TenantPolicy, policy_changed, tenant_policy
 from governance.audit import Actor, audit_record
 from governance.models import ApiKey, Feature, Tenant
+from governance.transactions import MAX_ATTEMPTS, is_retryable
 from usage.models import ModelFamily, ServiceTier, UsageEvent, UsageSource
 from usage.pricing import (
     TokenUsage,
@@ -363,24 +364,27 @@ def allowance_request(*, tenant: Tenant, api_key: ApiKey | None, req: AllowanceR
         replay = _replay(tenant, req.idempotency_key, fingerprint)
         if replay is not None:
             return replay
-    try:
+    for attempt in range(1, MAX_ATTEMPTS + 1):
         try:
             with transaction.atomic():
                 return _decide(tenant, api_key, feature, req, max_tokens, clamped, fingerprint, policy)
         except StalePolicy:
-            # A window the cached policy knew is gone (its budget was deleted): reload once.
+            # A window the cached policy knew is gone (its budget was deleted): reload.
             policy_changed(tenant.pk)
             policy = tenant_policy(tenant)
-            with transaction.atomic():
-                return _decide(tenant, api_key, feature, req, max_tokens, clamped, fingerprint, policy)
-    except IntegrityError:
-        if not req.idempotency_key:
-            raise
-        # A concurrent request with the same idempotency key won the race.
-        replay = _replay(tenant, req.idempotency_key, fingerprint)
-        if replay is None:
-            raise
-        return replay
+        except IntegrityError:
+            if not req.idempotency_key:
+                raise
+            # A concurrent request with the same idempotency key won the race.
+            replay = _replay(tenant, req.idempotency_key, fingerprint)
+            if replay is None:
+                raise
+            return replay
+        except OperationalError as exc:
+            # A deadlock or serialization failure left nothing behind: decide again.
+            if attempt == MAX_ATTEMPTS or not is_retryable(exc):
+                raise
+    raise AllowanceError("unavailable", "The allowance could not be decided under contention; retry shortly.")
 
 
 class StalePolicy(Exception):

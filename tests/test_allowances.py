@@ -295,3 +295,36 @@ def test_budget_list_forecasts_the_window_end_at_the_burn_rate(api, tenant):
     # $40 in 10 of 30 days projects $120 at the month's end.
     assert listed["spent_usd"] == "40.000000"
     assert listed["forecast_usd"] == "120.000000"
+
+
+def test_a_deadlocked_decision_is_decided_again(api, feature, tenant, monkeypatch):
+    from django.db import OperationalError
+
+    from budgets import services
+
+    budget = BudgetFactory(tenant=tenant, scope="tenant", limit_nano=10**9)
+    real = services._decide
+    calls = []
+
+    def deadlock_once(*args):
+        calls.append(1)
+        if len(calls) == 1:
+            raise OperationalError("deadlock detected")
+        return real(*args)
+
+    monkeypatch.setattr(services, "_decide", deadlock_once)
+    assert ask(api).status_code == 201
+    assert len(calls) == 2
+    assert window_of(budget).reserved_nano == HOLD_NANO
+
+
+def test_an_unreachable_database_is_not_retried_and_answers_503(api, feature, monkeypatch):
+    from django.db import OperationalError
+
+    from budgets import services
+
+    def down(*args):
+        raise OperationalError("connection refused")
+
+    monkeypatch.setattr(services, "_decide", down)
+    assert_error(ask(api), 503, "unavailable")

@@ -12,6 +12,7 @@ from django.db import IntegrityError, OperationalError, transaction
 from django.utils import timezone
 
 from governance.models import ApiKey, Feature, Tenant
+from governance.transactions import MAX_ATTEMPTS, is_retryable
 from usage.models import (
     HISTOGRAM_SIZE,
     ServiceTier,
@@ -24,9 +25,6 @@ from usage.pricing import TokenUsage, model_family, price_for, to_nano, usage_co
 
 logger = logging.getLogger(__name__)
 
-# Concurrent reports of the same request_id race on the unique constraint; the loser
-# retries and then sees the winner's row as a duplicate.
-MAX_ATTEMPTS = 5
 
 
 @dataclass
@@ -204,12 +202,7 @@ def usage_report(*, tenant: Tenant, api_key: ApiKey | None, items: list[UsageInp
         except (IntegrityError, OperationalError) as exc:
             # IntegrityError: a concurrent report of the same request_id won; OperationalError:
             # a deadlock or serialization failure. Either way the retry sees committed rows.
-            if attempt == MAX_ATTEMPTS or (isinstance(exc, OperationalError) and not _is_retryable(exc)):
+            if attempt == MAX_ATTEMPTS or (isinstance(exc, OperationalError) and not is_retryable(exc)):
                 raise
             logger.info("usage report retry %s after %s", attempt, type(exc).__name__)
     raise AssertionError("unreachable")
-
-
-def _is_retryable(exc: OperationalError) -> bool:
-    text = str(exc).lower()
-    return "deadlock" in text or "could not serialize" in text or "database is locked" in text
