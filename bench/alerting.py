@@ -1,7 +1,7 @@
 """Bench: the cost alerting adds to each commit, and the beat sweep over many live windows.
 
 1. The after-commit check (``budgets.alerting._evaluate_if_crossed``) that every
-   allowance and commit runs once its transaction has committed, for a call touching
+   commit and usage report runs once its transaction has committed, for a call touching
    two windows with nothing to announce (the common case).
 2. ``budgets_evaluate`` (the every-minute beat task) over WINDOWS live monthly windows,
    first when every due alert already exists (steady state), then when a tenth are

@@ -69,7 +69,7 @@ def window_denied(window_ids: list[int]) -> None:
 def _evaluate_if_crossed(window_ids: list[int]) -> None:
     """Enqueue evaluation only when some window is past a threshold not yet alerted.
 
-    Runs after every allowance and commit, so it reads bare values (no model instances)
+    Runs after every commit and usage report, so it reads bare values (no model instances)
     in one query, and asks about alerts only when a threshold is crossed.
     """
     from governance.notify.models import Alert
