@@ -25,7 +25,7 @@ from budgets import alerting
 from budgets.models import Budget, BudgetWindow, Enforcement, Hold, HoldState, Period, Scope
 from budgets.periods import window_bounds
 from budgets.policy import TenantPolicy, policy_changed, tenant_policy
-from governance.audit import Actor, audit_record
+from governance.audit import Actor, audit_record, audit_update, audited_delete
 from governance.models import ApiKey, Feature, Tenant
 from governance.transactions import MAX_ATTEMPTS, is_retryable
 from usage.models import ModelFamily, ServiceTier, UsageEvent, UsageSource
@@ -136,18 +136,14 @@ def budget_update(*, budget: Budget, actor: Actor, data: dict[str, Any]) -> Budg
     budget_validate(budget)
     budget.save()
     after = budget_snapshot(budget)
-    if after != before:
-        audit_record(tenant=budget.tenant, actor=actor, action="update", obj=budget, before=before, after=after)
+    audit_update(actor=actor, obj=budget, before=before, after=after)
     return budget
 
 
 @transaction.atomic
 def budget_delete(*, budget: Budget, actor: Actor) -> None:
     before = budget_snapshot(budget)
-    pk = budget.pk
-    budget.delete()
-    budget.pk = pk
-    audit_record(tenant=budget.tenant, actor=actor, action="delete", obj=budget, before=before)
+    audited_delete(actor=actor, obj=budget, before=before)
 
 
 # --- windows ---------------------------------------------------------------------------

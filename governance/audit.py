@@ -51,3 +51,17 @@ def audit_record(
         before=_jsonable(before),
         after=_jsonable(after),
     )
+
+
+def audit_update(*, actor: Actor, obj: Any, before: dict[str, Any], after: dict[str, Any]) -> None:
+    """Record an update of a tenant-owned object, if its snapshot changed."""
+    if after != before:
+        audit_record(tenant=obj.tenant, actor=actor, action="update", obj=obj, before=before, after=after)
+
+
+def audited_delete(*, actor: Actor, obj: Any, before: dict[str, Any]) -> None:
+    """Delete a tenant-owned object and record it under the id it had."""
+    pk = obj.pk
+    obj.delete()
+    obj.pk = pk
+    audit_record(tenant=obj.tenant, actor=actor, action="delete", obj=obj, before=before)

@@ -12,7 +12,7 @@ from django.forms.models import model_to_dict
 from django.utils import timezone
 
 from governance.api.authentication import generate_secret, hash_secret
-from governance.audit import Actor, audit_record
+from governance.audit import Actor, audit_record, audit_update, audited_delete
 from governance.models import ApiKey, Feature, KeyRole, Membership, Role, Tenant
 
 FEATURE_FIELDS = (
@@ -47,8 +47,7 @@ def feature_update(*, feature: Feature, actor: Actor, data: dict[str, Any]) -> F
     feature.full_clean(exclude=["tenant"])
     feature.save()
     after = feature_snapshot(feature)
-    if after != before:
-        audit_record(tenant=feature.tenant, actor=actor, action="update", obj=feature, before=before, after=after)
+    audit_update(actor=actor, obj=feature, before=before, after=after)
     return feature
 
 
@@ -185,7 +184,4 @@ def membership_remove(*, membership: Membership, actor: Actor) -> None:
     if membership.role == Role.OWNER and not _other_owners(membership):
         raise LastOwner("A tenant needs at least one owner; make someone else owner first.")
     before = membership_snapshot(membership)
-    pk = membership.pk
-    membership.delete()
-    membership.pk = pk
-    audit_record(tenant=membership.tenant, actor=actor, action="delete", obj=membership, before=before)
+    audited_delete(actor=actor, obj=membership, before=before)

@@ -13,7 +13,7 @@ from django.db.models import F, Q
 from django.utils import timezone
 
 from budgets.models import Budget, BudgetWindow
-from governance.audit import Actor, audit_record
+from governance.audit import Actor, audit_record, audit_update, audited_delete
 from governance.models import Tenant
 from governance.notify import tasks
 from governance.notify.messages import alert_message, channel_test_message
@@ -97,20 +97,14 @@ def channel_update(*, channel: AlertChannel, actor: Actor, data: dict[str, Any])
         channel.last_error_at = None
     channel.save()
     after = channel_snapshot(channel)
-    if after != before:
-        audit_record(
-            tenant=channel.tenant, actor=actor, action="update", obj=channel, before=before, after=after
-        )
+    audit_update(actor=actor, obj=channel, before=before, after=after)
     return channel
 
 
 @transaction.atomic
 def channel_delete(*, channel: AlertChannel, actor: Actor) -> None:
     before = channel_snapshot(channel)
-    pk = channel.pk
-    channel.delete()
-    channel.pk = pk
-    audit_record(tenant=channel.tenant, actor=actor, action="delete", obj=channel, before=before)
+    audited_delete(actor=actor, obj=channel, before=before)
 
 
 @dataclass(frozen=True)
