@@ -138,6 +138,10 @@ ENCRYPTION_KEYS = env.list("ENCRYPTION_KEYS", default=[])
 
 # --- Anthropic Admin API (provider sync); point elsewhere for tests or air-gapped mirrors.
 ANTHROPIC_API_BASE_URL = env("ANTHROPIC_API_BASE_URL", default="https://api.anthropic.com")
+# Slack channels may only post to these URL prefixes (the server posts wherever a channel says).
+NOTIFY_SLACK_WEBHOOK_PREFIXES = env.list(
+    "NOTIFY_SLACK_WEBHOOK_PREFIXES", default=["https://hooks.slack.com/", "https://hooks.slack-gov.com/"]
+)
 
 # --- Auth, sessions, security -------------------------------------------------
 AUTH_PASSWORD_VALIDATORS = [
