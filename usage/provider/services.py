@@ -481,24 +481,40 @@ def provider_usage_sync(
     if start is None or end is None:
         start, end = usage_window(connection, now=now)
     start, end = _floor_hour(start), _ceil_hour(end)
-    result = SyncResult(report="usage", start=start, end=end)
     resolve = _feature_resolver(connection)
+
+    def read(client: AdminApiClient, chunk_start: datetime, chunk_end: datetime, synced_at: datetime):
+        buckets = list(
+            client.usage_buckets(
+                starting_at=chunk_start, ending_at=chunk_end, workspace_ids=connection.workspace_ids or None
+            )
+        )
+        rows = _dedupe(
+            _usage_rows(buckets, tenant=connection.tenant, features=resolve, synced_at=synced_at), USAGE_KEY
+        )
+        return len(buckets), rows
+
+    return _sync_report(
+        connection, SyncResult(report="usage", start=start, end=end), chunk=USAGE_CHUNK, read=read,
+        client=client, now=now,
+    )
+
+
+def _sync_report(connection: ProviderConnection, result: SyncResult, *, chunk: timedelta, read,
+                 client: AdminApiClient | None, now: datetime) -> SyncResult:
+    """Read a report chunk by chunk and store each; a provider failure is recorded, never raised.
+
+    ``read(client, chunk_start, chunk_end, synced_at)`` returns (buckets read, rows to store).
+    """
     owns_client = client is None
     client = client or connection_client(connection)
     try:
-        for chunk_start, chunk_end in _chunks(start, end, USAGE_CHUNK):
+        for chunk_start, chunk_end in _chunks(result.start, result.end, chunk):
             synced_at = timezone.now()
-            buckets = list(
-                client.usage_buckets(
-                    starting_at=chunk_start, ending_at=chunk_end, workspace_ids=connection.workspace_ids or None
-                )
-            )
-            rows = _dedupe(
-                _usage_rows(buckets, tenant=connection.tenant, features=resolve, synced_at=synced_at), USAGE_KEY
-            )
-            result.written += _chunk_commit(connection, "usage", rows, chunk_start, chunk_end, synced_at)
+            bucket_count, rows = read(client, chunk_start, chunk_end, synced_at)
+            result.written += _chunk_commit(connection, result.report, rows, chunk_start, chunk_end, synced_at)
             result.rows += len(rows)
-            result.buckets += len(buckets)
+            result.buckets += bucket_count
             result.chunks.append((chunk_start, chunk_end))
     except ProviderError as exc:
         result.error = str(exc)
@@ -548,30 +564,18 @@ def provider_cost_sync(
         start, end = cost_window(connection, now=now)
     start = _floor_day(start)
     end = _floor_day(end) if _floor_day(end) == end else _floor_day(end) + timedelta(days=1)
-    result = SyncResult(report="cost", start=start, end=end)
-    owns_client = client is None
-    client = client or connection_client(connection)
-    try:
-        for chunk_start, chunk_end in _chunks(start, end, timedelta(days=COST_CHUNK_DAYS)):
-            synced_at = timezone.now()
-            buckets = list(client.cost_buckets(starting_at=chunk_start, ending_at=chunk_end))
-            rows = _dedupe(_cost_rows(buckets, tenant=connection.tenant, synced_at=synced_at), COST_KEY)
-            if connection.workspace_ids:
-                rows = [r for r in rows if r.workspace_id in connection.workspace_ids]
-            result.written += _chunk_commit(connection, "cost", rows, chunk_start, chunk_end, synced_at)
-            result.rows += len(rows)
-            result.buckets += len(buckets)
-            result.chunks.append((chunk_start, chunk_end))
-    except ProviderError as exc:
-        result.error = str(exc)
-        with contextlib.suppress(ConnectionGone):
-            provider_sync_failed(connection=connection, report=result.report, error=exc, now=now)
-    except ConnectionGone as exc:
-        result.error = str(exc)
-    finally:
-        if owns_client:
-            client.close()
-    return result
+
+    def read(client: AdminApiClient, chunk_start: datetime, chunk_end: datetime, synced_at: datetime):
+        buckets = list(client.cost_buckets(starting_at=chunk_start, ending_at=chunk_end))
+        rows = _dedupe(_cost_rows(buckets, tenant=connection.tenant, synced_at=synced_at), COST_KEY)
+        if connection.workspace_ids:
+            rows = [r for r in rows if r.workspace_id in connection.workspace_ids]
+        return len(buckets), rows
+
+    return _sync_report(
+        connection, SyncResult(report="cost", start=start, end=end), chunk=timedelta(days=COST_CHUNK_DAYS),
+        read=read, client=client, now=now,
+    )
 
 
 class ConnectionGone(Exception):
