@@ -75,9 +75,8 @@ def key_may_use_feature(key: ApiKey, feature: Feature) -> bool:
     return not allowed or feature.pk in allowed
 
 
-def key_feature_ids(key: ApiKey) -> set:
-    cached = getattr(key, "_feature_ids", None)
-    if cached is None:
-        cached = set(key.features.values_list("pk", flat=True))
-        key._feature_ids = cached
-    return cached
+def key_feature_ids(key: ApiKey) -> frozenset:
+    """Return the features this key is restricted to (empty: all), from the tenant's cached policy."""
+    from budgets.policy import tenant_policy
+
+    return tenant_policy(key.tenant).key_feature_ids(key)
