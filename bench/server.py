@@ -17,6 +17,7 @@ PORT = 8765
 def setup_database() -> str:
     """Migrate the bench database and return a service key for a tenant with a big budget."""
     env = bench_env()
+    database_create(env["DATABASE_URL"])
     subprocess.run([sys.executable, "manage.py", "migrate", "--noinput", "-v0"], cwd=ROOT, env=env, check=True)
     script = """
 from governance.audit import Actor
@@ -34,6 +35,23 @@ print(api_key_create(tenant=tenant, actor=Actor.system(), name="bench", role=Key
     out = subprocess.run([sys.executable, "manage.py", "shell", "-c", script], cwd=ROOT, env=env,
                          check=True, capture_output=True, text=True)
     return out.stdout.strip().splitlines()[-1]
+
+
+def database_create(url: str) -> None:
+    """Create the bench database on a fresh PostgreSQL server, where it does not exist yet."""
+    import environ
+    import psycopg
+
+    config = environ.Env.db_url_config(url)
+    if "postgresql" not in config["ENGINE"]:
+        return
+    admin = psycopg.connect(host=config["HOST"] or "127.0.0.1", port=config["PORT"] or 5432,
+                            user=config["USER"] or "postgres", password=config["PASSWORD"] or None,
+                            dbname="postgres", autocommit=True)
+    with admin:
+        exists = admin.execute("SELECT 1 FROM pg_database WHERE datname = %s", [config["NAME"]]).fetchone()
+        if not exists:
+            admin.execute(f'CREATE DATABASE "{config["NAME"]}"')
 
 
 def bench_env() -> dict[str, str]:

@@ -21,7 +21,7 @@ from django.db.models import F
 from django.forms.models import model_to_dict
 from django.utils import timezone
 
-from budgets import alerting
+from budgets import alerting, reserve
 from budgets.models import Budget, BudgetWindow, Enforcement, Hold, HoldState, Period, Scope
 from budgets.periods import window_bounds
 from budgets.policy import TenantPolicy, policy_changed, tenant_policy
@@ -192,34 +192,6 @@ def windows_lock(window_ids: list[int], *, with_budgets: bool = False) -> dict[i
     return {w.id: w for w in locked}
 
 
-def windows_reserve(window_ids: list[int], *, amount: int, tokens: int) -> dict[int, BudgetWindow]:
-    """Lock the windows in ascending id order and add a hold to them, in one statement.
-
-    Return the windows with their counters after the addition. The allowance's fast path:
-    one round trip under the locks instead of a SELECT … FOR UPDATE and an UPDATE.
-    """
-    if not window_ids:
-        return {}
-    table = BudgetWindow._meta.db_table
-    columns = 'id, budget_id, run_id, start, "end", created_at, spent_nano, reserved_nano, spent_tokens, reserved_tokens'
-    placeholders = ", ".join(["%s"] * len(window_ids))
-    if connection.vendor == "postgresql":
-        # The CTE takes the row locks in id order (the global lock order) before the update.
-        sql = (
-            f"WITH locked AS (SELECT id FROM {table} WHERE id IN ({placeholders}) ORDER BY id FOR UPDATE) "
-            f"UPDATE {table} SET reserved_nano = reserved_nano + %s, reserved_tokens = reserved_tokens + %s "
-            f"WHERE id IN (SELECT id FROM locked) RETURNING {columns}"
-        )
-    else:
-        # SQLite runs one writer at a time (BEGIN IMMEDIATE), so there is no lock order to keep.
-        sql = (
-            f"UPDATE {table} SET reserved_nano = reserved_nano + %s, reserved_tokens = reserved_tokens + %s "
-            f"WHERE id IN ({placeholders}) RETURNING {columns}"
-        )
-    params = [*window_ids, amount, tokens] if connection.vendor == "postgresql" else [amount, tokens, *window_ids]
-    return {w.id: w for w in BudgetWindow.objects.raw(sql, params)}
-
-
 def windows_add(window_ids: list[int], *, spent: int = 0, reserved: int = 0, spent_tokens: int = 0,
                 reserved_tokens: int = 0) -> None:
     """Move every window's counters by the same amounts, in one UPDATE."""
@@ -362,8 +334,7 @@ def allowance_request(*, tenant: Tenant, api_key: ApiKey | None, req: AllowanceR
             return replay
     for attempt in range(1, MAX_ATTEMPTS + 1):
         try:
-            with transaction.atomic():
-                return _decide(tenant, api_key, feature, req, max_tokens, clamped, fingerprint, policy)
+            return _decide(tenant, api_key, feature, req, max_tokens, clamped, fingerprint, policy)
         except StalePolicy:
             # A window the cached policy knew is gone (its budget was deleted): reload.
             policy_changed(tenant.pk)
@@ -403,12 +374,11 @@ def _window_ids(policy: TenantPolicy, budgets: list[Budget], *, tenant: Tenant, 
 
 
 def _decide(tenant, api_key, feature, req, max_tokens, clamped, fingerprint, policy) -> AllowanceDecision:
-    """Run the decision in the caller's transaction, holding the window locks as briefly as possible.
+    """Price every candidate model, find the windows, then decide under the window locks.
 
-    Everything that can happen before the locks does: pricing every candidate model,
-    finding or creating the windows, and writing the hold row (provisionally, for the
-    requested model). Under the locks there is only a check in memory, one UPDATE and
-    the commit, so racing requests queue on a short critical section.
+    Everything that can happen before the locks does, so racing requests queue on a
+    short critical section. With one candidate model on PostgreSQL (the common case: no
+    downgrade budget, or no fallback models) the whole decision is one statement.
     """
     now = timezone.now()
     planned = planned_usage(
@@ -428,7 +398,7 @@ def _decide(tenant, api_key, feature, req, max_tokens, clamped, fingerprint, pol
     union = {b.pk: b for bs in per_candidate.values() for b in bs}
     id_by_budget = _window_ids(policy, list(union.values()), tenant=tenant, at=now, run_id=req.run_id)
     window_ids = {m: [id_by_budget[b.pk] for b in per_candidate[m]] for m in candidates}
-    hold = Hold.objects.create(
+    hold = Hold(
         tenant=tenant, feature=feature, api_key=api_key, run_id=req.run_id,
         requested_model=req.model, model=canonical_model(req.model), decision="granted",
         max_tokens=max_tokens, clamped=clamped, service_tier=req.service_tier,
@@ -436,17 +406,25 @@ def _decide(tenant, api_key, feature, req, max_tokens, clamped, fingerprint, pol
         window_ids=window_ids[req.model], expires_at=now + timedelta(seconds=req.ttl_seconds),
         idempotency_key=req.idempotency_key, request_hash=fingerprint, metadata=req.metadata,
     )
-
-    if len(candidates) == 1:
-        return _decide_one(tenant, req, hold, union, window_ids[req.model], amounts[req.model], tokens, now)
-
-    locked = windows_lock(list(id_by_budget.values()))  # --- critical section starts
-    if len(locked) != len(id_by_budget):
-        raise StalePolicy
-    for window in locked.values():
-        window.budget = union[window.budget_id]
-    chosen, binding = _choose(candidates, window_ids, locked, amounts, tokens)
-    if chosen is not None:
+    if len(candidates) == 1 and connection.vendor == "postgresql":
+        return _decide_in_one_statement(req, hold, union, now)
+    with transaction.atomic():
+        hold.save(force_insert=True)
+        locked = windows_lock(list(id_by_budget.values()))  # --- critical section starts
+        if len(locked) != len(id_by_budget):
+            raise StalePolicy
+        for window in locked.values():
+            window.budget = union[window.budget_id]
+        chosen, binding = _choose(candidates, window_ids, locked, amounts, tokens)
+        if chosen is None:
+            # Denied: nothing is held. With an idempotency key the denial is kept, so a repeat gets it.
+            _deny(req, hold, binding, now)
+            first_windows = [locked[i] for i in window_ids[req.model]]
+            return AllowanceDecision(
+                decision="denied", model=canonical_model(req.model), max_tokens=max_tokens, clamped=clamped,
+                amount_nano=amounts[req.model], tokens=tokens, windows=first_windows, binding_ids=binding,
+                retry_after=_retry_after([w for w in first_windows if w.id in binding]),
+            )
         amount = amounts[chosen]
         windows_add(window_ids[chosen], reserved=amount, reserved_tokens=tokens)
         if chosen != req.model:
@@ -457,54 +435,32 @@ def _decide(tenant, api_key, feature, req, max_tokens, clamped, fingerprint, pol
         for w in windows:
             w.reserved_nano += amount
             w.reserved_tokens += tokens
-        # No threshold check here: thresholds count spent, and a hold only changes reserved.
-        return AllowanceDecision(
-            decision=hold.decision, model=hold.model, max_tokens=max_tokens, clamped=clamped,
-            amount_nano=amount, tokens=tokens, windows=windows, binding_ids=set(), hold=hold,
-            expires_at=hold.expires_at,
-        )
-
-    # Denied: nothing is held. With an idempotency key the denial is kept, so a repeat gets it again.
-    _deny(req, hold, binding, now)
-    first_windows = [locked[i] for i in window_ids[req.model]]
+    # No threshold check here: thresholds count spent, and a hold only changes reserved.
     return AllowanceDecision(
-        decision="denied", model=canonical_model(req.model), max_tokens=max_tokens, clamped=clamped,
-        amount_nano=amounts[req.model], tokens=tokens, windows=first_windows, binding_ids=binding,
-        retry_after=_retry_after([w for w in first_windows if w.id in binding]),
+        decision=hold.decision, model=hold.model, max_tokens=max_tokens, clamped=clamped,
+        amount_nano=amount, tokens=tokens, windows=windows, binding_ids=set(), hold=hold,
+        expires_at=hold.expires_at,
     )
 
 
-def _decide_one(tenant, req, hold, budgets_by_id, ids, amount, tokens, now) -> AllowanceDecision:
-    """Decide a call with one candidate model: reserve first, then check, and undo on refusal.
-
-    The common case (no downgrade budget, or no fallback models) needs one statement under
-    the locks when granted; a denial adds one more to take the reservation back.
-    """
-    windows = windows_reserve(ids, amount=amount, tokens=tokens)  # --- critical section starts
-    if len(windows) != len(ids):
+def _decide_in_one_statement(req, hold: Hold, budgets_by_id, now: datetime) -> AllowanceDecision:
+    """Decide a one-model call in one autocommitted PostgreSQL statement (see ``reserve.py``)."""
+    windows, refusing, complete = reserve.hold_reserve(hold, now=now)
+    if not complete:
         raise StalePolicy
-    ordered = [windows[i] for i in ids]
-    for window in ordered:
+    for window in windows:
         window.budget = budgets_by_id[window.budget_id]
-    refusing = {
-        w.id for w in ordered
-        if w.budget.enforcement != Enforcement.ALERT and not _fits(w.budget, w, 0, 0)
-    }
     if not refusing:
         return AllowanceDecision(
             decision=hold.decision, model=hold.model, max_tokens=hold.max_tokens, clamped=hold.clamped,
-            amount_nano=amount, tokens=tokens, windows=ordered, binding_ids=set(), hold=hold,
+            amount_nano=hold.amount_nano, tokens=hold.tokens, windows=windows, binding_ids=set(), hold=hold,
             expires_at=hold.expires_at,
         )
-    windows_add(ids, reserved=-amount, reserved_tokens=-tokens)
-    for window in ordered:
-        window.reserved_nano -= amount
-        window.reserved_tokens -= tokens
-    _deny(req, hold, refusing, now)
+    alerting.window_denied(sorted(refusing))
     return AllowanceDecision(
         decision="denied", model=hold.model, max_tokens=hold.max_tokens, clamped=hold.clamped,
-        amount_nano=amount, tokens=tokens, windows=ordered, binding_ids=refusing,
-        retry_after=_retry_after([w for w in ordered if w.id in refusing]),
+        amount_nano=hold.amount_nano, tokens=hold.tokens, windows=windows, binding_ids=refusing,
+        retry_after=_retry_after([w for w in windows if w.id in refusing]),
     )
 
 

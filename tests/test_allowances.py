@@ -158,6 +158,22 @@ def test_idempotency_key_returns_the_first_answer(api, feature, tenant):
     assert_error(ask(api, idempotency_key="k1", max_tokens=5), 409, "conflict")
 
 
+def test_a_denial_with_an_idempotency_key_is_kept_and_replayed(api, feature, tenant):
+    tenant_budget = BudgetFactory(tenant=tenant, scope="tenant", limit_nano=10**9)
+    feature_budget = BudgetFactory(tenant=tenant, scope="feature", feature=feature, limit_nano=HOLD_NANO - 1)
+    first = ask(api, idempotency_key="d1")
+    assert first.status_code == 200 and first.json()["decision"] == "denied"
+    binding = {b["id"]: b["binding"] for b in first.json()["budgets"]}
+    assert binding == {f"bud_{feature_budget.pk.hex}": True, f"bud_{tenant_budget.pk.hex}": False}
+    again = ask(api, idempotency_key="d1")
+    assert again.status_code == 200 and again.json()["decision"] == "denied"
+    # Nothing was reserved on either window, and the kept denial is no allowance.
+    assert {w.reserved_nano for w in BudgetWindow.objects.all()} == {0}
+    (kept,) = Hold.objects.all()
+    assert kept.state == "denied" and kept.finished_at is not None
+    assert api.get(f"/api/v1/allowances/hold_{kept.pk.hex}").status_code == 404
+
+
 def test_expired_hold_is_released_by_the_beat_task_and_its_late_commit_charged(api, feature, tenant):
     budget = BudgetFactory(tenant=tenant, scope="tenant", limit_nano=10**9)
     hold_id = ask(api, ttl_seconds=10).json()["id"]
