@@ -103,11 +103,12 @@ def main() -> None:
     parser.add_argument("--seconds", type=float, default=5)
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--workers", type=int, default=4)
+    parser.add_argument("--threads", type=int, default=1, help="above 1: gthread workers with keep-alive")
     args = parser.parse_args()
     if shutil.which("wrk") is None:
         raise SystemExit("This benchmark needs wrk: apt-get install wrk")
     secret = setup_database()
-    server = start_server(args.workers)
+    server = start_server(args.workers, args.threads)
     try:
         wrk("whoami", secret, args.clients, 2, server.pid)  # warm every worker's imports and connections
         rounds = [
@@ -119,7 +120,7 @@ def main() -> None:
         server.wait()
     results = {name: median_result([r[name] for r in rounds]) for name, _ in LOADS}
     ceiling = results["whoami (ceiling)"].rps
-    print(f"gunicorn -w {args.workers}, {args.clients} concurrent clients (wrk), {args.rounds} rounds of "
+    print(f"gunicorn -w {args.workers}{f' --threads {args.threads}' if args.threads > 1 else ''}, {args.clients} concurrent clients (wrk), {args.rounds} rounds of "
           f"{args.seconds:.0f} s per load, {os.cpu_count()} CPUs shared by server, database and load")
     print(f"{'load':<18} {'req/s':>8} {'p50 ms':>8} {'p99 ms':>8} {'vs ceiling':>10} "
           f"{'app CPU ms/req':>15} {'db CPU ms/req':>14}")

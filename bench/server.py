@@ -62,9 +62,12 @@ def bench_env() -> dict[str, str]:
     return env
 
 
-def start_server(workers: int = 4) -> subprocess.Popen:
+def start_server(workers: int = 4, threads: int = 1) -> subprocess.Popen:
+    """Start gunicorn: sync workers, or gthread workers (which keep connections alive) when threads > 1."""
     cmd = [str(ROOT / ".venv/bin/gunicorn"), "governance.wsgi", "-b", f"127.0.0.1:{PORT}",
            "-w", str(workers), "--log-level", "warning"]
+    if threads > 1:
+        cmd += ["--worker-class", "gthread", "--threads", str(threads)]
     proc = subprocess.Popen(cmd, cwd=ROOT, env=bench_env())
     for _ in range(100):
         try:

@@ -1,4 +1,4 @@
-"""A tenant's allowance policy, cached per process: features, key restrictions, budgets, window ids.
+"""A tenant's policy, cached per process: its API keys, features, key restrictions, budgets, window ids.
 
 The allowance is asked before every model call, so it must not re-read configuration
 that changes a few times a day. Each process keeps the policy of the tenants it serves
@@ -31,10 +31,21 @@ MAX_WINDOW_IDS = 10_000  # run budgets make a window per run; keep the memo boun
 class TenantPolicy:
     version: str
     loaded_at: float
+    tenant: Tenant
     features: dict[str, Feature]
     budgets: list[Budget]
+    api_keys: dict[str, ApiKey | None] = field(default_factory=dict)  # by prefix
     key_features: dict[uuid.UUID, frozenset] = field(default_factory=dict)
     window_ids: dict[tuple, int] = field(default_factory=dict)
+
+    def api_key(self, prefix: str) -> ApiKey | None:
+        """Return the tenant's key with this prefix (revoked ones too), or None."""
+        if prefix not in self.api_keys:
+            key = ApiKey.objects.filter(tenant=self.tenant, prefix=prefix).first()
+            if key is not None:
+                key.tenant = self.tenant
+            self.api_keys[prefix] = key
+        return self.api_keys[prefix]
 
     def key_feature_ids(self, key: ApiKey) -> frozenset:
         """Return the features this key is restricted to (empty: all of them)."""
@@ -66,19 +77,25 @@ def _shared_version(tenant_id: int) -> str:
     return version
 
 
-def tenant_policy(tenant: Tenant) -> TenantPolicy:
-    """Return the tenant's current policy, reloading it when it changed or grew old."""
-    version = _shared_version(tenant.pk)
-    entry = _local.get(tenant.pk)
+def tenant_policy(tenant_id: int) -> TenantPolicy:
+    """Return the tenant's current policy, reloading it when it changed or grew old.
+
+    Raise Tenant.DoesNotExist when the tenant is gone.
+    """
+    version = _shared_version(tenant_id)
+    entry = _local.get(tenant_id)
     if entry is not None and entry.version == version and time.monotonic() - entry.loaded_at < MAX_AGE_SECONDS:
         return entry
+    tenant = Tenant.objects.get(pk=tenant_id)
     features = {f.key: f for f in Feature.objects.filter(tenant=tenant)}
     budgets = list(Budget.objects.filter(tenant=tenant, active=True))
     for budget in budgets:
         budget.tenant = tenant
-    entry = TenantPolicy(version=version, loaded_at=time.monotonic(), features=features, budgets=budgets)
+    entry = TenantPolicy(
+        version=version, loaded_at=time.monotonic(), tenant=tenant, features=features, budgets=budgets
+    )
     with _lock:
-        _local[tenant.pk] = entry
+        _local[tenant_id] = entry
     return entry
 
 
@@ -90,7 +107,9 @@ def policy_changed(tenant_id: int) -> None:
 
 
 def _changed(sender, instance, **kwargs) -> None:
-    if sender is BudgetWindow:
+    if sender is Tenant:
+        tenant_id = instance.pk
+    elif sender is BudgetWindow:
         tenant_id = Budget.objects.filter(pk=instance.budget_id).values_list("tenant_id", flat=True).first()
         if tenant_id is None:
             return
@@ -101,7 +120,7 @@ def _changed(sender, instance, **kwargs) -> None:
     transaction.on_commit(lambda: policy_changed(tenant_id))
 
 
-for _model in (Feature, Budget, ApiKey):
+for _model in (Tenant, Feature, Budget, ApiKey):
     post_save.connect(_changed, sender=_model, dispatch_uid=f"policy-save-{_model.__name__}")
     post_delete.connect(_changed, sender=_model, dispatch_uid=f"policy-delete-{_model.__name__}")
 post_delete.connect(_changed, sender=BudgetWindow, dispatch_uid="policy-delete-window")

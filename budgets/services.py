@@ -318,7 +318,7 @@ def _fits(budget: Budget, window: BudgetWindow, amount: int, tokens: int) -> boo
 
 def allowance_request(*, tenant: Tenant, api_key: ApiKey | None, req: AllowanceRequest) -> AllowanceDecision:
     """Decide whether a call may go ahead, and hold its worst-case cost on every window it touches."""
-    policy = tenant_policy(tenant)
+    policy = tenant_policy(tenant.pk)
     feature = feature_for_call(tenant=tenant, api_key=api_key, key=req.feature, policy=policy)
     if not feature.active:
         raise AllowanceError("feature_inactive", f"Feature '{feature.key}' is inactive.", {"feature": feature.key})
@@ -338,7 +338,7 @@ def allowance_request(*, tenant: Tenant, api_key: ApiKey | None, req: AllowanceR
         except StalePolicy:
             # A window the cached policy knew is gone (its budget was deleted): reload.
             policy_changed(tenant.pk)
-            policy = tenant_policy(tenant)
+            policy = tenant_policy(tenant.pk)
         except IntegrityError:
             if not req.idempotency_key:
                 raise

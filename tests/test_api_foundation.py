@@ -38,6 +38,7 @@ def test_malformed_or_unknown_key_is_401(client, db, header):
 
 def test_revoked_key_is_401(admin_api, service_key):
     key, secret = service_key
+    assert make_client(secret).get("/api/v1/whoami").status_code == 200  # the key is cached now
     response = admin_api.delete(f"/api/v1/keys/key_{key.pk.hex}")
     assert response.status_code == 200
     assert response.json()["revoked_at"]
@@ -45,9 +46,20 @@ def test_revoked_key_is_401(admin_api, service_key):
 
 
 def test_inactive_tenant_keys_are_401(api, tenant):
+    assert api.get("/api/v1/whoami").status_code == 200  # the key is cached now
     tenant.active = False
     tenant.save()
     assert_error(api.get("/api/v1/features"), 401, "unauthenticated")
+
+
+def test_a_deleted_key_or_tenant_is_401_at_once(api, service_key, tenant):
+    key, secret = service_key
+    other = make_client(secret)
+    assert other.get("/api/v1/whoami").status_code == 200 and api.get("/api/v1/whoami").status_code == 200
+    key.delete()
+    assert_error(other.get("/api/v1/whoami"), 401, "unauthenticated")
+    tenant.delete()
+    assert_error(api.get("/api/v1/whoami"), 401, "unauthenticated")
 
 
 def test_service_key_is_forbidden_on_management(api, feature):

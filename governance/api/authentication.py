@@ -11,7 +11,7 @@ from django.utils import timezone
 from drf_spectacular.extensions import OpenApiAuthenticationExtension
 from rest_framework import authentication, exceptions
 
-from governance.models import ApiKey
+from governance.models import ApiKey, Tenant
 
 KEY_SCHEME = "cpt"
 LAST_USED_RESOLUTION = timedelta(minutes=1)
@@ -27,12 +27,34 @@ def generate_secret() -> tuple[str, str]:
     return prefix, f"{KEY_SCHEME}_{prefix}_{secrets.token_urlsafe(32)}"
 
 
+# A key's prefix -> its tenant's id; a key never moves to another tenant, so this never goes stale.
+_key_tenants: dict[str, int] = {}
+
+
 def key_from_secret(secret: str) -> ApiKey | None:
-    """Return the live key this secret belongs to, or None."""
+    """Return the live key this secret belongs to, or None.
+
+    Keys are read from the tenant's cached policy, which reloads whenever a key, the
+    tenant or its configuration changes (see ``budgets.policy``), so a request costs
+    no query here, and a revocation still takes effect at the next request.
+    """
+    from budgets.policy import tenant_policy
+
     parts = secret.split("_", 2)
     if len(parts) != 3 or parts[0] != KEY_SCHEME or not parts[1] or not parts[2]:
         return None
-    key = ApiKey.objects.select_related("tenant").filter(prefix=parts[1][:16]).first()
+    prefix = parts[1][:16]
+    tenant_id = _key_tenants.get(prefix)
+    if tenant_id is None:
+        tenant_id = ApiKey.objects.filter(prefix=prefix).values_list("tenant_id", flat=True).first()
+        if tenant_id is None:
+            return None
+        _key_tenants[prefix] = tenant_id
+    try:
+        key = tenant_policy(tenant_id).api_key(prefix)
+    except Tenant.DoesNotExist:
+        _key_tenants.pop(prefix, None)
+        return None
     if key is None or not hmac.compare_digest(key.secret_hash, hash_secret(secret)):
         return None
     if key.revoked_at is not None or not key.tenant.active:

@@ -79,4 +79,4 @@ def key_feature_ids(key: ApiKey) -> frozenset:
     """Return the features this key is restricted to (empty: all), from the tenant's cached policy."""
     from budgets.policy import tenant_policy
 
-    return tenant_policy(key.tenant).key_feature_ids(key)
+    return tenant_policy(key.tenant_id).key_feature_ids(key)
