@@ -86,7 +86,7 @@ class AllowanceApi(TenantAPIView):
         data = self.validate(AllowanceInput, request.data)
         try:
             decision = services.allowance_request(
-                tenant=self.tenant, api_key=self.api_key, req=services.AllowanceRequest(**data)
+                tenant=self.tenant, api_key=self.api_key, req=services.AllowanceRequest(**data), policy=self.policy
             )
         except services.AllowanceError as exc:
             raise_allowance_error(exc)

@@ -316,9 +316,14 @@ def _fits(budget: Budget, window: BudgetWindow, amount: int, tokens: int) -> boo
     )
 
 
-def allowance_request(*, tenant: Tenant, api_key: ApiKey | None, req: AllowanceRequest) -> AllowanceDecision:
-    """Decide whether a call may go ahead, and hold its worst-case cost on every window it touches."""
-    policy = tenant_policy(tenant.pk)
+def allowance_request(
+    *, tenant: Tenant, api_key: ApiKey | None, req: AllowanceRequest, policy: TenantPolicy | None = None
+) -> AllowanceDecision:
+    """Decide whether a call may go ahead, and hold its worst-case cost on every window it touches.
+
+    ``policy`` is the tenant's policy when the caller has just checked it is current.
+    """
+    policy = policy or tenant_policy(tenant.pk)
     feature = feature_for_call(tenant=tenant, api_key=api_key, key=req.feature, policy=policy)
     if not feature.active:
         raise AllowanceError("feature_inactive", f"Feature '{feature.key}' is inactive.", {"feature": feature.key})

@@ -88,6 +88,14 @@ if DATABASES["default"]["ENGINE"] == "django.db.backends.sqlite3":
 else:
     DATABASES["default"].setdefault("CONN_MAX_AGE", env.int("CONN_MAX_AGE", default=60))
     DATABASES["default"].setdefault("CONN_HEALTH_CHECKS", True)
+    if DATABASES["default"]["ENGINE"] == "django.db.backends.postgresql":
+        # Django turns prepared statements off (for PgBouncer before 1.21). Its own queries
+        # bind on the client and are never prepared either way; only statements that ask
+        # for it (the allowance's decision, see budgets/reserve.py) are, once per
+        # connection. Set DB_PREPARED_STATEMENTS=0 behind a pooler that cannot keep them.
+        DATABASES["default"].setdefault("OPTIONS", {}).setdefault(
+            "prepare_threshold", 1_000_000 if env.bool("DB_PREPARED_STATEMENTS", default=True) else None
+        )
 DATABASES["default"]["ATOMIC_REQUESTS"] = False
 DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
 

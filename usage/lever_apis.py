@@ -6,7 +6,7 @@ from drf_spectacular.utils import OpenApiParameter, extend_schema
 from rest_framework import serializers
 from rest_framework.response import Response
 
-from governance.api.base import TenantAPIView, key_feature_ids
+from governance.api.base import TenantAPIView
 from governance.api.errors import ApiError
 from governance.api.fields import StrictSerializer
 from governance.selectors import feature_get
@@ -226,6 +226,6 @@ class LeverBoardApi(TenantAPIView):
             start=params["start"],
             end=params["end"],
             feature=feature,
-            feature_ids=key_feature_ids(self.api_key) or None,
+            feature_ids=self.policy.key_feature_ids(self.api_key) or None,
         )
         return Response(LeverBoardOutput(board).data)

@@ -11,6 +11,7 @@ from django.utils import timezone
 from drf_spectacular.extensions import OpenApiAuthenticationExtension
 from rest_framework import authentication, exceptions
 
+from budgets.policy import TenantPolicy, tenant_policy
 from governance.models import ApiKey, Tenant
 
 KEY_SCHEME = "cpt"
@@ -31,15 +32,13 @@ def generate_secret() -> tuple[str, str]:
 _key_tenants: dict[str, int] = {}
 
 
-def key_from_secret(secret: str) -> ApiKey | None:
-    """Return the live key this secret belongs to, or None.
+def key_from_secret(secret: str) -> tuple[ApiKey, TenantPolicy] | None:
+    """Return the live key this secret belongs to and its tenant's policy, or None.
 
     Keys are read from the tenant's cached policy, which reloads whenever a key, the
     tenant or its configuration changes (see ``budgets.policy``), so a request costs
     no query here, and a revocation still takes effect at the next request.
     """
-    from budgets.policy import tenant_policy
-
     parts = secret.split("_", 2)
     if len(parts) != 3 or parts[0] != KEY_SCHEME or not parts[1] or not parts[2]:
         return None
@@ -51,15 +50,16 @@ def key_from_secret(secret: str) -> ApiKey | None:
             return None
         _key_tenants[prefix] = tenant_id
     try:
-        key = tenant_policy(tenant_id).api_key(prefix)
+        policy = tenant_policy(tenant_id)
     except Tenant.DoesNotExist:
         _key_tenants.pop(prefix, None)
         return None
+    key = policy.api_key(prefix)
     if key is None or not hmac.compare_digest(key.secret_hash, hash_secret(secret)):
         return None
     if key.revoked_at is not None or not key.tenant.active:
         return None
-    return key
+    return key, policy
 
 
 class ApiKeyAuthentication(authentication.BaseAuthentication):
@@ -72,9 +72,10 @@ class ApiKeyAuthentication(authentication.BaseAuthentication):
         scheme, _, secret = header.partition(" ")
         if scheme.lower() != "bearer" or not secret.strip():
             raise exceptions.AuthenticationFailed("Malformed Authorization header; use 'Bearer <key>'.")
-        key = key_from_secret(secret.strip())
-        if key is None:
+        found = key_from_secret(secret.strip())
+        if found is None:
             raise exceptions.AuthenticationFailed("Unknown, revoked or malformed API key.")
+        key, request.tenant_policy = found
         now = timezone.now()
         if key.last_used_at is None or now - key.last_used_at >= LAST_USED_RESOLUTION:
             # At most one write a minute per key, so the hot path stays read-only.

@@ -7,6 +7,7 @@ from typing import Any
 from rest_framework import permissions
 from rest_framework.views import APIView
 
+from budgets.policy import TenantPolicy
 from governance.api.authentication import ApiKeyAuthentication
 from governance.api.errors import ApiError, Forbidden
 from governance.api.throttling import ApiKeyRateThrottle
@@ -46,6 +47,11 @@ class TenantAPIView(APIView):
         return self.request.auth.tenant
 
     @property
+    def policy(self) -> TenantPolicy:
+        """The tenant's cached policy, as authentication found it for this request."""
+        return self.request.tenant_policy
+
+    @property
     def actor(self) -> Actor:
         return Actor(key=self.request.auth)
 
@@ -56,7 +62,8 @@ class TenantAPIView(APIView):
 
     def check_feature_access(self, feature: Feature) -> None:
         """Raise 403 when this key is restricted to other features."""
-        if not key_may_use_feature(self.api_key, feature):
+        allowed = self.policy.key_feature_ids(self.api_key)
+        if allowed and feature.pk not in allowed:
             raise Forbidden(
                 f"This API key may not use feature '{feature.key}'.",
                 details={"feature": feature.key},
@@ -68,15 +75,3 @@ class TenantAPIView(APIView):
             raise ApiError("The body must be a JSON object.", details={"body": "expected an object"})
         serializer.is_valid(raise_exception=True)
         return serializer.validated_data
-
-
-def key_may_use_feature(key: ApiKey, feature: Feature) -> bool:
-    allowed = key_feature_ids(key)
-    return not allowed or feature.pk in allowed
-
-
-def key_feature_ids(key: ApiKey) -> frozenset:
-    """Return the features this key is restricted to (empty: all), from the tenant's cached policy."""
-    from budgets.policy import tenant_policy
-
-    return tenant_policy(key.tenant_id).key_feature_ids(key)
