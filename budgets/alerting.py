@@ -52,11 +52,16 @@ SWEEP_CHUNK = 500
 # --- Hook points called by the allowance services -------------------------------------------
 
 
-def windows_evaluate_later(window_ids: list[int]) -> None:
-    """Enqueue evaluation of these windows after the current transaction commits."""
+def windows_evaluate_later(window_ids: list[int], *, windows: list[BudgetWindow] | None = None) -> None:
+    """Enqueue evaluation of these windows after the current transaction commits.
+
+    ``windows``, with their budgets attached and counters as this transaction left them,
+    spare the check a query.
+    """
     ids = sorted({int(i) for i in window_ids})
     if ids:
-        transaction.on_commit(lambda: _evaluate_if_crossed(ids), robust=True)
+        rows = None if windows is None else [_row_of(w) for w in windows if w.budget.active]
+        transaction.on_commit(lambda: _evaluate_if_crossed(ids, rows), robust=True)
 
 
 def window_denied(window_ids: list[int]) -> None:
@@ -66,24 +71,34 @@ def window_denied(window_ids: list[int]) -> None:
         transaction.on_commit(lambda: windows_exhausted(window_ids=ids), robust=True)
 
 
-def _evaluate_if_crossed(window_ids: list[int]) -> None:
+def _row_of(window: BudgetWindow) -> tuple:
+    budget = window.budget
+    return (
+        window.pk, budget.tenant_id, window.spent_nano, window.spent_tokens, budget.limit_nano,
+        budget.limit_tokens, budget.thresholds, budget.pk, budget.scope, budget.tenant.timezone,
+    )
+
+
+def _evaluate_if_crossed(window_ids: list[int], rows: list[tuple] | None = None) -> None:
     """Enqueue evaluation only when some window is past a threshold not yet alerted.
 
     Runs after every commit and usage report, so it reads bare values (no model instances)
-    in one query, and asks about alerts only when a threshold is crossed.
+    in one query, or none when the caller has them, and asks about alerts only when a
+    threshold is crossed.
     """
     from governance.notify.models import Alert
     from governance.notify.tasks import enqueue_window_evaluation
 
-    rows = (
-        BudgetWindow.objects.filter(pk__in=window_ids, budget__active=True)
-        .order_by()
-        .values_list(
-            "pk", "budget__tenant_id", "spent_nano", "spent_tokens",
-            "budget__limit_nano", "budget__limit_tokens", "budget__thresholds",
-            "budget_id", "budget__scope", "budget__tenant__timezone",
+    if rows is None:
+        rows = (
+            BudgetWindow.objects.filter(pk__in=window_ids, budget__active=True)
+            .order_by()
+            .values_list(
+                "pk", "budget__tenant_id", "spent_nano", "spent_tokens",
+                "budget__limit_nano", "budget__limit_tokens", "budget__thresholds",
+                "budget_id", "budget__scope", "budget__tenant__timezone",
+            )
         )
-    )
     now = timezone.now()
     wanted: dict[str, tuple[int, int]] = {}
     for pk, tenant_id, spent_nano, spent_tokens, limit_nano, limit_tokens, thresholds, budget_id, scope, tz in rows:

@@ -38,6 +38,9 @@ class TenantPolicy:
     key_features: dict[uuid.UUID, frozenset] = field(default_factory=dict)
     window_ids: dict[tuple, int] = field(default_factory=dict)
 
+    def feature_by_id(self, pk) -> Feature | None:
+        return next((f for f in self.features.values() if f.pk == pk), None)
+
     def api_key(self, prefix: str) -> ApiKey | None:
         """Return the tenant's key with this prefix (revoked ones too), or None."""
         if prefix not in self.api_keys:

@@ -12,7 +12,7 @@ import json
 import logging
 from collections import defaultdict
 from dataclasses import dataclass, field
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from django.core.exceptions import ValidationError
@@ -182,19 +182,14 @@ def windows_by_key(wanted: dict[WindowKey, tuple[Budget, datetime | None]]) -> d
     return found
 
 
-def windows_lock(window_ids: list[int], *, with_budgets: bool = False) -> dict[int, BudgetWindow]:
+def windows_lock(window_ids: list[int]) -> dict[int, BudgetWindow]:
     """Lock windows in ascending id order (the global lock order) and return them fresh."""
-    locked = BudgetWindow.objects.filter(id__in=window_ids).order_by("id")
-    if with_budgets:
-        locked = locked.select_related("budget").select_for_update(of=("self",))
-    else:
-        locked = locked.select_for_update()
-    return {w.id: w for w in locked}
+    return {w.id: w for w in BudgetWindow.objects.filter(id__in=window_ids).order_by("id").select_for_update()}
 
 
 def windows_add(window_ids: list[int], *, spent: int = 0, reserved: int = 0, spent_tokens: int = 0,
                 reserved_tokens: int = 0) -> None:
-    """Move every window's counters by the same amounts, in one UPDATE."""
+    """Move every window's counters by the same amounts, in one UPDATE (the windows are locked already)."""
     if not window_ids:
         return
     BudgetWindow.objects.filter(id__in=window_ids).update(
@@ -203,6 +198,54 @@ def windows_add(window_ids: list[int], *, spent: int = 0, reserved: int = 0, spe
         spent_tokens=F("spent_tokens") + spent_tokens,
         reserved_tokens=F("reserved_tokens") + reserved_tokens,
     )
+
+
+WINDOW_COLUMNS = (
+    "id", "budget_id", "run_id", "start", "end", "created_at",
+    "spent_nano", "reserved_nano", "spent_tokens", "reserved_tokens",
+)
+
+
+def windows_move(window_ids: list[int], *, spent: int = 0, reserved: int = 0, spent_tokens: int = 0,
+                 reserved_tokens: int = 0) -> list[BudgetWindow]:
+    """Lock the windows in ascending id order and move their counters, in one statement.
+
+    Return the windows as they stand afterwards, in id order (without their budgets).
+    """
+    if not window_ids:
+        return []
+    table = BudgetWindow._meta.db_table
+    moves = (
+        "spent_nano = spent_nano + %s, reserved_nano = reserved_nano + %s, "
+        "spent_tokens = spent_tokens + %s, reserved_tokens = reserved_tokens + %s"
+    )
+    returning = ", ".join(f'"{c}"' for c in WINDOW_COLUMNS)
+    ids = sorted(set(window_ids))
+    if connection.vendor == "postgresql":
+        # The CTE takes the row locks in id order (the global lock order) before the update.
+        sql = (
+            f"WITH locked AS (SELECT id FROM {table} WHERE id = ANY(%s) ORDER BY id FOR UPDATE) "
+            f"UPDATE {table} SET {moves} WHERE id IN (SELECT id FROM locked) RETURNING {returning}"
+        )
+        params = [ids, spent, reserved, spent_tokens, reserved_tokens]
+    else:
+        # SQLite runs one writer at a time (BEGIN IMMEDIATE): there is no lock order to keep.
+        marks = ", ".join(["%s"] * len(ids))
+        sql = f"UPDATE {table} SET {moves} WHERE id IN ({marks}) RETURNING {returning}"
+        params = [spent, reserved, spent_tokens, reserved_tokens, *ids]
+    with connection.cursor() as cursor:
+        cursor.execute(sql, params)
+        rows = cursor.fetchall()
+    windows = [BudgetWindow(**dict(zip(WINDOW_COLUMNS, row, strict=True))) for row in rows]
+    if connection.vendor != "postgresql":
+        for window in windows:  # SQLite hands back text for datetimes and UUIDs
+            for name in ("budget", "start", "end", "created_at"):
+                field = BudgetWindow._meta.get_field(name)
+                value = field.to_python(getattr(window, field.attname))
+                if isinstance(value, datetime) and timezone.is_naive(value):
+                    value = timezone.make_aware(value, UTC)  # Django keeps UTC in SQLite
+                setattr(window, field.attname, value)
+    return sorted(windows, key=lambda w: w.id)
 
 
 def _applicable(budgets: list[Budget], *, feature: Feature, model: str, run_id: str) -> list[Budget]:
@@ -229,10 +272,9 @@ def windows_charge_usage(*, tenant: Tenant, events: list[UsageEvent]) -> None:
             deltas[key][1] += event_tokens(event)
     windows = windows_by_key(wanted)
     ids = {windows[key].id: key for key in deltas}
-    windows_lock(sorted(ids))
-    for window_id in sorted(ids):
+    for window_id in sorted(ids):  # ascending: the global lock order
         spent, tokens = deltas[ids[window_id]]
-        windows_add([window_id], spent=spent, spent_tokens=tokens)
+        windows_move([window_id], spent=spent, spent_tokens=tokens)
     alerting.windows_evaluate_later(sorted(ids))
 
 
@@ -560,13 +602,7 @@ class CommitData:
 
 
 def _hold_locked(tenant: Tenant, hold_id) -> Hold:
-    hold = (
-        Hold.objects.select_for_update(of=("self",))
-        .filter(tenant=tenant, pk=hold_id)
-        .exclude(state=HoldState.DENIED)
-        .select_related("feature", "usage_event")
-        .first()
-    )
+    hold = Hold.objects.select_for_update().filter(tenant=tenant, pk=hold_id).exclude(state=HoldState.DENIED).first()
     if hold is None:
         raise AllowanceError("not_found", "No such allowance.")
     return hold
@@ -574,6 +610,17 @@ def _hold_locked(tenant: Tenant, hold_id) -> Hold:
 
 def _windows_for(hold: Hold) -> list[BudgetWindow]:
     return list(BudgetWindow.objects.filter(id__in=hold.window_ids).select_related("budget").order_by("id"))
+
+
+def _with_budgets(windows: list[BudgetWindow], policy: TenantPolicy) -> list[BudgetWindow]:
+    """Attach each window's budget, from the cached policy (or the database, for an inactive one)."""
+    known = {b.pk: b for b in policy.budgets}
+    missing = {w.budget_id for w in windows} - set(known)
+    if missing:
+        known.update((b.pk, b) for b in Budget.objects.filter(pk__in=missing))
+    for window in windows:
+        window.budget = known[window.budget_id]
+    return windows
 
 
 @transaction.atomic
@@ -585,6 +632,7 @@ def hold_commit(
     A commit after expiry is still charged (the money was spent) and marked late.
     """
     hold = _hold_locked(tenant, hold_id)
+    policy = tenant_policy(tenant.pk)
     if hold.state == HoldState.RELEASED:
         raise AllowanceError("conflict", "This allowance was released; it cannot be committed.")
     if hold.state == HoldState.COMMITTED:
@@ -602,7 +650,7 @@ def hold_commit(
     now = timezone.now()
     was_held = hold.state == HoldState.HELD
     item = UsageInput(
-        feature=hold.feature, model=model, usage=data.usage,
+        feature=policy.feature_by_id(hold.feature_id) or hold.feature, model=model, usage=data.usage,
         service_tier=data.service_tier or hold.service_tier, inference_geo=data.inference_geo,
         request_id=data.request_id, run_id=hold.run_id, stop_reason=data.stop_reason,
         latency_ms=data.latency_ms, ttft_ms=data.ttft_ms, streamed=data.streamed,
@@ -617,22 +665,17 @@ def hold_commit(
     hold.finished_at = now
     hold.save(update_fields=["state", "late", "usage_event", "commit_hash", "finished_at"])
     # The shared rows (windows, then the day's rollup) are locked last, so they are held briefly.
-    locked = windows_lock(hold.window_ids, with_budgets=True)
-    deltas = dict(
+    windows = windows_move(
+        hold.window_ids,
         spent=event.cost_nano,
         spent_tokens=event_tokens(event),
         reserved=-hold.amount_nano if was_held else 0,
         reserved_tokens=-hold.tokens if was_held else 0,
     )
-    windows_add(hold.window_ids, **deltas)
-    for window in locked.values():
-        window.spent_nano += deltas["spent"]
-        window.spent_tokens += deltas["spent_tokens"]
-        window.reserved_nano += deltas["reserved"]
-        window.reserved_tokens += deltas["reserved_tokens"]
+    _with_budgets(windows, policy)
     rollups_add(tenant=tenant, events=[event])
-    alerting.windows_evaluate_later(hold.window_ids)
-    return CommitResult(hold=hold, event=event, windows=list(locked.values()))
+    alerting.windows_evaluate_later([w.id for w in windows], windows=windows)
+    return CommitResult(hold=hold, event=event, windows=windows)
 
 
 @transaction.atomic
@@ -643,8 +686,7 @@ def hold_release(*, tenant: Tenant, hold_id) -> Hold:
         raise AllowanceError("conflict", "This allowance was already committed.")
     if hold.state in (HoldState.HELD, HoldState.EXPIRED):
         if hold.state == HoldState.HELD:
-            windows_lock(hold.window_ids)
-            windows_add(hold.window_ids, reserved=-hold.amount_nano, reserved_tokens=-hold.tokens)
+            windows_move(hold.window_ids, reserved=-hold.amount_nano, reserved_tokens=-hold.tokens)
         hold.state = HoldState.RELEASED
         hold.finished_at = timezone.now()
         hold.save(update_fields=["state", "finished_at"])
@@ -668,8 +710,7 @@ def holds_expire(*, now: datetime | None = None, batch_size: int = 500) -> int:
                 hold = Hold.objects.select_for_update().filter(pk=hold_id, state=HoldState.HELD).first()
                 if hold is None:
                     continue  # committed, released or expired by someone else meanwhile
-                windows_lock(hold.window_ids)
-                windows_add(hold.window_ids, reserved=-hold.amount_nano, reserved_tokens=-hold.tokens)
+                windows_move(hold.window_ids, reserved=-hold.amount_nano, reserved_tokens=-hold.tokens)
                 hold.state = HoldState.EXPIRED
                 hold.finished_at = now
                 hold.save(update_fields=["state", "finished_at"])

@@ -56,7 +56,8 @@ def test_max_tokens_is_clamped_to_the_feature_cap(api, feature):
 
 def test_commit_moves_the_hold_to_spent_at_actual_cost(api, feature, tenant):
     budget = BudgetFactory(tenant=tenant, scope="feature", feature=feature, limit_nano=10**9)
-    hold_id = ask(api).json()["id"]
+    asked = ask(api).json()
+    hold_id = asked["id"]
     response = api.post(f"/api/v1/allowances/{hold_id}/commit",
                         {"usage": USAGE, "request_id": "msg_1", "stop_reason": "end_turn",
                          "latency_ms": 900, "ttft_ms": 200, "streamed": True}, format="json")
@@ -64,6 +65,10 @@ def test_commit_moves_the_hold_to_spent_at_actual_cost(api, feature, tenant):
     body = response.json()
     assert body["state"] == "committed" and body["late"] is False
     assert body["cost_usd"] == "0.009000" and body["released_usd"] == "0.009000"
+    (status,) = body["budgets"]
+    assert (status["spent_usd"], status["reserved_usd"], status["spent_tokens"]) == ("0.009000", "0.000000", 1400)
+    assert status["window_start"] == asked["budgets"][0]["window_start"]
+    assert status["window_end"] == asked["budgets"][0]["window_end"]
     window = window_of(budget)
     assert (window.spent_nano, window.reserved_nano) == (9_000_000, 0)
     assert (window.spent_tokens, window.reserved_tokens) == (1400, 0)
