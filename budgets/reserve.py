@@ -20,11 +20,12 @@ locked transaction in ``services._decide``; both apply the same rule.
 
 from __future__ import annotations
 
+from contextlib import nullcontext
 from datetime import datetime
 from functools import cache
 
 import psycopg
-from django.db import connection
+from django.db import connection, transaction
 
 from budgets.models import Budget, BudgetWindow, Enforcement, Hold, HoldState
 
@@ -101,10 +102,13 @@ def hold_reserve(hold: Hold, *, now: datetime) -> tuple[list[BudgetWindow], set[
         lock_ids=list(hold.window_ids), window_count=len(hold.window_ids), now=now,
         keep_denial=bool(hold.idempotency_key),
     )
-    connection.ensure_connection()
-    with connection.wrap_database_errors, psycopg.Cursor(connection.connection) as cursor:
-        cursor.execute(sql, params, prepare=True)
-        rows = cursor.fetchall()
+    # Autocommitted on its own; inside a caller's transaction, a savepoint keeps a failure
+    # (a racing idempotency key) from aborting that transaction.
+    with transaction.atomic() if connection.in_atomic_block else nullcontext():
+        connection.ensure_connection()
+        with connection.wrap_database_errors, psycopg.Cursor(connection.connection) as cursor:
+            cursor.execute(sql, params, prepare=True)
+            rows = cursor.fetchall()
     windows: dict[int, BudgetWindow] = {}
     refusing: set[int] = set()
     complete = len(rows) == len(hold.window_ids)

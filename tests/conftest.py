@@ -5,6 +5,7 @@ from __future__ import annotations
 import importlib
 
 import pytest
+from django.core.servers import basehttp
 from rest_framework.test import APIClient
 
 from governance.audit import Actor
@@ -12,6 +13,10 @@ from governance.models import KeyRole
 from governance.services import api_key_create
 from tests.factories import FeatureFactory, TenantFactory
 from usage.pricing import clear_price_cache
+
+# Django's test server listens with a backlog of 10. The race tests open 40 connections
+# at once; an overflowing accept queue (with SYN cookies on) resets some of them.
+basehttp.WSGIServer.request_queue_size = 128
 
 
 def pytest_report_header(config):

@@ -135,3 +135,32 @@ def test_100_threads_reporting_the_same_batch_record_each_event_once(setup):
         cost=Sum("cost_nano"), tokens=Sum("input_tokens"), calls=Sum("calls")
     )
     assert rollups == {**ledger, "calls": 50}
+
+
+def test_racing_downgrades_never_overspend(setup):
+    # The downgrade path decides in a locked transaction, not in the one-statement fast path.
+    tenant, feature, secret, url = setup
+    feature.fallback_models = ["claude-haiku-4-5"]
+    feature.save()
+    # Room for 10 Sonnet holds ($0.018) or 30 Haiku holds ($0.006), in any mix.
+    budget = BudgetFactory(tenant=tenant, scope="feature", feature=feature, limit_nano=10 * HOLD_NANO,
+                           enforcement="downgrade")
+    responses, sampler = run_with_sampler(lambda: race(url, secret, ASK, n=100))
+    bodies = [r.json() for r in responses]
+    assert {r.status_code for r in responses} <= {200, 201}
+    granted = [b for b in bodies if b["granted"]]
+    held = sum(int(b["reserved_usd"].replace(".", "")) * 1000 for b in granted)  # USD with 6 places -> nano
+    window = BudgetWindow.objects.get(budget=budget)
+    assert window.reserved_nano == held <= budget.limit_nano
+    assert budget.limit_nano - held < 6_000_000  # full: not even one more Haiku hold fits
+    assert {b["decision"] for b in granted} <= {"granted", "downgraded"}
+    assert max(sampler.peaks.values()) <= budget.limit_nano
+
+
+def test_racing_requests_with_one_idempotency_key_hold_once(setup):
+    tenant, feature, secret, url = setup
+    budget = BudgetFactory(tenant=tenant, scope="feature", feature=feature, limit_nano=10**12)
+    responses = race(url, secret, {**ASK, "idempotency_key": "retry-me"}, n=50)
+    assert {r.status_code for r in responses} == {201}
+    assert len({r.json()["id"] for r in responses}) == 1
+    assert BudgetWindow.objects.get(budget=budget).reserved_nano == HOLD_NANO
