@@ -35,6 +35,35 @@ def test_report_one_event_prices_it_exactly(api, feature):
     assert (rollup.calls, rollup.cost_nano, rollup.input_tokens, rollup.output_tokens) == (1, 10_500_000, 1000, 500)
 
 
+def test_rollups_add_every_sum_and_histogram_across_reports(api, feature):
+    from django.db.models import Sum
+
+    from usage.models import histogram_bucket
+
+    first = [event("a", latency_ms=900, ttft_ms=200, streamed=True),
+             event("b", latency_ms=40_000, stop_reason="max_tokens")]
+    second = [event("c", latency_ms=900, ttft_ms=5000), event("d", latency_ms=None)]
+    assert api.post("/api/v1/usage", {"events": first}, format="json").status_code == 201
+    assert api.post("/api/v1/usage", {"events": second}, format="json").status_code == 201
+    rollup = UsageRollup.objects.get()
+    # every sum equals the ledger's
+    totals = UsageEvent.objects.aggregate(
+        cost=Sum("cost_nano"), out=Sum("output_tokens"), latency=Sum("latency_ms"), ttft=Sum("ttft_ms"),
+    )
+    assert (rollup.calls, rollup.cost_nano, rollup.output_tokens) == (4, totals["cost"], totals["out"])
+    assert (rollup.latency_sum_ms, rollup.latency_count) == (totals["latency"], 3)
+    assert (rollup.ttft_sum_ms, rollup.ttft_count) == (totals["ttft"], 2)
+    assert (rollup.truncations, rollup.streamed_calls) == (1, 1)
+    assert (rollup.max_tokens_sum, rollup.max_tokens_calls) == (0, 0)  # reports carry no max_tokens
+    latency = [0] * len(rollup.latency_histogram)
+    for ms in (900, 40_000, 900):
+        latency[histogram_bucket(ms)] += 1
+    ttft = [0] * len(rollup.ttft_histogram)
+    for ms in (200, 5000):
+        ttft[histogram_bucket(ms)] += 1
+    assert (rollup.latency_histogram, rollup.ttft_histogram) == (latency, ttft)
+
+
 def test_same_request_id_twice_is_one_event(api, feature):
     api.post("/api/v1/usage", event(), format="json")
     again = api.post("/api/v1/usage", event(), format="json")

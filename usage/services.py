@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import json
 import logging
 from collections import defaultdict
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
-from django.db import IntegrityError, OperationalError, transaction
+from django.db import IntegrityError, OperationalError, connection, transaction
 from django.utils import timezone
 
 from governance.models import ApiKey, Feature, Tenant
@@ -97,10 +98,45 @@ def event_tokens(event: UsageEvent) -> int:
     )
 
 
-def _add_histogram(histogram: list[int], ms: int) -> list[int]:
-    histogram = list(histogram) or [0] * HISTOGRAM_SIZE
-    histogram[histogram_bucket(ms)] += 1
-    return histogram
+def rollup_delta(events: list[UsageEvent]) -> dict[str, Any]:
+    """Return what these events add to their rollup: each of SUM_FIELDS, and both histograms."""
+    delta = dict.fromkeys(UsageRollup.SUM_FIELDS, 0)
+    latency, ttft = [0] * HISTOGRAM_SIZE, [0] * HISTOGRAM_SIZE
+    for event in events:
+        delta["calls"] += 1
+        delta["input_tokens"] += event.input_tokens
+        delta["output_tokens"] += event.output_tokens
+        delta["cache_write_5m_tokens"] += event.cache_write_5m_tokens
+        delta["cache_write_1h_tokens"] += event.cache_write_1h_tokens
+        delta["cache_read_tokens"] += event.cache_read_tokens
+        delta["web_search_requests"] += event.web_search_requests
+        delta["cost_nano"] += event.cost_nano
+        if event.stop_reason == "max_tokens":
+            delta["truncations"] += 1
+        if event.max_tokens:
+            delta["max_tokens_sum"] += event.max_tokens
+            delta["max_tokens_calls"] += 1
+            delta["output_tokens_capped"] += event.output_tokens
+        if event.latency_ms is not None:
+            delta["latency_sum_ms"] += event.latency_ms
+            delta["latency_count"] += 1
+            latency[histogram_bucket(event.latency_ms)] += 1
+        if event.ttft_ms is not None:
+            delta["ttft_sum_ms"] += event.ttft_ms
+            delta["ttft_count"] += 1
+            ttft[histogram_bucket(event.ttft_ms)] += 1
+        if event.streamed:
+            delta["streamed_calls"] += 1
+    delta["latency_histogram"] = latency if any(latency) else []
+    delta["ttft_histogram"] = ttft if any(ttft) else []
+    return delta
+
+
+def histograms_sum(a: list[int], b: list[int]) -> list[int]:
+    """Add two histograms bucket by bucket; an empty list is a histogram of nothing."""
+    if not a or not b:
+        return list(a or b)
+    return [x + y for x, y in zip(a, b, strict=True)]
 
 
 def rollups_add(*, tenant: Tenant, events: list[UsageEvent]) -> None:
@@ -112,45 +148,57 @@ def rollups_add(*, tenant: Tenant, events: list[UsageEvent]) -> None:
         groups[(event.feature_id, event.model, event.service_tier, day)].append(event)
     # A fixed order of row locks, so two batches touching the same rollups never deadlock.
     for (feature_id, model, tier, day), group in sorted(groups.items(), key=lambda kv: (str(kv[0][0]), *kv[0][1:])):
-        rollup = _rollup_locked(tenant, feature_id, model, tier, day, group[0].family)
-        for event in group:
-            rollup.calls += 1
-            rollup.input_tokens += event.input_tokens
-            rollup.output_tokens += event.output_tokens
-            rollup.cache_write_5m_tokens += event.cache_write_5m_tokens
-            rollup.cache_write_1h_tokens += event.cache_write_1h_tokens
-            rollup.cache_read_tokens += event.cache_read_tokens
-            rollup.web_search_requests += event.web_search_requests
-            rollup.cost_nano += event.cost_nano
-            if event.stop_reason == "max_tokens":
-                rollup.truncations += 1
-            if event.max_tokens:
-                rollup.max_tokens_sum += event.max_tokens
-                rollup.max_tokens_calls += 1
-                rollup.output_tokens_capped += event.output_tokens
-            if event.latency_ms is not None:
-                rollup.latency_sum_ms += event.latency_ms
-                rollup.latency_count += 1
-                rollup.latency_histogram = _add_histogram(rollup.latency_histogram, event.latency_ms)
-            if event.ttft_ms is not None:
-                rollup.ttft_sum_ms += event.ttft_ms
-                rollup.ttft_count += 1
-                rollup.ttft_histogram = _add_histogram(rollup.ttft_histogram, event.ttft_ms)
-            if event.streamed:
-                rollup.streamed_calls += 1
+        key = dict(tenant=tenant, feature_id=feature_id, model=model, service_tier=tier, day=day)
+        delta = rollup_delta(group)
+        if connection.vendor == "postgresql":
+            _rollup_upsert(key, group[0].family, delta)
+            continue
+        rollup = _rollup_locked(key, group[0].family)
+        for name in UsageRollup.SUM_FIELDS:
+            setattr(rollup, name, getattr(rollup, name) + delta[name])
+        rollup.latency_histogram = histograms_sum(rollup.latency_histogram, delta["latency_histogram"])
+        rollup.ttft_histogram = histograms_sum(rollup.ttft_histogram, delta["ttft_histogram"])
         rollup.save()
 
 
-def _rollup_locked(tenant: Tenant, feature_id, model: str, tier: str, day, family: str) -> UsageRollup:
-    lookup = dict(tenant=tenant, feature_id=feature_id, model=model, service_tier=tier, day=day)
-    rollup = UsageRollup.objects.select_for_update().filter(**lookup).first()
+def _rollup_locked(key: dict[str, Any], family: str) -> UsageRollup:
+    rollup = UsageRollup.objects.select_for_update().filter(**key).first()
     if rollup is not None:
         return rollup
     try:
         with transaction.atomic():
-            return UsageRollup.objects.create(family=family, **lookup)
+            return UsageRollup.objects.create(family=family, **key)
     except IntegrityError:
-        return UsageRollup.objects.select_for_update().get(**lookup)
+        return UsageRollup.objects.select_for_update().get(**key)
+
+
+# Histograms are JSON arrays of equal length; PostgreSQL adds them bucket by bucket.
+_PG_HISTOGRAM_SUM = """CASE
+    WHEN jsonb_array_length(EXCLUDED.{c}) = 0 THEN r.{c}
+    WHEN jsonb_array_length(r.{c}) = 0 THEN EXCLUDED.{c}
+    ELSE (SELECT jsonb_agg(a.n::bigint + b.n::bigint ORDER BY a.i)
+          FROM jsonb_array_elements_text(r.{c}) WITH ORDINALITY AS a(n, i)
+          JOIN jsonb_array_elements_text(EXCLUDED.{c}) WITH ORDINALITY AS b(n, i) ON a.i = b.i)
+END"""
+
+
+def _rollup_upsert(key: dict[str, Any], family: str, delta: dict[str, Any]) -> None:
+    """Add ``delta`` to a rollup in one statement (PostgreSQL): insert it, or add to the row there."""
+    table = UsageRollup._meta.db_table
+    sums = UsageRollup.SUM_FIELDS
+    histograms = ("latency_histogram", "ttft_histogram")
+    columns = ["tenant_id", "feature_id", "model", "service_tier", "day", "family", *sums, *histograms]
+    values = [key["tenant"].pk, key["feature_id"], key["model"], key["service_tier"], key["day"], family,
+              *(delta[name] for name in sums), *(json.dumps(delta[name]) for name in histograms)]
+    marks = ["%s"] * (len(columns) - len(histograms)) + ["%s::jsonb"] * len(histograms)
+    updates = [f"{name} = r.{name} + EXCLUDED.{name}" for name in sums]
+    updates += [f"{name} = {_PG_HISTOGRAM_SUM.format(c=name)}" for name in histograms]
+    sql = (
+        f"INSERT INTO {table} AS r ({', '.join(columns)}) VALUES ({', '.join(marks)}) "
+        f"ON CONFLICT (tenant_id, feature_id, model, service_tier, day) DO UPDATE SET {', '.join(updates)}"
+    )
+    with connection.cursor() as cursor:
+        cursor.execute(sql, values)
 
 
 def usage_events_record(
