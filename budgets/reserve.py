@@ -25,7 +25,8 @@ from datetime import datetime
 from functools import cache
 
 import psycopg
-from django.db import connection, transaction
+from django.db import connection, models, transaction
+from psycopg.types.json import Jsonb
 
 from budgets.models import Budget, BudgetWindow, Enforcement, Hold, HoldState
 
@@ -43,8 +44,8 @@ DECIDED = {
 
 
 @cache
-def _statement() -> tuple[str, tuple]:
-    """Return the SQL and the Hold fields whose values it takes, in order (built once)."""
+def _statement() -> tuple[str, tuple[tuple[str, bool], ...]]:
+    """Return the SQL and the Hold attributes it takes, each with whether it is JSON (built once)."""
     window, budget, hold = BudgetWindow._meta.db_table, Budget._meta.db_table, Hold._meta.db_table
     fields = tuple(f for f in Hold._meta.concrete_fields if f.attname not in DECIDED)
     columns = [f.column for f in fields] + list(DECIDED)
@@ -85,7 +86,7 @@ SELECT {returned},
 FROM locked, verdict
 ORDER BY locked.id
 """
-    return sql, fields
+    return sql, tuple((f.attname, isinstance(f, models.JSONField)) for f in fields)
 
 
 def hold_reserve(hold: Hold, *, now: datetime) -> tuple[list[BudgetWindow], set[int], bool]:
@@ -96,8 +97,10 @@ def hold_reserve(hold: Hold, *, now: datetime) -> tuple[list[BudgetWindow], set[
     refused, nothing is reserved, ``hold`` is marked denied, and it is stored only if it
     has an idempotency key; when a window is gone, nothing at all is written.
     """
-    sql, fields = _statement()
-    params = {f.attname: f.get_db_prep_save(f.pre_save(hold, True), connection) for f in fields}
+    sql, attributes = _statement()
+    # The hold's values go as they are (psycopg adapts UUIDs, datetimes and the rest); its
+    # created_at is set by the caller, as nothing here runs Django's pre_save.
+    params = {name: Jsonb(getattr(hold, name)) if is_json else getattr(hold, name) for name, is_json in attributes}
     params.update(
         lock_ids=list(hold.window_ids), window_count=len(hold.window_ids), now=now,
         keep_denial=bool(hold.idempotency_key),

@@ -446,12 +446,12 @@ def _decide(tenant, api_key, feature, req, max_tokens, clamped, fingerprint, pol
     id_by_budget = _window_ids(policy, list(union.values()), tenant=tenant, at=now, run_id=req.run_id)
     window_ids = {m: [id_by_budget[b.pk] for b in per_candidate[m]] for m in candidates}
     hold = Hold(
-        tenant=tenant, feature=feature, api_key=api_key, run_id=req.run_id,
+        tenant_id=tenant.pk, feature_id=feature.pk, api_key_id=api_key.pk if api_key else None, run_id=req.run_id,
         requested_model=req.model, model=canonical_model(req.model), decision="granted",
         max_tokens=max_tokens, clamped=clamped, service_tier=req.service_tier,
         input_tokens=req.input_tokens, amount_nano=amounts[req.model], tokens=tokens,
         window_ids=window_ids[req.model], expires_at=now + timedelta(seconds=req.ttl_seconds),
-        idempotency_key=req.idempotency_key, request_hash=fingerprint, metadata=req.metadata,
+        idempotency_key=req.idempotency_key, request_hash=fingerprint, metadata=req.metadata, created_at=now,
     )
     if len(candidates) == 1 and connection.vendor == "postgresql":
         return _decide_in_one_statement(req, hold, union, now)
