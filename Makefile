@@ -32,6 +32,7 @@ run: seed
 
 lint: install
 	$(BIN)/ruff check .
+	$(BIN)/mypy governance budgets usage
 
 test: lint
 	$(BIN)/python -m pytest $(PYTEST_ARGS)

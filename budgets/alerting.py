@@ -24,9 +24,11 @@ minute, so a lost task (broker down) only delays an alert, and it computes forec
 from __future__ import annotations
 
 import logging
+from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from decimal import ROUND_HALF_UP, Decimal
+from typing import Any, cast
 from zoneinfo import ZoneInfo
 
 from django.core.cache import cache
@@ -79,7 +81,7 @@ def _row_of(window: BudgetWindow) -> tuple:
     )
 
 
-def _evaluate_if_crossed(window_ids: list[int], rows: list[tuple] | None = None) -> None:
+def _evaluate_if_crossed(window_ids: list[int], rows: Iterable[tuple[Any, ...]] | None = None) -> None:
     """Enqueue evaluation only when some window is past a threshold not yet alerted.
 
     Runs after every commit and usage report, so it reads bare values (no model instances)
@@ -310,9 +312,9 @@ def _evaluate(windows: list[BudgetWindow], *, now: datetime, forecasts: bool) ->
         if (tenant_id, key) in existing:
             continue
         if kind == "threshold":
-            alert = _raise_threshold(window, extra, now=now)
+            alert = _raise_threshold(window, cast(int, extra), now=now)
         else:
-            alert = _raise_forecast(window, extra, now=now)
+            alert = _raise_forecast(window, cast("list[Projection]", extra), now=now)
         raised += alert is not None
     return raised
 
@@ -370,9 +372,9 @@ def format_amount(unit: str, amount: int) -> str:
 def _scope_text(window: BudgetWindow) -> str:
     budget = window.budget
     if budget.scope == Scope.FEATURE:
-        text = f"Feature {budget.feature.key}" if budget.feature_id else "Feature"
+        text = f"Feature {budget.feature.key}" if budget.feature is not None else "Feature"
     elif budget.scope == Scope.RUN:
-        text = f"Run {window.run_id}" + (f" of feature {budget.feature.key}" if budget.feature_id else "")
+        text = f"Run {window.run_id}" + (f" of feature {budget.feature.key}" if budget.feature is not None else "")
     else:
         text = "Whole tenant"
     if budget.model_families:

@@ -14,6 +14,7 @@ from governance.api.base import TenantAPIView
 from governance.api.errors import ApiError, NotFound
 from governance.api.fields import StrictSerializer, UsdField, nano_to_usd, token_count
 from governance.api.ids import parse_public_id, public_id
+from governance.models import Tenant
 from governance.selectors import feature_get
 from usage.models import ModelFamily, ServiceTier
 from usage.pricing import TokenUsage
@@ -206,6 +207,8 @@ class BudgetInput(StrictSerializer):
 
 
 class BudgetMixin:
+    tenant: Tenant  # provided by TenantAPIView, which every user of the mixin also subclasses
+
     def budget_fields(self, data: dict) -> dict:
         fields = dict(data)
         if "limit_usd" in fields:

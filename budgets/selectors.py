@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import uuid
+from collections.abc import Iterable
 from datetime import datetime
 from typing import Any
 
@@ -75,7 +76,7 @@ def budget_statuses(*, tenant: Tenant, feature: Feature | None = None) -> list[d
 
     Run budgets have a window per run, so they are listed with their limits and no run's counters.
     """
-    budgets = budget_list(tenant=tenant).filter(active=True)
+    budgets: Iterable[Budget] = budget_list(tenant=tenant).filter(active=True)
     if feature is not None:
         # Tenant budgets and feature-less run budgets cover every feature.
         budgets = [b for b in budgets if b.feature_id in (None, feature.pk)]
@@ -95,7 +96,7 @@ def budget_detail(budget: Budget, *, now: datetime | None = None) -> dict[str, A
     usd = next((p for p in window_projections(window, now=now) if p.unit == "usd"), None)
     data = window_status(window)
     data.update(
-        feature=budget.feature.key if budget.feature_id else None,
+        feature=budget.feature.key if budget.feature is not None else None,
         model_families=budget.model_families,
         thresholds=budget.thresholds,
         forecast_alert=budget.forecast_alert,

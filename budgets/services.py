@@ -13,11 +13,11 @@ import logging
 from collections import defaultdict
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
-from typing import Any
+from typing import Any, cast
 
 from django.core.exceptions import ValidationError
 from django.db import IntegrityError, OperationalError, connection, transaction
-from django.db.models import F
+from django.db.models import F, Field
 from django.forms.models import model_to_dict
 from django.utils import timezone
 
@@ -62,7 +62,7 @@ class AllowanceError(Exception):
 
 def budget_snapshot(budget: Budget) -> dict[str, Any]:
     data = model_to_dict(budget, fields=BUDGET_FIELDS)
-    data["feature"] = budget.feature.key if budget.feature_id else None
+    data["feature"] = budget.feature.key if budget.feature is not None else None
     return data
 
 
@@ -72,7 +72,7 @@ def budget_validate(budget: Budget) -> None:
         errors["feature"] = "A feature budget needs a feature."
     if budget.scope == Scope.TENANT and budget.feature_id is not None:
         errors["feature"] = "A tenant budget covers every feature; leave the feature empty."
-    if budget.feature_id is not None and budget.feature.tenant_id != budget.tenant_id:
+    if budget.feature is not None and budget.feature.tenant_id != budget.tenant_id:
         errors["feature"] = "No such feature."
     if budget.limit_nano is None and budget.limit_tokens is None:
         errors["limit_usd"] = "Set a USD limit, a token limit, or both."
@@ -227,7 +227,7 @@ def windows_move(window_ids: list[int], *, spent: int = 0, reserved: int = 0, sp
             f"WITH locked AS (SELECT id FROM {table} WHERE id = ANY(%s) ORDER BY id FOR UPDATE) "
             f"UPDATE {table} SET {moves} WHERE id IN (SELECT id FROM locked) RETURNING {returning}"
         )
-        params = [ids, spent, reserved, spent_tokens, reserved_tokens]
+        params: list[Any] = [ids, spent, reserved, spent_tokens, reserved_tokens]
     else:
         # SQLite runs one writer at a time (BEGIN IMMEDIATE): there is no lock order to keep.
         marks = ", ".join(["%s"] * len(ids))
@@ -240,7 +240,8 @@ def windows_move(window_ids: list[int], *, spent: int = 0, reserved: int = 0, sp
     if connection.vendor != "postgresql":
         for window in windows:  # SQLite hands back text for datetimes and UUIDs
             for name in ("budget", "start", "end", "created_at"):
-                field = BudgetWindow._meta.get_field(name)
+                # All four are concrete columns, never reverse relations.
+                field = cast("Field[Any, Any]", BudgetWindow._meta.get_field(name))
                 value = field.to_python(getattr(window, field.attname))
                 if isinstance(value, datetime) and timezone.is_naive(value):
                     value = timezone.make_aware(value, UTC)  # Django keeps UTC in SQLite
@@ -371,9 +372,10 @@ def allowance_request(
         raise AllowanceError("feature_inactive", f"Feature '{feature.key}' is inactive.", {"feature": feature.key})
     _check_model(feature, req.model)
     max_tokens = req.max_tokens
-    clamped = feature.max_tokens_cap is not None and max_tokens > feature.max_tokens_cap
-    if clamped:
-        max_tokens = feature.max_tokens_cap
+    cap = feature.max_tokens_cap
+    clamped = cap is not None and max_tokens > cap
+    if cap is not None and clamped:
+        max_tokens = cap
     fingerprint = req.fingerprint()
     if req.idempotency_key:
         replay = _replay(tenant, req.idempotency_key, fingerprint)
@@ -545,9 +547,10 @@ def _choose(candidates, window_ids, locked, amounts, tokens) -> tuple[str | None
 
 def _retry_after(windows: list[BudgetWindow]) -> datetime | None:
     ends = [w.end for w in windows]
-    if not ends or any(end is None for end in ends):
+    bounded = [end for end in ends if end is not None]
+    if not ends or len(bounded) != len(ends):
         return None  # a total or run budget never resets
-    return max(ends)
+    return max(bounded)
 
 
 def _replay(tenant: Tenant, idempotency_key: str, fingerprint: str) -> AllowanceDecision | None:
@@ -638,7 +641,8 @@ def hold_commit(
     if hold.state == HoldState.COMMITTED:
         if hold.commit_hash != fingerprint:
             raise AllowanceError("conflict", "This allowance was already committed with a different body.")
-        return CommitResult(hold=hold, event=hold.usage_event, windows=_windows_for(hold))
+        # A committed hold was given its event; SET_NULL clears it only if the ledger row is deleted.
+        return CommitResult(hold=hold, event=cast(UsageEvent, hold.usage_event), windows=_windows_for(hold))
     model = data.model or hold.model
     if not is_priced(model):
         raise AllowanceError("unknown_model", f"No price is known for model '{model}'.", {"model": model})

@@ -737,7 +737,7 @@ def lever_board(
         elif budget.feature_id in features:
             feature_budgets[budget.feature_id].append(_budget_row(budget, now))
 
-    rows = []
+    rows: list[dict[str, Any]] = []
     for pk, feat in features.items():
         sums = by_feature.get(pk) or _FeatureSums()
         levers = {

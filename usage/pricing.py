@@ -164,7 +164,8 @@ def usage_cost(
         rates = (price.lc_input, price.lc_output, price.lc_cache_write_5m, price.lc_cache_write_1h, price.lc_cache_read)
     else:
         rates = (price.input, price.output, price.cache_write_5m, price.cache_write_1h, price.cache_read)
-    input_rate, output_rate, write_5m_rate, write_1h_rate, read_rate = (Decimal(r) for r in rates)
+    # The lc_* prices are entered together with lc_input; a missing one fails here, as it always has.
+    input_rate, output_rate, write_5m_rate, write_1h_rate, read_rate = (Decimal(r) for r in rates)  # type: ignore[arg-type]
     tokens = (
         usage.input_tokens * input_rate
         + usage.output_tokens * output_rate

@@ -100,7 +100,7 @@ def event_tokens(event: UsageEvent) -> int:
 
 def rollup_delta(events: list[UsageEvent]) -> dict[str, Any]:
     """Return what these events add to their rollup: each of SUM_FIELDS, and both histograms."""
-    delta = dict.fromkeys(UsageRollup.SUM_FIELDS, 0)
+    delta: dict[str, Any] = dict.fromkeys(UsageRollup.SUM_FIELDS, 0)
     latency, ttft = [0] * HISTOGRAM_SIZE, [0] * HISTOGRAM_SIZE
     for event in events:
         delta["calls"] += 1

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, cast
 
 from rest_framework import permissions
 from rest_framework.views import APIView
@@ -38,22 +38,24 @@ class TenantAPIView(APIView):
             return super().permission_denied(request, message, code)
         raise Forbidden(message or HasKeyRole.message)
 
+    # DRF types request.auth as a Token; ApiKeyAuthentication makes it our ApiKey.
     @property
     def api_key(self) -> ApiKey:
-        return self.request.auth
+        return cast(ApiKey, self.request.auth)
 
     @property
     def tenant(self) -> Tenant:
-        return self.request.auth.tenant
+        return cast(ApiKey, self.request.auth).tenant
 
     @property
     def policy(self) -> TenantPolicy:
         """The tenant's cached policy, as authentication found it for this request."""
-        return self.request.tenant_policy
+        # ApiKeyAuthentication sets it on the request; DRF's Request declares no such attribute.
+        return self.request.tenant_policy  # type: ignore[attr-defined]
 
     @property
     def actor(self) -> Actor:
-        return Actor(key=self.request.auth)
+        return Actor(key=cast("ApiKey | None", self.request.auth))
 
     def require_admin(self) -> None:
         """Raise 403 unless this is an admin key (for views whose reads are open to service keys)."""

@@ -18,7 +18,7 @@ logger = logging.getLogger(__name__)
 class ApiError(exceptions.APIException):
     """An error with a contract code, a message and details."""
 
-    status_code = status.HTTP_400_BAD_REQUEST
+    status_code: int = status.HTTP_400_BAD_REQUEST
     default_code = "invalid_request"
 
     def __init__(
@@ -98,10 +98,13 @@ def exception_handler(exc: Exception, context: dict[str, Any]) -> Response | Non
         return None  # a real bug: ApiErrorMiddleware turns it into a JSON 500
 
     set_rollback()
-    if getattr(exc, "auth_header", None):
-        headers["WWW-Authenticate"] = exc.auth_header
-    if getattr(exc, "wait", None):
-        headers["Retry-After"] = str(int(exc.wait) + (0 if float(exc.wait).is_integer() else 1))
+    # Only some APIException subclasses carry these (NotAuthenticated, Throttled).
+    auth_header = getattr(exc, "auth_header", None)
+    if auth_header:
+        headers["WWW-Authenticate"] = auth_header
+    wait = getattr(exc, "wait", None)
+    if wait:
+        headers["Retry-After"] = str(int(wait) + (0 if float(wait).is_integer() else 1))
 
     if isinstance(exc, exceptions.ValidationError):
         details = _flatten(exc.detail)

@@ -33,12 +33,16 @@ class AlertChannelAdmin(admin.ModelAdmin):
     readonly_fields = ["slack_webhook_hint", "failing", "last_error", "last_error_at", "created_at", "updated_at"]
 
 
+NOTIFICATION_FIELDS = ["channel", "status", "attempts", "error", "duration_ms", "sent_at", "next_attempt_at"]
+
+
 class NotificationInline(admin.TabularInline):
     model = Notification
     extra = 0
     can_delete = False
-    fields = ["channel", "status", "attempts", "error", "duration_ms", "sent_at", "next_attempt_at"]
-    readonly_fields = fields
+    # A copy typed as admin's field groups; readonly_fields wants plain names.
+    fields = [*NOTIFICATION_FIELDS]
+    readonly_fields = NOTIFICATION_FIELDS
 
 
 @admin.register(Alert)

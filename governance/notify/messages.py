@@ -39,7 +39,7 @@ def alert_message(alert: Alert) -> Message:
     if alert.budget_id is not None:
         path = budget_path(tenant_slug=alert.tenant.slug, budget_hex=alert.budget_id.hex)
     else:
-        path = data.get("path") if isinstance(data.get("path"), str) and data["path"].startswith("/") else f"/t/{alert.tenant.slug}/"
+        path = data["path"] if isinstance(data.get("path"), str) and data["path"].startswith("/") else f"/t/{alert.tenant.slug}/"
     return Message(
         kind=alert.kind,
         title=alert.title,

@@ -9,7 +9,7 @@ from django.core.exceptions import ValidationError
 
 from budgets.models import Enforcement, Period, Scope
 from governance.crypto import mask
-from governance.models import FailMode, KeyRole, Role, slug_validator
+from governance.models import FailMode, Feature, KeyRole, Role, slug_validator
 from governance.notify.models import AlertKind, ChannelKind
 from usage.models import NANO, ModelFamily, ServiceTier
 from usage.pricing import is_priced, priced_models
@@ -81,7 +81,7 @@ class FeatureForm(forms.Form):
 class BudgetForm(forms.Form):
     name = forms.CharField(max_length=200)
     scope = forms.ChoiceField(choices=Scope.choices, initial=Scope.TENANT)
-    feature = forms.ModelChoiceField(
+    feature: forms.ModelChoiceField[Feature] = forms.ModelChoiceField(
         queryset=None, required=False, empty_label="— every feature —",
         help_text="Required for a feature budget; optional for a run budget.",
     )
@@ -145,7 +145,7 @@ class ApiKeyForm(forms.Form):
         choices=KeyRole.choices, initial=KeyRole.SERVICE,
         help_text="Service keys ask for allowances and report usage; admin keys also manage over REST.",
     )
-    features = forms.ModelMultipleChoiceField(
+    features: forms.ModelMultipleChoiceField[Feature] = forms.ModelMultipleChoiceField(
         queryset=None, required=False, widget=forms.CheckboxSelectMultiple,
         help_text="Restrict the key to these features. None ticked: every feature.",
     )
@@ -171,8 +171,9 @@ class UsageFilterForm(forms.Form):
     start = forms.DateField(required=False, widget=forms.DateInput(attrs={"type": "date"}))
     end = forms.DateField(required=False, widget=forms.DateInput(attrs={"type": "date"}),
                           help_text="Inclusive, in the tenant's time zone.")
-    feature = forms.ModelChoiceField(queryset=None, required=False, empty_label="All features",
-                                     to_field_name="key")
+    feature: forms.ModelChoiceField[Feature] = forms.ModelChoiceField(
+        queryset=None, required=False, empty_label="All features", to_field_name="key"
+    )
     model = forms.ChoiceField(required=False)
     service_tier = forms.ChoiceField(required=False, choices=[("", "All tiers"), *ServiceTier.choices])
     group_by = forms.MultipleChoiceField(choices=GROUPS, required=False, widget=forms.CheckboxSelectMultiple,
@@ -296,8 +297,9 @@ class RangeForm(forms.Form):
     quiet_optional = True
     start = forms.DateField(required=False, widget=forms.DateInput(attrs={"type": "date"}))
     end = forms.DateField(required=False, widget=forms.DateInput(attrs={"type": "date"}))
-    feature = forms.ModelChoiceField(queryset=None, required=False, empty_label="All features",
-                                     to_field_name="key")
+    feature: forms.ModelChoiceField[Feature] = forms.ModelChoiceField(
+        queryset=None, required=False, empty_label="All features", to_field_name="key"
+    )
 
     def __init__(self, *args, features, **kwargs):
         super().__init__(*args, **kwargs)

@@ -7,6 +7,7 @@ window's counters, so pages stay fast however many calls a tenant makes.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import date, datetime, time, timedelta
 from typing import Any
@@ -153,6 +154,7 @@ def cumulative_chart_for(*, budget: Budget | None, tenant: Tenant, now: datetime
     """
     now = now or timezone.now()
     today = local_today(tenant, now)
+    fmt: Callable[[int], str]
     if budget is None or budget.period in (Period.DAY, Period.TOTAL) or budget.scope == Scope.RUN:
         if budget is not None:
             return None
@@ -161,6 +163,8 @@ def cumulative_chart_for(*, budget: Budget | None, tenant: Tenant, now: datetime
         label = "Cumulative spend this month"
     else:
         window = current_window(budget, at=now)
+        # Total budgets returned above; every other period's window has an end.
+        assert window.end is not None
         first = window.start.astimezone(tenant.tz).date()
         last = window.end.astimezone(tenant.tz).date()
         rollups, measure = budget_rollups(budget), _measure(budget)

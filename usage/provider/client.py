@@ -19,6 +19,9 @@ import httpx
 
 logger = logging.getLogger(__name__)
 
+# httpx's own element type: lists are invariant, so a list[tuple[str, str]] would not be accepted.
+QueryPairs = list[tuple[str, str | int | float | bool | None]]
+
 ANTHROPIC_VERSION = "2023-06-01"
 USER_AGENT = "Comptroller/0.1 (provider-sync; +https://github.com/comptroller)"
 USAGE_PATH = "/v1/organizations/usage_report/messages"
@@ -98,7 +101,7 @@ class AdminApiClient:
         limit: int = 168,
     ) -> Iterator[dict[str, Any]]:
         """Yield the 1-hour buckets of the messages usage report, grouped by every dimension we keep."""
-        params: list[tuple[str, str]] = [
+        params: QueryPairs = [
             ("starting_at", rfc3339(starting_at)),
             ("ending_at", rfc3339(ending_at)),
             ("bucket_width", "1h"),
@@ -120,7 +123,7 @@ class AdminApiClient:
         The cost report documents no workspace filter, so none is sent (an unknown
         parameter could be refused); callers filter by the grouped ``workspace_id``.
         """
-        params: list[tuple[str, str]] = [
+        params: QueryPairs = [
             ("starting_at", rfc3339(starting_at)),
             ("ending_at", rfc3339(ending_at)),
             ("bucket_width", "1d"),
@@ -131,7 +134,7 @@ class AdminApiClient:
 
     # --- pagination and transport -----------------------------------------------------
 
-    def _buckets(self, path: str, params: list[tuple[str, str]]) -> Iterator[dict[str, Any]]:
+    def _buckets(self, path: str, params: QueryPairs) -> Iterator[dict[str, Any]]:
         # Every parameter stays identical from page to page; only `page` is added.
         page: str | None = None
         for _ in range(MAX_PAGES):
@@ -154,7 +157,7 @@ class AdminApiClient:
                 )
         raise ProviderError(f"{path} returned more than {MAX_PAGES} pages.", permanent=False)
 
-    def _get(self, path: str, params: list[tuple[str, str]]) -> dict[str, Any]:
+    def _get(self, path: str, params: QueryPairs) -> dict[str, Any]:
         last: ProviderError | None = None
         for attempt in range(1, self._max_attempts + 1):
             try:

@@ -32,7 +32,7 @@ def connection_get(*, tenant: Tenant) -> ProviderConnection | None:
 def connection_mapping(*, connection: ProviderConnection) -> dict[str, dict[str, str]]:
     """Return the mapping as the API shows it: Anthropic id → feature key, per kind."""
     out: dict[str, dict[str, str]] = {"api_keys": {}, "workspaces": {}}
-    names = {MappingKind.API_KEY: "api_keys", MappingKind.WORKSPACE: "workspaces"}
+    names: dict[str, str] = {MappingKind.API_KEY: "api_keys", MappingKind.WORKSPACE: "workspaces"}
     if connection.pk is None:
         return out
     for kind, provider_id, key in connection.mappings.values_list("kind", "provider_id", "feature__key"):
@@ -182,13 +182,13 @@ def reconciliation_compute(*, tenant: Tenant, start: date, end: date) -> list[Re
                 unpriced=Coalesce(Sum(tokens, filter=Q(cost_nano__isnull=True)), 0),
             )
         )
-        for row in usage:
-            day = row["bucket_start"].astimezone(tz).date()
+        for usage_row in usage:
+            day = usage_row["bucket_start"].astimezone(tz).date()
             if day not in usage_days:
                 continue
-            item = line(day, row["canonical_model"] or row["model"])
-            item.provider_usage_nano = (item.provider_usage_nano or 0) + row["cost"]
-            item.unpriced_tokens += row["unpriced"]
+            item = line(day, usage_row["canonical_model"] or usage_row["model"])
+            item.provider_usage_nano = (item.provider_usage_nano or 0) + usage_row["cost"]
+            item.unpriced_tokens += usage_row["unpriced"]
 
         cost_days = {
             d

@@ -117,7 +117,7 @@ def provider_connection_save(
     """
     connection = ProviderConnection.objects.select_for_update().filter(tenant=tenant).first()
     creating = connection is None
-    if creating:
+    if connection is None:
         if not admin_key:
             raise ValueError("An admin key is needed to create the connection.")
         connection = ProviderConnection(tenant=tenant)

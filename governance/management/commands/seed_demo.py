@@ -15,6 +15,7 @@ import time
 from dataclasses import dataclass
 from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
+from typing import Any
 
 from django.conf import settings
 from django.contrib.auth import get_user_model
@@ -158,7 +159,7 @@ class Command(BaseCommand):
         return features
 
     def _budgets(self, tenant: Tenant, actor: Actor, features: dict[str, Feature]) -> None:
-        wanted = [
+        wanted: list[dict[str, Any]] = [
             dict(name="Company monthly", scope=Scope.TENANT, period=Period.MONTH, limit_nano=200 * NANO,
                  enforcement=Enforcement.BLOCK, thresholds=[50, 80, 100]),
             dict(name="Support assistant monthly", scope=Scope.FEATURE, feature=features["support-assistant"],
@@ -210,7 +211,7 @@ class Command(BaseCommand):
                 # Past days are complete once written; today keeps filling up as time passes.
                 if day != today and (feature.pk, day) in done:
                     continue
-                items = [i for i in self._day_calls(tenant, spec, feature, day, today, days) if i.occurred_at <= now]
+                items = [i for i in self._day_calls(tenant, spec, feature, day, today, days) if i.occurred_at is not None and i.occurred_at <= now]
                 if items:
                     results = usage_report(tenant=tenant, api_key=None, items=items)
                     recorded += sum(1 for r in results if r.created)

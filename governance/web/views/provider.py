@@ -17,7 +17,7 @@ from usage.provider.selectors import connection_get, connection_mapping
 
 
 def _form(request, connection, data=None) -> ProviderForm:
-    initial = {"enabled": True}
+    initial: dict[str, object] = {"enabled": True}
     if connection is not None:
         mapping = connection_mapping(connection=connection)
         lines = [f"{pid} = {key}" for name in ("api_keys", "workspaces") for pid, key in mapping.get(name, {}).items()]
