@@ -217,6 +217,10 @@ def test_malformed_or_missing_hold_ids_are_404(api, feature, hold_id):
         ({"ttl_seconds": 90001}, "invalid_request", "ttl_seconds"),
         ({"metadata": {"blob": "x" * 5000}}, "invalid_request", "metadata"),
         ({"metadata": [1, 2]}, "invalid_request", "metadata"),
+        ({"metadata": {"note": "a\u0000b"}}, "invalid_request", "metadata"),
+        ({"metadata": {"deep": [{"k\u0000": 1}]}}, "invalid_request", "metadata"),
+        ({"run_id": "run\u0000"}, "invalid_request", "run_id"),
+        ({"idempotency_key": "\u0000"}, "invalid_request", "idempotency_key"),
         ({"service_tier": "turbo"}, "invalid_request", "service_tier"),
         ({"cache_read_tokens": 5000}, "invalid_request", "input_tokens"),
         ({"run_id": "r" * 201}, "invalid_request", "run_id"),
@@ -349,3 +353,20 @@ def test_an_unreachable_database_is_not_retried_and_answers_503(api, feature, mo
 
     monkeypatch.setattr(services, "_decide", down)
     assert_error(ask(api), 503, "unavailable")
+
+
+def test_deeply_nested_metadata_is_a_clear_error_not_a_crash(api, feature):
+    nested = "[" * 3000 + "]" * 3000
+    body = '{"feature": "support-bot", "model": "claude-sonnet-4-5", "input_tokens": 10, "max_tokens": 10, ' \
+           f'"metadata": {{"x": {nested}}}}}'
+    response = api.post("/api/v1/allowances", body, content_type="application/json")
+    assert response.status_code == 400 and response.json()["error"]["code"] == "invalid_request"
+
+
+def test_metadata_nested_past_32_levels_is_refused(api, feature):
+    deep: dict = {}
+    for _ in range(40):
+        deep = {"d": deep}
+    response = ask(api, metadata=deep)
+    assert_error(response, 400, "invalid_request")
+    assert "metadata" in response.json()["error"]["details"]

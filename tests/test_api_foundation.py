@@ -261,3 +261,8 @@ def test_create_tenant_command_prints_admin_key_last(db, capsys):
 def test_whoami_names_the_key_and_tenant(api, service_key):
     key, _ = service_key
     assert api.get("/api/v1/whoami").json() == {"tenant": "acme", "key_prefix": key.prefix, "role": "service"}
+
+
+@pytest.mark.parametrize("url", ["/api/v1/budgets?feature=%00", "/api/v1/features/a%00b"])
+def test_a_nul_in_a_feature_key_is_not_found(admin_api, feature, url):
+    assert admin_api.get(url).status_code in (400, 404)

@@ -14,12 +14,36 @@ METADATA_LIMIT = 4096
 MAX_MS = 86_400_000
 
 
+METADATA_DEPTH = 32
+
+
 def validate_metadata(value):
     if not isinstance(value, dict):
         raise serializers.ValidationError("Must be a JSON object.")
+    problem = _json_problem(value)
+    if problem:
+        raise serializers.ValidationError(problem)
     if len(json.dumps(value, separators=(",", ":"))) > METADATA_LIMIT:
         raise serializers.ValidationError("Must be at most 4 KiB as JSON.")
     return value
+
+
+def _json_problem(value) -> str | None:
+    """Return what makes a JSON value unfit to store, walking it without recursion."""
+    pending = [(value, 1)]
+    while pending:
+        item, depth = pending.pop()
+        if depth > METADATA_DEPTH:
+            return f"Must be nested at most {METADATA_DEPTH} levels deep."
+        if isinstance(item, str):
+            if "\x00" in item:  # PostgreSQL's jsonb cannot store it
+                return "Must not contain the NUL character (\\u0000)."
+        elif isinstance(item, dict):
+            pending.extend((key, depth) for key in item)
+            pending.extend((child, depth + 1) for child in item.values())
+        elif isinstance(item, list):
+            pending.extend((child, depth + 1) for child in item)
+    return None
 
 
 class CacheCreationInput(serializers.Serializer):

@@ -30,8 +30,8 @@ class FeatureMappingField(serializers.DictField):
         value = super().to_internal_value(data)
         if len(value) > MAX_MAPPINGS:
             raise serializers.ValidationError(f"At most {MAX_MAPPINGS} entries.")
-        if any(not key or len(key) > 200 for key in value):
-            raise serializers.ValidationError("Anthropic ids are 1-200 characters.")
+        if any(not key or len(key) > 200 or "\x00" in key for key in value):
+            raise serializers.ValidationError("Anthropic ids are 1-200 characters, without NUL.")
         return value
 
 
