@@ -14,7 +14,8 @@ COMMIT sent separately. The statement
    is inserted instead where an idempotency key must replay it.
 
 It is prepared once per connection (server-side binding), so PostgreSQL does not parse
-and plan it on every call. The general path (several candidate models, SQLite) is the
+and plan it on every call (unless DB_PREPARED_STATEMENTS=0 turns that off for a pooler
+that cannot keep prepared statements; see settings). The general path (several candidate models, SQLite) is the
 locked transaction in ``services._decide``; both apply the same rule.
 """
 
