@@ -157,7 +157,8 @@ class AllowanceCommitApi(HoldMixin, TenantAPIView):
         fingerprint = services.AllowanceRequest.fingerprint_of(request.data)
         try:
             result = services.hold_commit(
-                tenant=self.tenant, hold_id=pk, api_key=self.api_key, data=commit, fingerprint=fingerprint
+                tenant=self.tenant, hold_id=pk, api_key=self.api_key, data=commit, fingerprint=fingerprint,
+                policy=self.policy,
             )
         except services.AllowanceError as exc:
             raise_allowance_error(exc)

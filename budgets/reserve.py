@@ -31,11 +31,16 @@ from psycopg.types.json import Jsonb
 
 from budgets.models import Budget, BudgetWindow, Enforcement, Hold, HoldState
 
-# The window columns the statement returns, in BudgetWindow's attribute names.
+# The window columns the hot-path statements return, in BudgetWindow's attribute names.
 WINDOW_COLUMNS = (
     "id", "budget_id", "run_id", "start", "end", "created_at",
     "spent_nano", "reserved_nano", "spent_tokens", "reserved_tokens",
 )
+
+
+def window_from_row(row) -> BudgetWindow:
+    """Return a window from the first len(WINDOW_COLUMNS) values of a raw row."""
+    return BudgetWindow(**dict(zip(WINDOW_COLUMNS, row[: len(WINDOW_COLUMNS)], strict=True)))
 # Hold columns whose value depends on the verdict, computed in SQL.
 DECIDED = {
     "state": f"CASE WHEN verdict.ok THEN '{HoldState.HELD}' ELSE '{HoldState.DENIED}' END",
@@ -117,7 +122,7 @@ def hold_reserve(hold: Hold, *, now: datetime) -> tuple[list[BudgetWindow], set[
     refusing: set[int] = set()
     complete = len(rows) == len(hold.window_ids)
     for row in rows:
-        window = BudgetWindow(**dict(zip(WINDOW_COLUMNS, row[:10], strict=True)))
+        window = window_from_row(row)
         windows[window.id] = window
         if row[10]:
             refusing.add(window.id)

@@ -200,12 +200,6 @@ def windows_add(window_ids: list[int], *, spent: int = 0, reserved: int = 0, spe
     )
 
 
-WINDOW_COLUMNS = (
-    "id", "budget_id", "run_id", "start", "end", "created_at",
-    "spent_nano", "reserved_nano", "spent_tokens", "reserved_tokens",
-)
-
-
 def windows_move(window_ids: list[int], *, spent: int = 0, reserved: int = 0, spent_tokens: int = 0,
                  reserved_tokens: int = 0) -> list[BudgetWindow]:
     """Lock the windows in ascending id order and move their counters, in one statement.
@@ -219,7 +213,7 @@ def windows_move(window_ids: list[int], *, spent: int = 0, reserved: int = 0, sp
         "spent_nano = spent_nano + %s, reserved_nano = reserved_nano + %s, "
         "spent_tokens = spent_tokens + %s, reserved_tokens = reserved_tokens + %s"
     )
-    returning = ", ".join(f'"{c}"' for c in WINDOW_COLUMNS)
+    returning = ", ".join(f'"{c}"' for c in reserve.WINDOW_COLUMNS)
     ids = sorted(set(window_ids))
     if connection.vendor == "postgresql":
         # The CTE takes the row locks in id order (the global lock order) before the update.
@@ -236,7 +230,7 @@ def windows_move(window_ids: list[int], *, spent: int = 0, reserved: int = 0, sp
     with connection.cursor() as cursor:
         cursor.execute(sql, params)
         rows = cursor.fetchall()
-    windows = [BudgetWindow(**dict(zip(WINDOW_COLUMNS, row, strict=True))) for row in rows]
+    windows = [reserve.window_from_row(row) for row in rows]
     if connection.vendor != "postgresql":
         for window in windows:  # SQLite hands back text for datetimes and UUIDs
             for name in ("budget", "start", "end", "created_at"):
@@ -628,14 +622,16 @@ def _with_budgets(windows: list[BudgetWindow], policy: TenantPolicy) -> list[Bud
 
 @transaction.atomic
 def hold_commit(
-    *, tenant: Tenant, hold_id, api_key: ApiKey | None, data: CommitData, fingerprint: str
+    *, tenant: Tenant, hold_id, api_key: ApiKey | None, data: CommitData, fingerprint: str,
+    policy: TenantPolicy | None = None,
 ) -> CommitResult:
     """Charge a call's actual usage to the windows its hold reserved on, and write it to the ledger.
 
     A commit after expiry is still charged (the money was spent) and marked late.
+    ``policy`` is the tenant's policy when the caller has just checked it is current.
     """
     hold = _hold_locked(tenant, hold_id)
-    policy = tenant_policy(tenant.pk)
+    policy = policy or tenant_policy(tenant.pk)
     if hold.state == HoldState.RELEASED:
         raise AllowanceError("conflict", "This allowance was released; it cannot be committed.")
     if hold.state == HoldState.COMMITTED:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 from collections import defaultdict
@@ -182,23 +183,30 @@ _PG_HISTOGRAM_SUM = """CASE
 END"""
 
 
-def _rollup_upsert(key: dict[str, Any], family: str, delta: dict[str, Any]) -> None:
-    """Add ``delta`` to a rollup in one statement (PostgreSQL): insert it, or add to the row there."""
-    table = UsageRollup._meta.db_table
+ROLLUP_HISTOGRAMS = ("latency_histogram", "ttft_histogram")
+
+
+@functools.cache
+def _rollup_upsert_sql() -> str:
+    """Return the rollup upsert (built once: it depends only on the model)."""
     sums = UsageRollup.SUM_FIELDS
-    histograms = ("latency_histogram", "ttft_histogram")
-    columns = ["tenant_id", "feature_id", "model", "service_tier", "day", "family", *sums, *histograms]
-    values = [key["tenant"].pk, key["feature_id"], key["model"], key["service_tier"], key["day"], family,
-              *(delta[name] for name in sums), *(json.dumps(delta[name]) for name in histograms)]
-    marks = ["%s"] * (len(columns) - len(histograms)) + ["%s::jsonb"] * len(histograms)
+    columns = ["tenant_id", "feature_id", "model", "service_tier", "day", "family", *sums, *ROLLUP_HISTOGRAMS]
+    marks = ["%s"] * (len(columns) - len(ROLLUP_HISTOGRAMS)) + ["%s::jsonb"] * len(ROLLUP_HISTOGRAMS)
     updates = [f"{name} = r.{name} + EXCLUDED.{name}" for name in sums]
-    updates += [f"{name} = {_PG_HISTOGRAM_SUM.format(c=name)}" for name in histograms]
-    sql = (
-        f"INSERT INTO {table} AS r ({', '.join(columns)}) VALUES ({', '.join(marks)}) "
+    updates += [f"{name} = {_PG_HISTOGRAM_SUM.format(c=name)}" for name in ROLLUP_HISTOGRAMS]
+    return (
+        f"INSERT INTO {UsageRollup._meta.db_table} AS r ({', '.join(columns)}) VALUES ({', '.join(marks)}) "
         f"ON CONFLICT (tenant_id, feature_id, model, service_tier, day) DO UPDATE SET {', '.join(updates)}"
     )
+
+
+def _rollup_upsert(key: dict[str, Any], family: str, delta: dict[str, Any]) -> None:
+    """Add ``delta`` to a rollup in one statement (PostgreSQL): insert it, or add to the row there."""
+    values = [key["tenant"].pk, key["feature_id"], key["model"], key["service_tier"], key["day"], family,
+              *(delta[name] for name in UsageRollup.SUM_FIELDS),
+              *(json.dumps(delta[name]) for name in ROLLUP_HISTOGRAMS)]
     with connection.cursor() as cursor:
-        cursor.execute(sql, values)
+        cursor.execute(_rollup_upsert_sql(), values)
 
 
 def usage_events_record(
