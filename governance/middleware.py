@@ -6,6 +6,7 @@ import logging
 
 from django.core.exceptions import RequestDataTooBig
 from django.db import InterfaceError, OperationalError
+from django.http import HttpResponseBadRequest
 
 from governance.api.errors import json_error
 
@@ -14,6 +15,25 @@ logger = logging.getLogger(__name__)
 
 def is_api(request) -> bool:
     return request.path.startswith("/api/")
+
+
+class RejectNulMiddleware:
+    """Answer 400 to a URL holding U+0000: no path or parameter here has one, and PostgreSQL
+    refuses it in any query, so it would otherwise end as a 500 wherever it reached one."""
+
+    def __init__(self, get_response):
+        self.get_response = get_response
+
+    def __call__(self, request):
+        where = ["path"] if "\x00" in request.path else []
+        where += [name for name, value in request.GET.items() if "\x00" in name + value]
+        if not where:
+            return self.get_response(request)
+        message = "The URL must not contain the NUL character."
+        if is_api(request):
+            details = {name.replace("\x00", "\\u0000"): [message] for name in where}
+            return json_error(400, "invalid_request", message, details)
+        return HttpResponseBadRequest(message)
 
 
 class ApiErrorMiddleware:

@@ -263,6 +263,10 @@ def test_whoami_names_the_key_and_tenant(api, service_key):
     assert api.get("/api/v1/whoami").json() == {"tenant": "acme", "key_prefix": key.prefix, "role": "service"}
 
 
-@pytest.mark.parametrize("url", ["/api/v1/budgets?feature=%00", "/api/v1/features/a%00b"])
-def test_a_nul_in_a_feature_key_is_not_found(admin_api, feature, url):
-    assert admin_api.get(url).status_code in (400, 404)
+@pytest.mark.parametrize(
+    "url,where",
+    [("/api/v1/budgets?feature=%00", "feature"), ("/api/v1/features/a%00b", "path"),
+     ("/api/v1/whoami?x%00=1", "x\\u0000")],
+)
+def test_a_nul_in_the_url_is_a_400_naming_where(admin_api, feature, url, where):
+    assert where in assert_error(admin_api.get(url), 400, "invalid_request")["details"]

@@ -354,3 +354,8 @@ def test_usage_explorer_filters_and_exports_csv(as_viewer, tenant, feature):
     assert "'=cmd,10,5.000000,1000,500,0,0,0,0,0" in lines  # formula-looking cells are defused
     bad = as_viewer.get("/t/acme/usage/", {"start": "2026-02-01", "end": "2026-01-01"})
     assert "The end must not be before the start." in bad.content.decode()
+
+
+def test_a_nul_in_a_page_url_is_a_400(as_admin, feature):
+    assert as_admin.get("/t/acme/budgets/new/", {"feature": "a\x00b"}).status_code == 400
+    assert as_admin.get("/t/acme/budgets/new/", {"feature": feature.key}).status_code == 200
