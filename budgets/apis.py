@@ -16,7 +16,7 @@ from governance.api.fields import StrictSerializer, UsdField, nano_to_usd, token
 from governance.api.ids import parse_public_id, public_id
 from governance.models import Tenant
 from governance.selectors import feature_get
-from usage.models import ModelFamily, ServiceTier
+from usage.models import ServiceTier
 from usage.pricing import TokenUsage
 from usage.serializers import CommitInput, validate_metadata
 
@@ -194,7 +194,7 @@ class BudgetInput(StrictSerializer):
     scope = serializers.ChoiceField(choices=Scope.choices)
     feature = serializers.CharField(required=False, allow_null=True, max_length=63)
     model_families = serializers.ListField(
-        child=serializers.ChoiceField(choices=ModelFamily.choices), required=False, max_length=3
+        child=serializers.CharField(max_length=40), required=False, max_length=20
     )
     period = serializers.ChoiceField(choices=Period.choices, required=False)
     limit_usd = UsdField(required=False, allow_null=True)

@@ -28,11 +28,12 @@ from budgets.policy import TenantPolicy, policy_changed, tenant_policy
 from governance.audit import Actor, audit_record, audit_update, audited_delete
 from governance.models import ApiKey, Feature, Tenant
 from governance.transactions import MAX_ATTEMPTS, is_retryable
-from usage.models import ModelFamily, ServiceTier, UsageEvent, UsageSource
+from usage.models import ServiceTier, UsageEvent, UsageSource
 from usage.pricing import (
     TokenUsage,
     canonical_model,
     is_priced,
+    known_families,
     model_family,
     planned_usage,
     worst_case_nano,
@@ -81,8 +82,8 @@ def budget_validate(budget: Budget) -> None:
     if budget.limit_tokens is not None and budget.limit_tokens <= 0:
         errors["limit_tokens"] = "The limit must be above zero."
     families = budget.model_families
-    if not isinstance(families, list) or any(f not in ModelFamily.values for f in families):
-        errors["model_families"] = f"Choose among {', '.join(ModelFamily.values)}."
+    if not isinstance(families, list) or any(f not in known_families() for f in families):
+        errors["model_families"] = f"Choose among {', '.join(known_families())}."
     thresholds = budget.thresholds
     if (
         not isinstance(thresholds, list)

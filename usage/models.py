@@ -19,10 +19,14 @@ class ServiceTier(models.TextChoices):
     PRIORITY = "priority", "Priority"
 
 
-class ModelFamily(models.TextChoices):
-    OPUS = "opus", "Opus"
-    SONNET = "sonnet", "Sonnet"
-    HAIKU = "haiku", "Haiku"
+class Speed(models.TextChoices):
+    STANDARD = "standard", "Standard"
+    FAST = "fast", "Fast mode"
+
+
+# A family is a word of the catalog (opus, sonnet, haiku, fable, mythos …), not a closed list:
+# ``usage.pricing.known_families()`` says which ones exist.
+FAMILY_MAX_LENGTH = 40
 
 
 def price_field(help_text: str) -> models.DecimalField:
@@ -35,11 +39,12 @@ class ModelPrice(models.Model):
     model = models.CharField(max_length=100, help_text="Canonical API id, e.g. claude-sonnet-4-5-20250929.")
     aliases = models.JSONField(default=list, blank=True, help_text="Other ids that name this model.")
     display_name = models.CharField(max_length=100)
-    family = models.CharField(max_length=10, choices=ModelFamily.choices)
+    family = models.CharField(max_length=FAMILY_MAX_LENGTH, help_text="Catalog family: opus, sonnet, haiku, fable …")
     generation = models.DecimalField(
         max_digits=5, decimal_places=2, help_text="Version number, for 'one tier down' (4.5, 5 …)."
     )
     retired = models.BooleanField(default=False)
+    retired_on = models.DateField(null=True, blank=True, help_text="Day Anthropic retired it (history stays priced).")
     service_tier = models.CharField(
         max_length=10,
         blank=True,
@@ -54,7 +59,9 @@ class ModelPrice(models.Model):
     output = price_field("Output, USD per MTok")
     batch_factor = models.DecimalField(max_digits=5, decimal_places=4, default=0.5)
     long_context_threshold = models.PositiveIntegerField(
-        null=True, blank=True, help_text="Total input tokens above which the long-context prices apply."
+        null=True,
+        blank=True,
+        help_text="Prompt tokens (input + cache writes + reads) above which the lc_* band applies to the whole request.",
     )
     lc_input = models.DecimalField(max_digits=12, decimal_places=6, null=True, blank=True)
     lc_cache_write_5m = models.DecimalField(max_digits=12, decimal_places=6, null=True, blank=True)
@@ -64,8 +71,12 @@ class ModelPrice(models.Model):
     geo_us_factor = models.DecimalField(
         max_digits=5, decimal_places=4, default=1, help_text="Multiplier for inference_geo='us'."
     )
+    fast_factor = models.DecimalField(
+        max_digits=6, decimal_places=4, null=True, blank=True,
+        help_text="Multiplier for speed='fast' (blank: no fast mode). Stacks with cache prices and geo, not batch.",
+    )
     web_search_per_request = models.DecimalField(max_digits=10, decimal_places=6, default=0.01)
-    source = models.CharField(max_length=200, blank=True)
+    source = models.CharField(max_length=300, blank=True, help_text="URL of the page the rates were read from.")
 
     class Meta:
         ordering = ["family", "-generation", "model", "-effective_from"]
@@ -95,9 +106,10 @@ class UsageEvent(models.Model):
     run_id = models.CharField(max_length=200, blank=True)
     request_id = models.CharField(max_length=255, blank=True)
     model = models.CharField(max_length=100)
-    family = models.CharField(max_length=10, choices=ModelFamily.choices)
+    family = models.CharField(max_length=FAMILY_MAX_LENGTH, blank=True)
     service_tier = models.CharField(max_length=10, choices=ServiceTier.choices, default=ServiceTier.STANDARD)
     inference_geo = models.CharField(max_length=20, blank=True)
+    speed = models.CharField(max_length=10, choices=Speed.choices, default=Speed.STANDARD)
     input_tokens = models.BigIntegerField(default=0, help_text="Uncached input")
     output_tokens = models.BigIntegerField(default=0)
     cache_write_5m_tokens = models.BigIntegerField(default=0)
@@ -105,6 +117,10 @@ class UsageEvent(models.Model):
     cache_read_tokens = models.BigIntegerField(default=0)
     web_search_requests = models.BigIntegerField(default=0)
     cost_nano = models.BigIntegerField()
+    priced = models.BooleanField(
+        default=True, help_text="False: no price was known for the model; cost is 0 or the hold model's price."
+    )
+    off_hold = models.BooleanField(default=False, help_text="Committed although its model budgets refused it.")
     max_tokens = models.PositiveIntegerField(null=True, blank=True, help_text="max_tokens the call carried")
     stop_reason = models.CharField(max_length=40, blank=True)
     latency_ms = models.PositiveIntegerField(null=True, blank=True)
@@ -168,7 +184,7 @@ class UsageRollup(models.Model):
     tenant = models.ForeignKey(Tenant, on_delete=models.CASCADE, related_name="usage_rollups")
     feature = models.ForeignKey(Feature, on_delete=models.CASCADE, related_name="usage_rollups")
     model = models.CharField(max_length=100)
-    family = models.CharField(max_length=10, choices=ModelFamily.choices)
+    family = models.CharField(max_length=FAMILY_MAX_LENGTH, blank=True)
     service_tier = models.CharField(max_length=10, choices=ServiceTier.choices)
     day = models.DateField()
     calls = models.BigIntegerField(default=0)

@@ -17,10 +17,13 @@ from decimal import ROUND_CEILING, ROUND_HALF_UP, Decimal
 from django.db.models.signals import post_delete, post_save
 from django.utils import timezone
 
-from usage.models import NANO, ModelPrice, ServiceTier
+from usage.models import NANO, ModelPrice, ServiceTier, Speed
 
 MTOK = Decimal(1_000_000)
-_FAMILY_RE = re.compile(r"^claude-(?:\d+(?:-\d+)?-)?(opus|sonnet|haiku)\b")
+# The family word of an id the catalog lacks: claude-fable-5-1 is fable, claude-3-5-haiku-… is haiku.
+_FAMILY_RE = re.compile(r"^claude-(?:\d+(?:-\d+)?-)?([a-z]+)\b")
+# A dated snapshot id, claude-opus-4-7-20260416: priced as its alias when the catalog has no row for it.
+_DATED_RE = re.compile(r"^(?P<alias>.+)-(?P<date>20\d{6})$")
 
 
 class UnknownModel(Exception):
@@ -72,7 +75,10 @@ class TokenUsage:
 
 
 def model_family(model: str) -> str | None:
-    """Return the family word of a Claude model id (``claude-3-5-haiku-…`` is haiku)."""
+    """Return the family of a model id: the catalog's, else the word after ``claude-`` (``claude-3-5-haiku-…`` is haiku)."""
+    rows = _rows(model)
+    if rows:
+        return rows[0].family
     match = _FAMILY_RE.match(model)
     return match.group(1) if match else None
 
@@ -113,8 +119,26 @@ post_save.connect(clear_price_cache, sender=ModelPrice)
 post_delete.connect(clear_price_cache, sender=ModelPrice)
 
 
+def _rows(model: str) -> list[ModelPrice]:
+    """Return every row naming ``model``, newest first; a dated id the catalog lacks falls back to its alias."""
+    table = _table()
+    rows = table.get(model)
+    if rows:
+        return rows
+    match = _DATED_RE.match(model)
+    if match:
+        return table.get(match.group("alias")) or []
+    return []
+
+
 def is_priced(model: str) -> bool:
-    return model in _table()
+    """Return whether the catalog prices ``model`` (a dated id counts when its alias is priced)."""
+    return bool(_rows(model))
+
+
+def known_families() -> list[str]:
+    """Return every family the catalog knows (opus, sonnet, haiku, fable …), sorted."""
+    return sorted({row.family for rows in _table().values() for row in rows if row.family})
 
 
 def priced_models() -> list[ModelPrice]:
@@ -128,8 +152,11 @@ def priced_models() -> list[ModelPrice]:
 
 
 def price_for(model: str, *, at: datetime | None = None, service_tier: str = ServiceTier.STANDARD) -> ModelPrice:
-    """Return the price row in effect for ``model`` at ``at`` (now by default)."""
-    rows = _table().get(model)
+    """Return the price row in effect for ``model`` at ``at`` (now by default).
+
+    A dated id (``<alias>-YYYYMMDD``) with no row of its own is priced as its alias.
+    """
+    rows = _rows(model)
     if not rows:
         raise UnknownModel(model)
     at = at or timezone.now()
@@ -152,9 +179,21 @@ def canonical_model(model: str) -> str:
 
 
 def usage_cost(
-    price: ModelPrice, usage: TokenUsage, *, service_tier: str = ServiceTier.STANDARD, inference_geo: str = ""
+    price: ModelPrice,
+    usage: TokenUsage,
+    *,
+    service_tier: str = ServiceTier.STANDARD,
+    inference_geo: str = "",
+    speed: str = Speed.STANDARD,
 ) -> Decimal:
-    """Return the exact cost in USD of one request's usage at ``price``."""
+    """Return the exact cost in USD of one request's usage at ``price``.
+
+    The prompt-length band (``long_context_threshold``: Haiku 5.5's 100k, the older 200k
+    rule) prices every token of a request whose prompt is over it. Then one multiplier of
+    the tier or speed: batch (fast mode is not offered on batches, so speed is ignored
+    there), else fast mode where the model has it. Then ``inference_geo='us'``. Web search
+    is per request and takes none of them.
+    """
     long_context = (
         price.long_context_threshold is not None
         and price.lc_input is not None
@@ -173,8 +212,11 @@ def usage_cost(
         + usage.cache_write_1h_tokens * write_1h_rate
         + usage.cache_read_tokens * read_rate
     ) / MTOK
-    if service_tier == ServiceTier.BATCH and price.service_tier != ServiceTier.BATCH:
-        tokens *= Decimal(price.batch_factor)
+    if service_tier == ServiceTier.BATCH:
+        if price.service_tier != ServiceTier.BATCH:
+            tokens *= Decimal(price.batch_factor)
+    elif speed == Speed.FAST and price.fast_factor is not None:
+        tokens *= Decimal(price.fast_factor)
     if inference_geo == "us":
         tokens *= Decimal(price.geo_us_factor)
     return tokens + usage.web_search_requests * Decimal(price.web_search_per_request)
@@ -190,11 +232,12 @@ def usage_cost_nano(
     *,
     service_tier: str = ServiceTier.STANDARD,
     inference_geo: str = "",
+    speed: str = Speed.STANDARD,
     at: datetime | None = None,
 ) -> int:
     """Return the cost of one request in nano-USD, rounded half-up."""
     price = price_for(model, at=at, service_tier=service_tier)
-    return to_nano(usage_cost(price, usage, service_tier=service_tier, inference_geo=inference_geo))
+    return to_nano(usage_cost(price, usage, service_tier=service_tier, inference_geo=inference_geo, speed=speed))
 
 
 def planned_usage(
@@ -204,8 +247,9 @@ def planned_usage(
     cache_read_tokens: int = 0,
     cache_write_5m_tokens: int = 0,
     cache_write_1h_tokens: int = 0,
+    web_search_requests: int = 0,
 ) -> TokenUsage:
-    """Return the worst case of a planned call: declared input split by cache, plus max_tokens out."""
+    """Return the worst case of a planned call: declared input split by cache, max_tokens out, web searches."""
     declared_cache = cache_read_tokens + cache_write_5m_tokens + cache_write_1h_tokens
     return TokenUsage(
         input_tokens=max(input_tokens - declared_cache, 0),
@@ -213,17 +257,25 @@ def planned_usage(
         cache_write_5m_tokens=cache_write_5m_tokens,
         cache_write_1h_tokens=cache_write_1h_tokens,
         cache_read_tokens=cache_read_tokens,
+        web_search_requests=web_search_requests,
     )
 
 
 def worst_case_nano(
-    model: str, planned: TokenUsage, *, service_tier: str = ServiceTier.STANDARD, inference_geo: str = ""
+    model: str,
+    planned: TokenUsage,
+    *,
+    service_tier: str = ServiceTier.STANDARD,
+    inference_geo: str = "global",
+    speed: str = Speed.STANDARD,
 ) -> int:
     """Return the hold for a planned call in nano-USD, rounded up.
 
-    Priced as the caller declared the input split (DESIGN.md): a call whose usage
-    stays within each declared count and ``max_tokens`` never costs more than this.
+    Priced as the caller declared the input split (DESIGN.md), with the same band, fast
+    and geo multipliers as the actual cost and each planned web search at the model's
+    per-request price: a call whose usage stays within each declared count and
+    ``max_tokens`` never costs more than this.
     """
     price = price_for(model, service_tier=service_tier)
-    cost = usage_cost(price, planned, service_tier=service_tier, inference_geo=inference_geo)
+    cost = usage_cost(price, planned, service_tier=service_tier, inference_geo=inference_geo, speed=speed)
     return to_nano(cost, rounding=ROUND_CEILING)

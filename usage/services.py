@@ -17,13 +17,15 @@ from governance.models import ApiKey, Feature, Tenant
 from governance.transactions import MAX_ATTEMPTS, is_retryable
 from usage.models import (
     HISTOGRAM_SIZE,
+    ModelPrice,
     ServiceTier,
+    Speed,
     UsageEvent,
     UsageRollup,
     UsageSource,
     histogram_bucket,
 )
-from usage.pricing import TokenUsage, model_family, price_for, to_nano, usage_cost
+from usage.pricing import TokenUsage, UnknownModel, model_family, price_for, to_nano, usage_cost
 
 logger = logging.getLogger(__name__)
 
@@ -38,6 +40,7 @@ class UsageInput:
     usage: TokenUsage
     service_tier: str = ServiceTier.STANDARD
     inference_geo: str = ""
+    speed: str = Speed.STANDARD
     request_id: str = ""
     run_id: str = ""
     occurred_at: datetime | None = None
@@ -55,11 +58,35 @@ class RecordedUsage:
     created: bool
 
 
-def usage_event_build(*, tenant: Tenant, api_key: ApiKey | None, item: UsageInput, source: str) -> UsageEvent:
-    """Price one call with the row in effect when it happened and return an unsaved ledger row."""
+def _price_or_none(model: str, *, at: datetime, service_tier: str) -> ModelPrice | None:
+    try:
+        return price_for(model, at=at, service_tier=service_tier)
+    except UnknownModel:
+        return None
+
+
+def usage_event_build(
+    *, tenant: Tenant, api_key: ApiKey | None, item: UsageInput, source: str, fallback_model: str | None = None
+) -> UsageEvent:
+    """Price one call with the row in effect when it happened and return an unsaved ledger row.
+
+    Spent money is never refused: a model the catalog does not price is recorded with its
+    tokens and ``priced=False``, at ``fallback_model``'s price when one is given (a commit
+    passes its hold's model) or at 0. A dated id whose alias is priced is priced, not flagged.
+    """
     occurred_at = item.occurred_at or timezone.now()
-    price = price_for(item.model, at=occurred_at, service_tier=item.service_tier)
-    cost = usage_cost(price, item.usage, service_tier=item.service_tier, inference_geo=item.inference_geo)
+    price = _price_or_none(item.model, at=occurred_at, service_tier=item.service_tier)
+    priced = price is not None
+    if price is None and fallback_model:
+        price = _price_or_none(fallback_model, at=occurred_at, service_tier=item.service_tier)
+    cost_nano = 0
+    if price is not None:
+        cost = usage_cost(
+            price, item.usage, service_tier=item.service_tier, inference_geo=item.inference_geo, speed=item.speed
+        )
+        cost_nano = to_nano(cost)
+    model = price.model if priced and price is not None else item.model
+    family = price.family if priced and price is not None else (model_family(item.model) or "")
     u = item.usage
     return UsageEvent(
         tenant=tenant,
@@ -67,17 +94,19 @@ def usage_event_build(*, tenant: Tenant, api_key: ApiKey | None, item: UsageInpu
         api_key=api_key,
         run_id=item.run_id,
         request_id=item.request_id,
-        model=price.model,
-        family=price.family or model_family(price.model) or "",
+        model=model,
+        family=family,
         service_tier=item.service_tier,
         inference_geo=item.inference_geo,
+        speed=item.speed,
         input_tokens=u.input_tokens,
         output_tokens=u.output_tokens,
         cache_write_5m_tokens=u.cache_write_5m_tokens,
         cache_write_1h_tokens=u.cache_write_1h_tokens,
         cache_read_tokens=u.cache_read_tokens,
         web_search_requests=u.web_search_requests,
-        cost_nano=to_nano(cost),
+        cost_nano=cost_nano,
+        priced=priced,
         max_tokens=item.max_tokens,
         stop_reason=item.stop_reason,
         latency_ms=item.latency_ms,

@@ -11,8 +11,8 @@ from budgets.models import Enforcement, Period, Scope
 from governance.crypto import mask
 from governance.models import FailMode, Feature, KeyRole, Role, slug_validator
 from governance.notify.models import AlertKind, ChannelKind
-from usage.models import NANO, ModelFamily, ServiceTier
-from usage.pricing import is_priced, priced_models
+from usage.models import NANO, ServiceTier
+from usage.pricing import is_priced, known_families, priced_models
 
 
 def model_choices() -> list[tuple[str, str]]:
@@ -86,7 +86,8 @@ class BudgetForm(forms.Form):
         help_text="Required for a feature budget; optional for a run budget.",
     )
     model_families = forms.MultipleChoiceField(
-        choices=ModelFamily.choices, required=False, widget=forms.CheckboxSelectMultiple,
+        choices=lambda: [(f, f.title()) for f in known_families()], required=False,
+        widget=forms.CheckboxSelectMultiple,
         help_text="Count only these model families. None ticked: every model.",
     )
     period = forms.ChoiceField(choices=Period.choices, initial=Period.MONTH,
