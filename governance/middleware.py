@@ -9,6 +9,7 @@ from django.db import InterfaceError, OperationalError
 from django.http import HttpResponseBadRequest
 
 from governance.api.errors import json_error
+from governance.api.parsers import unfit_char
 
 logger = logging.getLogger(__name__)
 
@@ -18,22 +19,32 @@ def is_api(request) -> bool:
 
 
 class RejectNulMiddleware:
-    """Answer 400 to a URL holding U+0000: no path or parameter here has one, and PostgreSQL
-    refuses it in any query, so it would otherwise end as a 500 wherever it reached one."""
+    """Answer 400 to a URL holding U+0000 or a lone surrogate, naming where.
+
+    No path or parameter here has one, and PostgreSQL refuses NUL in any query (a surrogate
+    cannot even be encoded), so either would otherwise end as a 500 wherever it reached one.
+    Request bodies get the same check in the API's JSON parser.
+    """
 
     def __init__(self, get_response):
         self.get_response = get_response
 
     def __call__(self, request):
-        where = ["path"] if "\x00" in request.path else []
-        where += [name for name, value in request.GET.items() if "\x00" in name + value]
+        where = ["path"] if unfit_char(request.path) else []
+        where += [
+            name for name, values in request.GET.lists() if unfit_char(name) or any(map(unfit_char, values))
+        ]
         if not where:
             return self.get_response(request)
-        message = "The URL must not contain the NUL character."
+        message = "The URL must not contain the NUL character or a lone UTF-16 surrogate."
         if is_api(request):
-            details = {name.replace("\x00", "\\u0000"): [message] for name in where}
+            details = {_escaped(name): [message] for name in where}
             return json_error(400, "invalid_request", message, details)
         return HttpResponseBadRequest(message)
+
+
+def _escaped(name: str) -> str:
+    return "".join(f"\\u{ord(c):04x}" if unfit_char(c) else c for c in name)
 
 
 class ApiErrorMiddleware:

@@ -30,7 +30,8 @@ def test_missing_key_is_401(client, db):
 
 @pytest.mark.parametrize(
     "header",
-    ["Bearer", "Bearer ", "Token abc", "Bearer cpt_nope", "Bearer cpt_abc_def", "Basic dXNlcjpwYXNz", "Bearer \x00"],
+    ["Bearer", "Bearer ", "Token abc", "Bearer cpt_nope", "Bearer cpt_abc_def", "Basic dXNlcjpwYXNz", "Bearer \x00",
+     "Bearer cpt_\x00abc_def", "Bearer cpt_abc_d\x00ef", "Bearer cpt_\xe9_x"],
 )
 def test_malformed_or_unknown_key_is_401(client, db, header):
     assert_error(client.get("/api/v1/features", HTTP_AUTHORIZATION=header), 401, "unauthenticated")

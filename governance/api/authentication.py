@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+import re
 import secrets
 from datetime import timedelta
 
@@ -15,6 +16,7 @@ from budgets.policy import TenantPolicy, tenant_policy
 from governance.models import ApiKey, Tenant
 
 KEY_SCHEME = "cpt"
+_PREFIX = re.compile("[0-9a-f]{1,16}")
 LAST_USED_RESOLUTION = timedelta(minutes=1)
 
 
@@ -40,9 +42,11 @@ def key_from_secret(secret: str) -> tuple[ApiKey, TenantPolicy] | None:
     no query here, and a revocation still takes effect at the next request.
     """
     parts = secret.split("_", 2)
-    if len(parts) != 3 or parts[0] != KEY_SCHEME or not parts[1] or not parts[2]:
+    # The prefix is looked up in the database, so anything but what generate_secret makes
+    # (hex) is refused before it can reach a query (a NUL there would be a DataError).
+    if len(parts) != 3 or parts[0] != KEY_SCHEME or not _PREFIX.fullmatch(parts[1]) or not parts[2]:
         return None
-    prefix = parts[1][:16]
+    prefix = parts[1]
     tenant_id = _key_tenants.get(prefix)
     if tenant_id is None:
         tenant_id = ApiKey.objects.filter(prefix=prefix).values_list("tenant_id", flat=True).first()
