@@ -4,12 +4,19 @@ Thresholds count *spent* only, never *reserved*: holds are worst cases that are 
 released, so counting them would announce spend that never happens. USD and tokens are
 compared separately against their own limits; a window crosses a threshold when either does.
 
+Only open windows are alerted. A window that has closed is history: usage reported late
+into it (a backfill, a late commit) still counts there, but nobody can act on it any more,
+so it raises nothing. Every title names its window ("on Dec 1", "in the week of Nov 30",
+"in November"), and the page and the alert read the same window counters.
+
 Each alert is claimed by a dedup key (unique per tenant), so racing evaluators raise it once:
 
 - ``threshold:<window>:<percent>`` — once per window and threshold; a new window re-arms it.
   Only the highest threshold crossed is raised, so a jump from 10 % to 85 % says "80 %"
   once instead of "50 %" and "80 %" together.
-- ``exhausted:<window>`` — the first denial in a window.
+- ``exhausted:<window>`` — the first denial in a window whose spend has reached its limit
+  (a call refused because it is bigger than what remains says so in its denial reason, but
+  the budget is not exhausted).
 - Run budgets give every agent run its own window, so announcing each run would flood the
   channels: their threshold and exhaustion alerts are keyed by budget and (tenant-local)
   day instead, ``threshold:run:<budget>:<day>:<percent>``, naming the first run that got there.
@@ -46,8 +53,8 @@ FORECAST_MIN_ELAPSED_SHARE = 10
 FORECAST_MIN_ELAPSED_CAP = timedelta(days=1)
 # Open-ended run windows stop being swept this long after they were created.
 RUN_WINDOW_SWEEP_AGE = timedelta(days=7)
-# Windows that ended recently are still swept for thresholds a lost task missed.
-ENDED_WINDOW_GRACE = timedelta(hours=1)
+# A run window has no end: a run counts as under way while it had a call this recently.
+RUN_ACTIVE_WITHIN = timedelta(hours=24)
 SWEEP_CHUNK = 500
 
 
@@ -78,7 +85,13 @@ def _row_of(window: BudgetWindow) -> tuple:
     return (
         window.pk, budget.tenant_id, window.spent_nano, window.spent_tokens, budget.limit_nano,
         budget.limit_tokens, budget.thresholds, budget.pk, budget.scope, budget.tenant.timezone,
+        window.start, window.end,
     )
+
+
+def window_is_open(start: datetime, end: datetime | None, *, now: datetime) -> bool:
+    """Return whether a window with these bounds is under way at ``now``."""
+    return start <= now and (end is None or now < end)
 
 
 def _evaluate_if_crossed(window_ids: list[int], rows: Iterable[tuple[Any, ...]] | None = None) -> None:
@@ -98,12 +111,17 @@ def _evaluate_if_crossed(window_ids: list[int], rows: Iterable[tuple[Any, ...]] 
             .values_list(
                 "pk", "budget__tenant_id", "spent_nano", "spent_tokens",
                 "budget__limit_nano", "budget__limit_tokens", "budget__thresholds",
-                "budget_id", "budget__scope", "budget__tenant__timezone",
+                "budget_id", "budget__scope", "budget__tenant__timezone", "start", "end",
             )
         )
     now = timezone.now()
     wanted: dict[str, tuple[int, int]] = {}
-    for pk, tenant_id, spent_nano, spent_tokens, limit_nano, limit_tokens, thresholds, budget_id, scope, tz in rows:
+    for (
+        pk, tenant_id, spent_nano, spent_tokens, limit_nano, limit_tokens, thresholds, budget_id, scope, tz,
+        start, end,
+    ) in rows:
+        if not window_is_open(start, end, now=now):
+            continue
         measures = _measures(spent_nano, limit_nano, spent_tokens, limit_tokens)
         threshold = _highest_crossed(thresholds, measures)
         if threshold is not None:
@@ -137,6 +155,10 @@ class Measure:
     def crossed(self, percent: int) -> bool:
         # Exact integer comparison: spent / limit >= percent / 100. Nothing spent crosses nothing.
         return self.spent > 0 and self.spent * 100 >= percent * self.limit
+
+    @property
+    def reached(self) -> bool:
+        return self.spent >= self.limit
 
     @property
     def percent(self) -> Decimal | None:
@@ -252,21 +274,24 @@ def exhausted_key(window: BudgetWindow, *, now: datetime) -> str:
 
 
 def windows_evaluate(*, window_ids: list[int], now: datetime | None = None) -> int:
-    """Raise the threshold alerts these windows are due; return how many were raised."""
+    """Raise the threshold alerts these windows are due; return how many were raised.
+
+    Windows that are not open at ``now`` raise nothing (see the module's docstring).
+    """
     now = now or timezone.now()
     windows = _windows_with_budgets().filter(pk__in=window_ids)
     return _evaluate(list(windows), now=now, forecasts=False)
 
 
 def budgets_evaluate(*, now: datetime | None = None) -> int:
-    """Sweep every live window: thresholds a lost task missed, and forecasts; return alerts raised."""
+    """Sweep every open window: thresholds a lost task missed, and forecasts; return alerts raised."""
     now = now or timezone.now()
     live = (
         _windows_with_budgets()
         .filter(start__lte=now)
         .filter(Q(spent_nano__gt=0) | Q(spent_tokens__gt=0))
         .filter(
-            Q(end__gt=now - ENDED_WINDOW_GRACE)
+            Q(end__gt=now)
             | Q(end__isnull=True, budget__period=Period.TOTAL)
             | Q(end__isnull=True, budget__scope=Scope.RUN, created_at__gte=now - RUN_WINDOW_SWEEP_AGE)
         )
@@ -291,6 +316,8 @@ def _evaluate(windows: list[BudgetWindow], *, now: datetime, forecasts: bool) ->
 
     candidates: dict[tuple[int, str], tuple[str, BudgetWindow, object]] = {}
     for window in windows:
+        if not window_is_open(window.start, window.end, now=now):
+            continue
         threshold = highest_threshold_crossed(window)
         if threshold is not None:
             key = threshold_key(window, threshold, now=now)
@@ -307,9 +334,11 @@ def _evaluate(windows: list[BudgetWindow], *, now: datetime, forecasts: bool) ->
             tenant_id__in={t for t, _ in candidates}, dedup_key__in=[k for _, k in candidates]
         ).values_list("tenant_id", "dedup_key")
     )
+    due = {k: v for k, v in candidates.items() if k not in existing}
+    idle = _idle_runs([w for _, w, _ in due.values() if w.budget.scope == Scope.RUN], now=now)
     raised = 0
-    for (tenant_id, key), (kind, window, extra) in sorted(candidates.items(), key=lambda item: item[0][1]):
-        if (tenant_id, key) in existing:
+    for _, (kind, window, extra) in sorted(due.items(), key=lambda item: item[0][1]):
+        if window.pk in idle:
             continue
         if kind == "threshold":
             alert = _raise_threshold(window, cast(int, extra), now=now)
@@ -319,11 +348,37 @@ def _evaluate(windows: list[BudgetWindow], *, now: datetime, forecasts: bool) ->
     return raised
 
 
-def windows_exhausted(*, window_ids: list[int], now: datetime | None = None) -> int:
-    """Raise 'exhausted' for each window's first denial; return how many were raised.
+def _idle_runs(windows: list[BudgetWindow], *, now: datetime) -> set[int]:
+    """Return the ids of run windows whose run made no call within ``RUN_ACTIVE_WITHIN``.
 
-    Runs in the denying request, after its transaction: denials keep coming while a window is
-    exhausted, so a cache mark skips the database once the alert is known to exist.
+    A run's window never closes, so a run reported long after it finished (a backfill of
+    batch results) would otherwise be announced as if it were running now. Asked only for
+    runs about to be alerted, so the ledger is read rarely.
+    """
+    from usage.models import UsageEvent
+
+    if not windows:
+        return set()
+    active: set[tuple[int, str]] = set()
+    by_tenant: dict[int, set[str]] = {}
+    for window in windows:
+        by_tenant.setdefault(window.budget.tenant_id, set()).add(window.run_id)
+    for tenant_id, run_ids in by_tenant.items():
+        recent = (
+            UsageEvent.objects.filter(tenant_id=tenant_id, run_id__in=sorted(run_ids), occurred_at__gte=now - RUN_ACTIVE_WITHIN)
+            .order_by().values_list("run_id", flat=True).distinct()
+        )
+        active.update((tenant_id, run_id) for run_id in recent)
+    return {w.pk for w in windows if (w.budget.tenant_id, w.run_id) not in active}
+
+
+def windows_exhausted(*, window_ids: list[int], now: datetime | None = None) -> int:
+    """Raise 'exhausted' for each open window whose spend has reached its limit; return how many.
+
+    Runs in the denying request, after its transaction. A call can be refused while the
+    budget still has room (it asked for more than remains, or live holds fill the rest):
+    that is no exhaustion, and its denial reason says so. Denials keep coming while a window
+    is full, so a cache mark skips the database once the alert is known to exist.
     """
     now = now or timezone.now()
     raised = 0
@@ -333,6 +388,10 @@ def windows_exhausted(*, window_ids: list[int], now: datetime | None = None) -> 
             continue
         window = _windows_with_budgets().filter(pk=window_id).first()
         if window is None:
+            continue
+        if not window_is_open(window.start, window.end, now=now):
+            continue
+        if not any(m.reached for m in window_measures(window)):
             continue
         alert = _raise_exhausted(window, now=now)
         raised += alert is not None
@@ -380,6 +439,27 @@ def _scope_text(window: BudgetWindow) -> str:
     if budget.model_families:
         text += f" ({', '.join(budget.model_families)} models)"
     return text
+
+
+def window_phrase(window: BudgetWindow) -> str:
+    """Return how a title names the window: "on Dec 1", "in the week of Nov 30", "in November".
+
+    Empty for windows without an end (a total budget's, or a run's, which the title names).
+    """
+    if window.end is None:
+        return ""
+    start = window.start.astimezone(window.budget.tenant.tz)
+    period = window.budget.period
+    if period == Period.DAY:
+        return f"on {start:%b} {start.day}"
+    if period == Period.WEEK:
+        return f"in the week of {start:%b} {start.day}"
+    return f"in {start:%B}"
+
+
+def _with_window(text: str, window: BudgetWindow) -> str:
+    phrase = window_phrase(window)
+    return f"{text} {phrase}" if phrase else text
 
 
 def _window_text(window: BudgetWindow) -> str:
@@ -456,9 +536,9 @@ def _raise_threshold(window: BudgetWindow, percent: int, *, now: datetime):
     budget = window.budget
     facts = _facts(window, now=now)
     if percent >= 100:
-        title = f"{budget.name} has reached {percent}% of its limit"
+        title = _with_window(f"{budget.name} has reached {percent}% of its limit", window)
     else:
-        title = f"{budget.name} has used {percent}% of its limit"
+        title = _with_window(f"{budget.name} has used {percent}% of its limit", window)
     crossed = [m for m in window_measures(window) if m.crossed(percent)]
     body = "; ".join(
         f"{format_amount(m.unit, m.spent)} of {format_amount(m.unit, m.limit)} spent ({m.percent}%)" for m in crossed
@@ -478,7 +558,7 @@ def _raise_forecast(window: BudgetWindow, projections: list[Projection], *, now:
     budget = window.budget
     facts = _facts(window, now=now, projections=projections)
     over = [p for p in projections if p.over]
-    title = f"{budget.name} is on course to exceed its limit"
+    title = _with_window(f"{budget.name} is on course to exceed its limit", window)
     body = "; ".join(
         f"At the current burn rate this window ends at {format_amount(p.unit, p.projected)} "
         f"against a limit of {format_amount(p.unit, p.limit)}" for p in over
@@ -497,11 +577,11 @@ def _raise_forecast(window: BudgetWindow, projections: list[Projection], *, now:
 def _raise_exhausted(window: BudgetWindow, *, now: datetime):
     budget = window.budget
     facts = _facts(window, now=now)
-    title = f"{budget.name} is exhausted: calls are being denied"
+    title = _with_window(f"{budget.name} is exhausted", window) + ": calls are being denied"
     until = "until the window ends" if window.end else "until its limit is raised"
     body = (
-        f"A call was refused because it did not fit in what is left of this budget "
-        f"({facts['spent']} spent, plus live holds). Calls that do not fit are denied {until}."
+        f"Spend has reached the limit ({facts['spent']}) — {facts['window']}. "
+        f"Calls are denied {until}."
     )
     if budget.scope == Scope.RUN:
         title = f"{budget.name}: run {window.run_id} is exhausted, its calls are being denied"

@@ -45,7 +45,7 @@ def test_forecast_fires_when_the_burn_rate_projects_over_the_limit(
     alert = Alert.objects.get()
     assert alert.kind == "forecast"
     assert alert.window == window
-    assert alert.title == "Monthly is on course to exceed its limit"
+    assert alert.title == "Monthly is on course to exceed its limit in November"
     assert alert.data["projected_nano"] == 120 * USD
     # $100 at $4/day is reached 25 days in: 26 November
     assert alert.data["reaches_limit_at"] == "2026-11-26T00:00:00+00:00"

@@ -7,7 +7,7 @@ from datetime import UTC, datetime, timedelta
 import pytest
 import time_machine
 
-from budgets.alerting import windows_evaluate
+from budgets.alerting import budgets_evaluate, windows_evaluate
 from budgets.models import BudgetWindow
 from governance.audit import Actor
 from governance.notify import services
@@ -58,21 +58,24 @@ def slack_titles(httpserver) -> list[str]:
 
 
 def test_crossing_50_then_80_sends_exactly_two_threshold_alerts_per_channel(tenant, channels, call, mailoutbox):
-    # Given a budget of ten calls, alerting at 50, 80 and 100 %
+    # Given a monthly budget of ten calls, alerting at 50, 80 and 100 %
     BudgetFactory(tenant=tenant, name="Support", scope="tenant", limit_nano=10 * CALL_NANO, enforcement="alert")
 
-    # When eight calls are committed (50 % after the fifth, 80 % after the eighth)
-    for _ in range(8):
-        call()
+    # When eight calls are committed in November (50 % after the fifth, 80 % after the eighth)
+    with time_machine.travel(datetime(2026, 11, 23, 10, tzinfo=UTC)):
+        for _ in range(8):
+            call()
 
-    # Then each channel heard exactly twice: 50 % and 80 %
+    # Then each channel heard exactly twice: 50 % and 80 %, each naming the month
     alerts = Alert.objects.filter(tenant=tenant, kind="threshold").order_by("threshold")
     assert [a.threshold for a in alerts] == [50, 80]
     assert [m.subject for m in mailoutbox] == [
-        "[Comptroller] Support has used 50% of its limit",
-        "[Comptroller] Support has used 80% of its limit",
+        "[Comptroller] Support has used 50% of its limit in November",
+        "[Comptroller] Support has used 80% of its limit in November",
     ]
-    assert slack_titles(channels) == ["Support has used 50% of its limit", "Support has used 80% of its limit"]
+    assert slack_titles(channels) == [
+        "Support has used 50% of its limit in November", "Support has used 80% of its limit in November",
+    ]
     assert Notification.objects.filter(status=NotificationStatus.SENT).count() == 4
 
 
@@ -151,21 +154,74 @@ def test_usage_reports_cross_thresholds_too(tenant, channels, api, feature, mail
     assert len(mailoutbox) == 1
 
 
-def test_first_denial_raises_exhausted_once(tenant, channels, api, feature, mailoutbox, django_capture_on_commit_callbacks):
-    # Given a block budget too small for even one call's hold
-    BudgetFactory(tenant=tenant, name="Tiny", scope="tenant", limit_nano=CALL_NANO, enforcement="block")
+def test_a_denial_with_room_left_is_not_exhaustion(tenant, channels, api, feature, mailoutbox, django_capture_on_commit_callbacks):
+    # Given a block budget with nothing spent, too small for one call's worst case
+    BudgetFactory(tenant=tenant, name="Tiny", scope="tenant", limit_nano=CALL_NANO, enforcement="block",
+                  thresholds=[100])
 
     # When three calls are denied
     for _ in range(3):
         with django_capture_on_commit_callbacks(execute=True):
             assert api.post("/api/v1/allowances", ASK, format="json").json()["decision"] == "denied"
 
-    # Then one 'exhausted' alert went to each channel
+    # Then nobody is told the budget is exhausted: it is not
+    assert not Alert.objects.exists()
+    assert mailoutbox == []
+
+
+def test_first_denial_once_spend_reaches_the_limit_raises_exhausted_once(
+    tenant, channels, api, feature, mailoutbox, django_capture_on_commit_callbacks
+):
+    # Given a December block budget whose spend has reached its limit
+    budget = BudgetFactory(tenant=tenant, name="Tiny", scope="tenant", limit_nano=CALL_NANO, enforcement="block",
+                           thresholds=[100])
+    with time_machine.travel(datetime(2026, 12, 1, 10, tzinfo=UTC)):
+        BudgetWindow.objects.create(budget=budget, start=datetime(2026, 12, 1, tzinfo=UTC),
+                                    end=datetime(2027, 1, 1, tzinfo=UTC), spent_nano=CALL_NANO)
+
+        # When three calls are denied
+        for _ in range(3):
+            with django_capture_on_commit_callbacks(execute=True):
+                assert api.post("/api/v1/allowances", ASK, format="json").json()["decision"] == "denied"
+
+    # Then one 'exhausted' alert, naming the month, went to each channel
     alert = Alert.objects.get()
     assert alert.kind == "exhausted"
-    assert alert.title == "Tiny is exhausted: calls are being denied"
+    assert alert.title == "Tiny is exhausted in December: calls are being denied"
     assert len(mailoutbox) == 1
-    assert slack_titles(channels) == ["Tiny is exhausted: calls are being denied"]
+    assert slack_titles(channels) == ["Tiny is exhausted in December: calls are being denied"]
+
+
+def test_a_closed_window_that_crossed_a_threshold_raises_nothing(tenant, channels, mailoutbox):
+    # Given last month's window, which ended at 85 % of its limit and was never alerted
+    budget = BudgetFactory(tenant=tenant, name="Monthly", scope="tenant", limit_nano=100)
+    window = BudgetWindow.objects.create(
+        budget=budget, start=datetime(2026, 10, 1, tzinfo=UTC), end=datetime(2026, 11, 1, tzinfo=UTC), spent_nano=85
+    )
+
+    # When it is evaluated in November, by a commit's task or by the beat's sweep
+    now = datetime(2026, 11, 1, 0, 30, tzinfo=UTC)
+    assert windows_evaluate(window_ids=[window.pk], now=now) == 0
+    assert budgets_evaluate(now=now) == 0
+
+    # Then no alert was raised and nobody was told
+    assert not Alert.objects.exists()
+    assert mailoutbox == []
+
+
+@pytest.mark.parametrize(
+    ("period", "start", "end", "phrase"),
+    [
+        ("day", datetime(2026, 12, 1, tzinfo=UTC), datetime(2026, 12, 2, tzinfo=UTC), "on Dec 1"),
+        ("week", datetime(2026, 11, 30, tzinfo=UTC), datetime(2026, 12, 7, tzinfo=UTC), "in the week of Nov 30"),
+        ("month", datetime(2026, 11, 1, tzinfo=UTC), datetime(2026, 12, 1, tzinfo=UTC), "in November"),
+    ],
+)
+def test_threshold_titles_name_their_window(tenant, period, start, end, phrase):
+    budget = BudgetFactory(tenant=tenant, name="Ops", scope="tenant", period=period, limit_nano=100)
+    window = BudgetWindow.objects.create(budget=budget, start=start, end=end, spent_nano=85)
+    assert windows_evaluate(window_ids=[window.pk], now=end - timedelta(hours=1)) == 1
+    assert Alert.objects.get().title == f"Ops has used 80% of its limit {phrase}"
 
 
 def test_channels_only_get_the_kinds_they_chose(tenant, call, mailoutbox):
