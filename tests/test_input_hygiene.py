@@ -86,3 +86,55 @@ def test_percent_encoded_surrogates_in_the_url_never_reach_a_query(api, feature,
 def test_nul_in_repeated_query_parameters_is_found(admin_api, feature):
     error = assert_error(admin_api.get("/api/v1/budgets?feature=support-bot&feature=%00"), 400, "invalid_request")
     assert list(error["details"]) == ["feature"]
+
+
+# --- dates ---------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "when",
+    ["9999-12-31T23:59:59Z", "2099-01-01T00:00:00Z", "2022-12-31T23:59:59Z", "0001-01-01T00:00:00+05:00",
+     "9999-12-31T23:59:59-05:00", "1970-01-01T00:00:00Z"],
+)
+def test_occurred_at_out_of_bounds_is_a_400_naming_it(api, feature, when):
+    error = assert_error(api.post("/api/v1/usage", event(occurred_at=when), format="json"), 400, "invalid_request")
+    assert error["details"]["index"] == 0
+    assert list(error["details"]["errors"]) == ["occurred_at"]
+    assert not UsageEvent.objects.exists()
+
+
+def test_occurred_at_may_run_up_to_five_minutes_ahead(api, feature):
+    from datetime import timedelta
+
+    from django.utils import timezone
+
+    now = timezone.now()
+    ahead = api.post("/api/v1/usage", event("ahead", occurred_at=(now + timedelta(minutes=4)).isoformat()),
+                     format="json")
+    assert ahead.status_code == 201, ahead.content
+    error = assert_error(
+        api.post("/api/v1/usage", event("too-far", occurred_at=(now + timedelta(minutes=6)).isoformat()),
+                 format="json"),
+        400, "invalid_request",
+    )
+    assert "5 minutes ahead" in error["details"]["errors"]["occurred_at"][0]
+    oldest = api.post("/api/v1/usage", event("oldest", occurred_at="2023-01-01T00:00:00Z"), format="json")
+    assert oldest.status_code == 201, oldest.content
+
+
+def test_every_date_parameter_in_the_api_has_bounds(admin_api, feature):
+    """Walk the OpenAPI schema, so a date parameter added later is covered without a new test."""
+    schema = admin_api.get("/api/schema/", {"format": "json"}).json()
+    checked = []
+    for path, operations in schema["paths"].items():
+        if "{" in path or "get" not in operations:
+            continue
+        params = [p for p in operations["get"].get("parameters", []) if p["in"] == "query"]
+        dates = [p["name"] for p in params if p["schema"].get("format") == "date"]
+        for name in dates:
+            for bad in ("0001-01-01", "2022-12-31", "2100-01-01", "9999-12-31"):
+                query = {other: "2026-11-01" for other in dates} | {name: bad}
+                error = assert_error(admin_api.get(path, query), 400, "invalid_request")
+                assert list(error["details"]) == [name], (path, query)
+            checked.append(f"{path}?{name}")
+    assert len(checked) >= 6, checked  # summary, levers and reconciliation: start and end each

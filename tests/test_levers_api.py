@@ -112,7 +112,9 @@ def test_missing_key_is_401(client, db):
         ({"start": "yesterday", "end": "2026-11-30"}, "start"),
         ({"start": "2026-11-01", "end": "2026-13-01"}, "end"),
         ({"start": "2026-11-30", "end": "2026-11-01"}, "end"),
-        ({"start": "2020-01-01", "end": "2026-11-01"}, "end"),
+        ({"start": "2023-01-01", "end": "2026-11-01"}, "end"),
+        ({"start": "0001-01-01", "end": "0001-01-02"}, "start"),
+        ({"start": "9999-12-01", "end": "9999-12-31"}, "start"),
         ({**PARAMS, "feature": "x" * 64}, "feature"),
         ({**PARAMS, "group_by": "feature"}, "group_by"),
         ({"start": "\x00", "end": "2026-11-01"}, "start"),
@@ -153,8 +155,6 @@ def test_feature_keys_are_not_guessable_through_a_restricted_key(tenant):
 @pytest.mark.parametrize(
     "params",
     [
-        {"start": "0001-01-01", "end": "0001-01-02"},
-        {"start": "9999-12-01", "end": "9999-12-31"},
         {**PARAMS, "feature": "ünïcode"},
         {**PARAMS, "feature": "x'; drop table usage_usagerollup; --"},
     ],

@@ -12,7 +12,7 @@ from rest_framework.response import Response
 
 from governance.api.base import TenantAPIView
 from governance.api.errors import ApiError, Forbidden
-from governance.api.fields import StrictSerializer, nano_to_usd
+from governance.api.fields import DayField, StrictSerializer, nano_to_usd
 from governance.api.ids import public_id
 from governance.selectors import feature_get
 from usage import selectors
@@ -122,8 +122,8 @@ class UsageReportApi(TenantAPIView):
 
 
 class SummaryQuery(StrictSerializer):
-    start = serializers.DateField(required=False, help_text="First tenant-local day (default: 30 days ago)")
-    end = serializers.DateField(required=False, help_text="Last tenant-local day, inclusive (default: today)")
+    start = DayField(required=False, help_text="First tenant-local day (default: 30 days ago)")
+    end = DayField(required=False, help_text="Last tenant-local day, inclusive (default: today)")
     group_by = serializers.CharField(required=False, default="feature", help_text="Comma list of: "
                                      + ", ".join(selectors.GROUPS))
     feature = serializers.CharField(required=False, max_length=63)

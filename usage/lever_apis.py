@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+from drf_spectacular.types import OpenApiTypes
 from drf_spectacular.utils import OpenApiParameter, extend_schema
 from rest_framework import serializers
 from rest_framework.response import Response
 
 from governance.api.base import TenantAPIView
 from governance.api.errors import ApiError
-from governance.api.fields import StrictSerializer
+from governance.api.fields import DayField, StrictSerializer
 from governance.selectors import feature_get
 from usage.levers import LEVERS, MAX_RANGE_DAYS, lever_board
 
@@ -178,8 +179,8 @@ class LeverBoardOutput(serializers.Serializer):
 
 class LeverBoardApi(TenantAPIView):
     class InputSerializer(StrictSerializer):
-        start = serializers.DateField(help_text="First tenant-local day, YYYY-MM-DD")
-        end = serializers.DateField(help_text="Last tenant-local day (inclusive), YYYY-MM-DD")
+        start = DayField(help_text="First tenant-local day, YYYY-MM-DD")
+        end = DayField(help_text="Last tenant-local day (inclusive), YYYY-MM-DD")
         feature = serializers.CharField(required=False, max_length=63, help_text="Limit to one feature key")
 
         def validate(self, data):
@@ -203,8 +204,8 @@ class LeverBoardApi(TenantAPIView):
             "features sees only those."
         ),
         parameters=[
-            OpenApiParameter("start", str, required=True, description="YYYY-MM-DD (inclusive)"),
-            OpenApiParameter("end", str, required=True, description="YYYY-MM-DD (inclusive)"),
+            OpenApiParameter("start", OpenApiTypes.DATE, required=True, description="YYYY-MM-DD (inclusive)"),
+            OpenApiParameter("end", OpenApiTypes.DATE, required=True, description="YYYY-MM-DD (inclusive)"),
             OpenApiParameter("feature", str, required=False, description="A feature key"),
         ],
         responses=LeverBoardOutput,

@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import json
+from datetime import timedelta
 
+from django.utils import timezone
 from rest_framework import serializers
 
-from governance.api.fields import StrictSerializer, token_count
+from governance.api.fields import EARLIEST_TIME, StrictSerializer, token_count
 from usage.models import ServiceTier
 from usage.pricing import TokenUsage
 
@@ -15,6 +17,20 @@ MAX_MS = 86_400_000
 
 
 METADATA_DEPTH = 32
+# A reporter's clock may run a little fast; usage further ahead has not happened yet, and
+# would be charged to a window the current one never sees.
+MAX_CLOCK_AHEAD = timedelta(minutes=5)
+
+
+def validate_occurred_at(value):
+    if value < EARLIEST_TIME:
+        raise serializers.ValidationError(f"Must not be before {EARLIEST_TIME:%Y-%m-%dT%H:%M:%SZ}.")
+    now = timezone.now()
+    if value > now + MAX_CLOCK_AHEAD:
+        raise serializers.ValidationError(
+            f"Must not be more than 5 minutes ahead of the server clock (now {now:%Y-%m-%dT%H:%M:%SZ})."
+        )
+    return value
 
 
 def validate_metadata(value):
@@ -84,4 +100,7 @@ class UsageEventInput(CommitInput):
     model = serializers.CharField(max_length=100)
     request_id = serializers.CharField(max_length=255)
     run_id = serializers.CharField(required=False, allow_blank=True, max_length=200)
-    occurred_at = serializers.DateTimeField(required=False)
+    occurred_at = serializers.DateTimeField(
+        required=False, validators=[validate_occurred_at],
+        help_text="When the call happened (default now): from 2023-01-01 to 5 minutes ahead of the server clock",
+    )

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+from datetime import UTC, date, datetime
 from decimal import Decimal, InvalidOperation
 
 from drf_spectacular.types import OpenApiTypes
@@ -92,3 +93,24 @@ def token_count(**kwargs) -> serializers.IntegerField:
     kwargs.setdefault("min_value", 0)
     kwargs.setdefault("max_value", MAX_TOKENS_VALUE)
     return serializers.IntegerField(**kwargs)
+
+
+# No Claude API usage predates 2023, and a day past 2099 is a typo. Inside these bounds the
+# arithmetic done on a day (the day after a range, a window's end) cannot overflow.
+EARLIEST_DAY = date(2023, 1, 1)
+LATEST_DAY = date(2099, 12, 31)
+EARLIEST_TIME = datetime.combine(EARLIEST_DAY, datetime.min.time(), tzinfo=UTC)
+
+
+class DayField(serializers.DateField):
+    """A calendar day, YYYY-MM-DD, from EARLIEST_DAY to LATEST_DAY."""
+
+    default_error_messages = {
+        "out_of_range": f"Must be a day from {EARLIEST_DAY.isoformat()} to {LATEST_DAY.isoformat()}.",
+    }
+
+    def to_internal_value(self, value) -> date:
+        day = super().to_internal_value(value)
+        if not EARLIEST_DAY <= day <= LATEST_DAY:
+            self.fail("out_of_range")
+        return day

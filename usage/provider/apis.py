@@ -12,7 +12,7 @@ from rest_framework.response import Response
 
 from governance.api.base import TenantAPIView
 from governance.api.errors import ApiError, NotFound
-from governance.api.fields import StrictSerializer, UsdField
+from governance.api.fields import DayField, StrictSerializer, UsdField
 from governance.crypto import mask
 from governance.models import KeyRole
 from usage.provider import selectors, services
@@ -180,8 +180,8 @@ class ReconciliationApi(TenantAPIView):
     """Metered spend (the ledger) against the provider's usage (priced by our table) and cost."""
 
     class ReconciliationQuerySerializer(StrictSerializer):
-        start = serializers.DateField(required=False, help_text="First tenant-local day (default: 6 days before end)")
-        end = serializers.DateField(required=False, help_text="Last tenant-local day (default: today)")
+        start = DayField(required=False, help_text="First tenant-local day (default: 6 days before end)")
+        end = DayField(required=False, help_text="Last tenant-local day (default: today)")
 
     class ReconciliationOutputSerializer(serializers.Serializer):
         start = serializers.DateField()
