@@ -75,11 +75,33 @@ def api_key_snapshot(key: ApiKey) -> dict[str, Any]:
     }
 
 
+class KeyBroaderThanActor(Exception):
+    """A feature-restricted key may only create or revoke keys within its own features."""
+
+
+def _check_within_actor(actor: Actor, feature_ids: set) -> None:
+    """Raise KeyBroaderThanActor when the acting key is restricted and ``feature_ids`` reach past it.
+
+    An empty set means every feature, which is broader than any restriction.
+    """
+    if actor.key is None:
+        return
+    allowed = set(actor.key.features.values_list("pk", flat=True))
+    if allowed and (not feature_ids or not feature_ids <= allowed):
+        raise KeyBroaderThanActor(
+            "This API key is restricted to some features; it can only manage keys restricted to those."
+        )
+
+
 @transaction.atomic
 def api_key_create(
     *, tenant: Tenant, actor: Actor, name: str, role: str = KeyRole.SERVICE, features: list[Feature] | None = None
 ) -> tuple[ApiKey, str]:
-    """Create a key and return it with its secret, which is never stored and never shown again."""
+    """Create a key and return it with its secret, which is never stored and never shown again.
+
+    Raise KeyBroaderThanActor when a feature-restricted key asks for a key broader than itself.
+    """
+    _check_within_actor(actor, {f.pk for f in features or []})
     prefix, secret = generate_secret()
     key = ApiKey.objects.create(
         tenant=tenant,
@@ -97,6 +119,8 @@ def api_key_create(
 
 @transaction.atomic
 def api_key_revoke(*, key: ApiKey, actor: Actor) -> ApiKey:
+    """Revoke the key (idempotent); raise KeyBroaderThanActor as api_key_create does."""
+    _check_within_actor(actor, set(key.features.values_list("pk", flat=True)))
     if key.revoked_at is None:
         before = api_key_snapshot(key)
         key.revoked_at = timezone.now()

@@ -8,7 +8,7 @@ from rest_framework.response import Response
 
 from governance import selectors, services
 from governance.api.base import TenantAPIView
-from governance.api.errors import ApiError, NotFound
+from governance.api.errors import ApiError, Forbidden, NotFound
 from governance.api.fields import StrictSerializer
 from governance.api.ids import parse_public_id, public_id
 from governance.models import ApiKey, KeyRole
@@ -51,7 +51,11 @@ class ApiKeyListApi(TenantAPIView):
     def get(self, request):
         return Response({"results": ApiKeyOutput(selectors.api_key_list(tenant=self.tenant), many=True).data})
 
-    @extend_schema(request=ApiKeyInput, responses={201: ApiKeyCreated}, summary="Create an API key")
+    @extend_schema(
+        request=ApiKeyInput, responses={201: ApiKeyCreated}, summary="Create an API key",
+        description="A key restricted to some features can only create keys restricted to some of those "
+        "(403 `forbidden` otherwise), and only revoke such keys.",
+    )
     def post(self, request):
         data = self.validate(ApiKeyInput, request.data)
         features = list(selectors.feature_list(tenant=self.tenant).filter(key__in=data["features"]))
@@ -60,9 +64,12 @@ class ApiKeyListApi(TenantAPIView):
             raise ApiError(
                 f"Unknown feature(s): {', '.join(missing)}.", code="unknown_feature", details={"features": missing}
             )
-        key, secret = services.api_key_create(
-            tenant=self.tenant, actor=self.actor, name=data["name"], role=data["role"], features=features
-        )
+        try:
+            key, secret = services.api_key_create(
+                tenant=self.tenant, actor=self.actor, name=data["name"], role=data["role"], features=features
+            )
+        except services.KeyBroaderThanActor as exc:
+            raise Forbidden(str(exc), details={"features": sorted(data["features"])}) from None
         body = ApiKeyOutput(key).data
         body["secret"] = secret
         return Response(body, status=status.HTTP_201_CREATED)
@@ -84,5 +91,8 @@ class ApiKeyDetailApi(TenantAPIView):
 
     @extend_schema(responses=ApiKeyOutput, summary="Revoke an API key (idempotent)")
     def delete(self, request, key_id: str):
-        key = services.api_key_revoke(key=self.get_key(key_id), actor=self.actor)
+        try:
+            key = services.api_key_revoke(key=self.get_key(key_id), actor=self.actor)
+        except services.KeyBroaderThanActor as exc:
+            raise Forbidden(str(exc)) from None
         return Response(ApiKeyOutput(key).data)

@@ -1,0 +1,63 @@
+"""A feature-restricted admin key cannot make or revoke a key broader than itself."""
+
+from __future__ import annotations
+
+import pytest
+
+from governance.audit import Actor
+from governance.models import ApiKey, KeyRole
+from governance.services import api_key_create
+from tests.conftest import make_client
+from tests.factories import FeatureFactory
+from tests.test_api_foundation import assert_error
+
+
+@pytest.fixture
+def classifier(tenant):
+    return FeatureFactory(tenant=tenant, key="classifier")
+
+
+@pytest.fixture
+def restricted_admin(tenant, feature, classifier):
+    _, secret = api_key_create(tenant=tenant, actor=Actor.system(), name="bot admin", role=KeyRole.ADMIN,
+                               features=[feature])
+    return make_client(secret)
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        {"name": "all", "role": "admin"},
+        {"name": "all", "role": "service", "features": []},
+        {"name": "other", "role": "service", "features": ["classifier"]},
+        {"name": "wider", "role": "admin", "features": ["support-bot", "classifier"]},
+    ],
+)
+def test_a_restricted_admin_cannot_create_a_broader_key(restricted_admin, body):
+    before = ApiKey.objects.count()
+    error = assert_error(restricted_admin.post("/api/v1/keys", body, format="json"), 403, "forbidden")
+    assert error["details"] == {"features": sorted(body.get("features", []))}
+    assert ApiKey.objects.count() == before
+
+
+@pytest.mark.parametrize("role", ["service", "admin"])
+def test_a_restricted_admin_creates_keys_within_its_features(restricted_admin, role):
+    response = restricted_admin.post("/api/v1/keys", {"name": "n", "role": role, "features": ["support-bot"]},
+                                     format="json")
+    assert response.status_code == 201, response.content
+    assert response.json()["features"] == ["support-bot"]
+
+
+def test_a_restricted_admin_revokes_only_keys_within_its_features(restricted_admin, admin_key, tenant, feature):
+    unrestricted, _ = admin_key
+    assert_error(restricted_admin.delete(f"/api/v1/keys/key_{unrestricted.pk.hex}"), 403, "forbidden")
+    assert ApiKey.objects.get(pk=unrestricted.pk).revoked_at is None
+    narrow, _ = api_key_create(tenant=tenant, actor=Actor.system(), name="n", features=[feature])
+    response = restricted_admin.delete(f"/api/v1/keys/key_{narrow.pk.hex}")
+    assert response.status_code == 200 and response.json()["revoked_at"]
+
+
+def test_an_unrestricted_admin_creates_any_key(admin_api, classifier):
+    assert admin_api.post("/api/v1/keys", {"name": "all", "role": "admin"}, format="json").status_code == 201
+    response = admin_api.post("/api/v1/keys", {"name": "c", "features": ["classifier"]}, format="json")
+    assert response.status_code == 201
