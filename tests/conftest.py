@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import importlib
-
 import pytest
 from django.core.servers import basehttp
 from rest_framework.test import APIClient
@@ -42,10 +40,10 @@ def feature(tenant):
 
 
 def ensure_prices() -> None:
-    """Seed the price table again: a transactional test's flush empties what the data migration wrote."""
-    from django.apps import apps as django_apps
+    """Load the price catalog again: a transactional test's flush empties what the data migration wrote."""
+    from usage.catalog import catalog_load, catalog_read
 
-    importlib.import_module("usage.migrations.0002_seed_prices").seed(django_apps, None)
+    catalog_load(catalog_read(), replace=True)
     clear_price_cache()
 
 

@@ -6,8 +6,9 @@ from usage.models import ModelPrice, UsageEvent, UsageRollup
 @admin.register(ModelPrice)
 class ModelPriceAdmin(admin.ModelAdmin):
     list_display = ["model", "family", "service_tier", "effective_from", "input", "cache_write_5m",
-                    "cache_write_1h", "cache_read", "output", "retired"]
-    list_filter = ["family", "retired"]
+                    "cache_write_1h", "cache_read", "output", "fast_factor", "geo_us_factor", "retired",
+                    "catalog_version"]
+    list_filter = ["family", "retired", "catalog_version"]
     search_fields = ["model", "display_name"]
 
 

@@ -44,7 +44,9 @@ class ModelPrice(models.Model):
         max_digits=5, decimal_places=2, help_text="Version number, for 'one tier down' (4.5, 5 …)."
     )
     retired = models.BooleanField(default=False)
-    retired_on = models.DateField(null=True, blank=True, help_text="Day Anthropic retired it (history stays priced).")
+    retired_on = models.DateField(
+        null=True, blank=True, help_text="Retirement date, past or announced (history stays priced)."
+    )
     service_tier = models.CharField(
         max_length=10,
         blank=True,
@@ -77,6 +79,9 @@ class ModelPrice(models.Model):
     )
     web_search_per_request = models.DecimalField(max_digits=10, decimal_places=6, default=0.01)
     source = models.CharField(max_length=300, blank=True, help_text="URL of the page the rates were read from.")
+    catalog_version = models.CharField(
+        max_length=40, blank=True, help_text="Version of the catalog file that last wrote this row (blank: by hand)."
+    )
 
     class Meta:
         ordering = ["family", "-generation", "model", "-effective_from"]
