@@ -57,13 +57,14 @@ def board_feature(board, key):
         ("claude-opus-4-5-20251101", "claude-sonnet-4-5-20250929"),  # same generation
         ("claude-opus-4-5", "claude-sonnet-4-5-20250929"),  # alias
         ("claude-opus-4-6", "claude-sonnet-4-6"),
-        ("claude-opus-4-20250514", "claude-sonnet-4-20250514"),
+        ("claude-opus-4-20250514", "claude-sonnet-5-5"),  # Sonnet 4 is retired: the newest Sonnet
         ("claude-opus-5", "claude-sonnet-5"),
-        ("claude-opus-4-7", "claude-sonnet-5"),  # no Sonnet 4.7: the newest Sonnet
-        ("claude-opus-4-1-20250805", "claude-sonnet-5"),
+        ("claude-opus-5-5", "claude-sonnet-5-5"),
+        ("claude-opus-4-7", "claude-sonnet-5-5"),  # no Sonnet 4.7: the newest Sonnet
+        ("claude-opus-4-1-20250805", "claude-sonnet-5-5"),
         ("claude-sonnet-4-5-20250929", "claude-haiku-4-5-20251001"),
-        ("claude-sonnet-5", "claude-haiku-4-5-20251001"),  # newest Haiku, not a retired one
-        ("claude-sonnet-4-20250514", "claude-haiku-4-5-20251001"),
+        ("claude-sonnet-5", "claude-haiku-5-5"),  # newest Haiku, not a retired one
+        ("claude-sonnet-4-20250514", "claude-haiku-5-5"),
         ("claude-haiku-4-5-20251001", None),
         ("claude-3-haiku-20240307", None),
         ("not-a-model", None),
@@ -77,7 +78,7 @@ def test_one_tier_down_follows_the_pricing_rule(db, model, lower):
 def test_model_selection_prices_the_same_usage_one_tier_down(tenant):
     # Given a feature using Opus 4.1, Sonnet 4.5 (batch) and Haiku 4.5
     feature = FeatureFactory(tenant=tenant, key="assistant")
-    # Opus 4.1: 100,000 × $15 + 20,000 × $75 = $3.00; Sonnet 5: 100,000 × $2 + 20,000 × $10 = $0.40
+    # Opus 4.1: 100,000 × $15 + 20,000 × $75 = $3.00; Sonnet 5.5: 100,000 × $2 + 20,000 × $10 = $0.40
     rollup(feature, "claude-opus-4-1-20250805", calls=10, input_tokens=100_000, output_tokens=20_000,
            cost_nano=usd("3.00"))
     # Sonnet 4.5 batch: (10,000 × $3 + 2,000 × $15) × 0.5 = $0.03; Haiku 4.5 batch: (10,000 + 10,000) × $1/M × 0.5 = $0.01
@@ -103,7 +104,7 @@ def test_model_selection_prices_the_same_usage_one_tier_down(tenant):
     ]
     by_model = {m["model"]: m for m in lever["by_model"]}
     opus = by_model["claude-opus-4-1-20250805"]
-    assert opus["one_tier_down_model"] == "claude-sonnet-5"
+    assert opus["one_tier_down_model"] == "claude-sonnet-5-5"
     assert opus["one_tier_down_cost_usd"] == "0.400000"
     assert opus["potential_saving_usd"] == "2.600000"
     sonnet = by_model["claude-sonnet-4-5-20250929"]
@@ -116,7 +117,7 @@ def test_model_selection_prices_the_same_usage_one_tier_down(tenant):
     assert lever["one_tier_down_cost_usd"] == "0.411500"
     assert lever["potential_saving_usd"] == "2.620000"
     assert lever["potential_note"] == "potential, if the smaller model passes your evals"
-    assert "Claude Sonnet 5" in lever["recommendation"]
+    assert "Claude Sonnet 5.5" in lever["recommendation"]
     assert "if the smaller model passes your evals" in lever["recommendation"]
 
 

@@ -54,7 +54,7 @@ def test_service_key_reads_the_whole_board(api, tenant):
     assistant = body["features"][0]
     assert assistant["recommendation"]["lever"] == "model_selection"
     assert assistant["potential_saving_usd"] == "1.950000"
-    assert assistant["levers"]["model_selection"]["by_model"][0]["one_tier_down_model"] == "claude-sonnet-5"
+    assert assistant["levers"]["model_selection"]["by_model"][0]["one_tier_down_model"] == "claude-sonnet-5-5"
     assert body == without_nano(lever_board(tenant=tenant, **RANGE))
     for name, value in walk(body):
         assert not isinstance(value, float) or not name.endswith("_usd"), name
