@@ -1,6 +1,6 @@
 from django.contrib import admin
 
-from governance.models import ApiKey, AuditEntry, Feature, Membership, Tenant
+from governance.models import ApiKey, AuditEntry, Feature, Invitation, Membership, Tenant
 
 
 class MembershipInline(admin.TabularInline):
@@ -36,6 +36,22 @@ class AuditEntryAdmin(admin.ModelAdmin):
     list_display = ["at", "tenant", "action", "object_type", "object_repr"]
     list_filter = ["tenant", "action", "object_type"]
     readonly_fields = [f.name for f in AuditEntry._meta.fields]
+
+    def has_add_permission(self, request):
+        return False
+
+    def has_change_permission(self, request, obj=None):
+        return False
+
+
+@admin.register(Invitation)
+class InvitationAdmin(admin.ModelAdmin):
+    """Read-only: invitations are made and revoked by tenant owners on the members page."""
+
+    list_display = ["email", "tenant", "role", "created_at", "expires_at", "accepted_at", "revoked_at"]
+    list_filter = ["tenant", "role"]
+    search_fields = ["email"]
+    exclude = ["token_hash"]
 
     def has_add_permission(self, request):
         return False

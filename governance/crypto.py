@@ -26,10 +26,10 @@ def encrypt(plaintext: str) -> str:
     return _fernet().encrypt(plaintext.encode()).decode()
 
 
-def decrypt(token: str) -> str:
-    """Return the plaintext; raise ValueError when no configured key opens the token."""
+def decrypt(token: str, *, ttl: int | None = None) -> str:
+    """Return the plaintext; raise ValueError when no configured key opens the token (or it is older than ``ttl`` seconds)."""
     try:
-        return _fernet().decrypt(token.encode()).decode()
+        return _fernet().decrypt(token.encode(), ttl=ttl).decode()
     except InvalidToken as exc:
         raise ValueError("cannot decrypt: the encryption key has changed") from exc
 

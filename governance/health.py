@@ -1,36 +1,71 @@
-"""``/healthz``: database and broker status as JSON, for load balancers and `make run`."""
+"""``/healthz``: the service's status for load balancers; what each check found only for those allowed.
+
+Anyone gets ``{"status": "ok"}`` or ``{"status": "degraded"}`` (503 when a critical check
+fails). Staff users, and callers sending ``Authorization: Bearer <HEALTHZ_TOKEN>``, also
+get each check's detail, which can name internal hosts and ports. Checks live in
+``CHECKS``; a non-critical one reports "degraded" without failing the probe.
+"""
 
 from __future__ import annotations
 
+import hmac
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from django.conf import settings
 from django.db import connection
-from django.http import JsonResponse
+from django.http import HttpRequest, JsonResponse
 
 
-def _database_ok() -> tuple[bool, str]:
+@dataclass(frozen=True)
+class Check:
+    ok: bool
+    detail: str
+    # A failing critical check answers 503: the load balancer takes the process out.
+    critical: bool = True
+
+
+def _database() -> Check:
     try:
         with connection.cursor() as cursor:
             cursor.execute("SELECT 1")
-        return True, "ok"
+        return Check(True, "ok")
     except Exception as exc:  # any failure means "not ok"; the message says why
-        return False, str(exc)[:200]
+        return Check(False, str(exc)[:200])
 
 
-def _broker_ok() -> tuple[bool, str]:
+def _broker() -> Check:
     from governance.celery import app
 
     try:
         with app.connection_for_write() as conn:
             conn.ensure_connection(max_retries=1, timeout=2)
-        return True, "ok"
+        return Check(True, "ok")
     except Exception as exc:
-        return False, str(exc)[:200]
+        return Check(False, str(exc)[:200])
 
 
-def healthz(request):
-    db_ok, db_msg = _database_ok()
-    broker_ok, broker_msg = _broker_ok()
-    ok = db_ok and broker_ok
-    return JsonResponse(
-        {"status": "ok" if ok else "degraded", "database": db_msg, "broker": broker_msg},
-        status=200 if ok else 503,
-    )
+# name -> check; the name is the key of its detail in the answer.
+CHECKS: dict[str, Callable[[], Check]] = {"database": _database, "broker": _broker}
+
+
+def may_see_details(request: HttpRequest) -> bool:
+    """Staff, or a caller with the configured health token."""
+    user = getattr(request, "user", None)
+    if user is not None and user.is_authenticated and user.is_staff:
+        return True
+    token = settings.HEALTHZ_TOKEN
+    header = request.META.get("HTTP_AUTHORIZATION", "")
+    return bool(token) and hmac.compare_digest(header.encode(), f"Bearer {token}".encode())
+
+
+def healthz(request: HttpRequest) -> JsonResponse:
+    results = {name: check() for name, check in CHECKS.items()}
+    ok = all(result.ok for result in results.values())
+    critical_failed = any(not result.ok and result.critical for result in results.values())
+    body: dict[str, str] = {"status": "ok" if ok else "degraded"}
+    if may_see_details(request):
+        body.update({name: result.detail for name, result in results.items()})
+    response = JsonResponse(body, status=503 if critical_failed else 200)
+    response["Cache-Control"] = "no-store"
+    return response

@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import uuid
 
+from django.contrib.auth import get_user_model
 from django.db.models import QuerySet
+from django.utils import timezone
 
-from governance.models import ApiKey, AuditEntry, Feature, Membership, Tenant
+from governance.models import ApiKey, AuditEntry, Feature, Invitation, Membership, Tenant
 
 
 def feature_list(*, tenant: Tenant) -> QuerySet[Feature]:
@@ -47,8 +49,35 @@ def membership_get_by_id(*, tenant: Tenant, membership_id: int) -> Membership | 
     return membership_list(tenant=tenant).filter(pk=membership_id).first()
 
 
-def audit_entries(*, tenant: Tenant, object_type: str | None = None) -> QuerySet[AuditEntry]:
+def audit_entries(
+    *, tenant: Tenant, object_type: str | None = None, object_types: list[str] | None = None
+) -> QuerySet[AuditEntry]:
     entries = AuditEntry.objects.filter(tenant=tenant).select_related("actor_user", "actor_key")
     if object_type is not None:
         entries = entries.filter(object_type=object_type)
+    if object_types is not None:
+        entries = entries.filter(object_type__in=object_types)
     return entries
+
+
+def invitation_list_pending(*, tenant: Tenant) -> QuerySet[Invitation]:
+    """Open invitations of the tenant that can still be accepted, newest first."""
+    return Invitation.objects.filter(
+        tenant=tenant, accepted_at__isnull=True, revoked_at__isnull=True, expires_at__gt=timezone.now()
+    ).select_related("invited_by")
+
+
+def invitation_get(*, tenant: Tenant, invitation_id: uuid.UUID) -> Invitation | None:
+    return Invitation.objects.filter(tenant=tenant, pk=invitation_id).first()
+
+
+def invitation_get_by_token(*, token: str) -> Invitation | None:
+    """The invitation a link's token belongs to, in whatever state; the token is its own scope."""
+    return Invitation.objects.select_related("tenant").filter(
+        token_hash=Invitation.hash_token(token), tenant__active=True
+    ).first()
+
+
+def account_exists(*, email: str) -> bool:
+    """Whether an account is named by this address (accounts are named by their email)."""
+    return get_user_model().objects.filter(username__iexact=email.strip()).exists()

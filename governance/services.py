@@ -1,19 +1,36 @@
-"""Writes of the tenancy domain: tenants, features and API keys. Every write is audited."""
+"""Writes of the tenancy domain: tenants, features, API keys, members and invitations. Every write is audited."""
 
 from __future__ import annotations
 
+import logging
 import secrets
+from datetime import timedelta
 from typing import Any
 
+from django.conf import settings
 from django.contrib.auth import get_user_model
+from django.core.mail import get_connection, send_mail
 from django.db import transaction
 from django.db.models import ProtectedError
 from django.forms.models import model_to_dict
+from django.template.loader import render_to_string
+from django.urls import reverse
 from django.utils import timezone
 
 from governance.api.authentication import generate_secret, hash_secret
 from governance.audit import Actor, audit_record, audit_update, audited_delete
-from governance.models import ApiKey, Feature, KeyRole, Membership, Role, Tenant
+from governance.models import (
+    ApiKey,
+    Feature,
+    Invitation,
+    KeyRole,
+    Membership,
+    OneTimePassword,
+    Role,
+    Tenant,
+)
+
+logger = logging.getLogger(__name__)
 
 FEATURE_FIELDS = (
     "key", "name", "description", "default_model", "allowed_models", "fallback_models",
@@ -138,7 +155,9 @@ def tenant_create(
     """Create a tenant, optionally its owner, and a first admin key.
 
     Return the tenant, the owner's one-time password (None when no owner was
-    asked for or the user already existed) and the admin key's secret.
+    asked for or the user already existed) and the admin key's secret. The
+    operator who runs this passes the password on; its owner must replace it at
+    their first sign-in.
     """
     tenant = Tenant(slug=slug, name=name, timezone=timezone_name)
     tenant.full_clean()
@@ -146,13 +165,20 @@ def tenant_create(
     password = None
     if owner_email:
         User = get_user_model()
-        user = User.objects.filter(username=owner_email).first()
+        email = owner_email.strip().lower()
+        user = User.objects.filter(username__iexact=email).first()
         if user is None:
             password = secrets.token_urlsafe(12)
-            user = User.objects.create_user(username=owner_email, email=owner_email, password=password)
+            user = User.objects.create_user(username=email, email=email, password=password)
+            OneTimePassword.objects.create(user=user)
         Membership.objects.create(user=user, tenant=tenant, role=Role.OWNER)
     _, secret = api_key_create(tenant=tenant, actor=Actor.system(), name="Initial admin key", role=KeyRole.ADMIN)
     return tenant, password, secret
+
+
+def password_chosen(*, user) -> None:
+    """Record that the user chose their own password: a one-time password no longer binds them."""
+    OneTimePassword.objects.filter(user=user).delete()
 
 
 # --- members ----------------------------------------------------------------------------
@@ -170,23 +196,6 @@ def _other_owners(membership: Membership) -> bool:
     return (
         Membership.objects.filter(tenant=membership.tenant, role=Role.OWNER).exclude(pk=membership.pk).exists()
     )
-
-
-@transaction.atomic
-def membership_add(*, tenant: Tenant, actor: Actor, email: str, role: str) -> tuple[Membership, str | None]:
-    """Add a user (created if new) to the tenant; return the membership and a new user's one-time password."""
-    User = get_user_model()
-    email = email.strip().lower()
-    user = User.objects.filter(username__iexact=email).first()
-    password = None
-    if user is None:
-        password = secrets.token_urlsafe(12)
-        user = User.objects.create_user(username=email, email=email, password=password)
-    membership, created = Membership.objects.get_or_create(user=user, tenant=tenant, defaults={"role": role})
-    if created:
-        audit_record(tenant=tenant, actor=actor, action="create", obj=membership,
-                     after=membership_snapshot(membership))
-    return membership, password
 
 
 @transaction.atomic
@@ -209,3 +218,180 @@ def membership_remove(*, membership: Membership, actor: Actor) -> None:
         raise LastOwner("A tenant needs at least one owner; make someone else owner first.")
     before = membership_snapshot(membership)
     audited_delete(actor=actor, obj=membership, before=before)
+
+
+# --- invitations ------------------------------------------------------------------------
+# Nobody is added to a tenant by someone else: an owner invites an address, and the
+# person who receives the link accepts it, signed in as that address or by choosing the
+# password of a new account. The link's token is the only proof, so it lives only in the
+# email; the database keeps its hash.
+
+
+class InvitationError(Exception):
+    """The invitation cannot be created, sent or accepted; the message says why."""
+
+
+class AlreadyMember(InvitationError):
+    """The address already belongs to a member of the tenant."""
+
+
+class InvitationNotSent(InvitationError):
+    """The email could not be sent, so the invitation was withdrawn."""
+
+
+class InvitationInvalid(InvitationError):
+    """No open invitation has this token (unknown, accepted, revoked or expired)."""
+
+
+class InvitationForSomeoneElse(InvitationError):
+    """The signed-in user is not the invited address."""
+
+
+class AccountExists(InvitationError):
+    """The invited address has an account: sign in to accept instead of choosing a password."""
+
+
+def invitation_snapshot(invitation: Invitation) -> dict[str, Any]:
+    return {"email": invitation.email, "role": invitation.role, "expires_at": invitation.expires_at}
+
+
+def _user_for_email(email: str):
+    return get_user_model().objects.filter(username__iexact=email.strip()).first()
+
+
+def invitation_url(token: str) -> str:
+    return f"{settings.SITE_URL.rstrip('/')}{reverse('invitation', kwargs={'token': token})}"
+
+
+def _invitation_send(*, invitation: Invitation, token: str) -> None:
+    context = {
+        "invitation": invitation,
+        "url": invitation_url(token),
+        "inviter": invitation.invited_by.get_username() if invitation.invited_by else "The operator",
+        "site_url": settings.SITE_URL,
+    }
+    send_mail(
+        subject=f"You are invited to {invitation.tenant.name} on Comptroller",
+        message=render_to_string("accounts/invitation_email.txt", context),
+        from_email=settings.DEFAULT_FROM_EMAIL,
+        recipient_list=[invitation.email],
+        connection=get_connection(timeout=settings.INVITATION_EMAIL_TIMEOUT),
+    )
+
+
+@transaction.atomic
+def _invitation_record(*, tenant: Tenant, actor: Actor, email: str, role: str) -> tuple[Invitation, str]:
+    Role(role)  # raises ValueError on an unknown role
+    if Membership.objects.filter(tenant=tenant, user__username__iexact=email).exists():
+        raise AlreadyMember(f"{email} is already a member of {tenant.name}.")
+    now = timezone.now()
+    # Inviting the same address again replaces its open invitation (and the old link stops working).
+    for previous in Invitation.objects.select_for_update().filter(
+        tenant=tenant, email=email, accepted_at__isnull=True, revoked_at__isnull=True
+    ):
+        previous.revoked_at = now
+        previous.save(update_fields=["revoked_at"])
+    token = secrets.token_urlsafe(32)
+    invitation = Invitation.objects.create(
+        tenant=tenant,
+        email=email,
+        role=role,
+        token_hash=Invitation.hash_token(token),
+        invited_by=actor.user if actor.user is not None and actor.user.is_authenticated else None,
+        expires_at=now + timedelta(days=settings.INVITATION_TTL_DAYS),
+    )
+    audit_record(tenant=tenant, actor=actor, action="create", obj=invitation, after=invitation_snapshot(invitation))
+    return invitation, token
+
+
+def invitation_create(*, tenant: Tenant, actor: Actor, email: str, role: str) -> Invitation:
+    """Invite an address to the tenant and email it the link; nobody else ever sees the link.
+
+    The email goes out after the invitation is committed; if it cannot be sent the
+    invitation is revoked again and InvitationNotSent says why.
+    """
+    email = email.strip().lower()
+    invitation, token = _invitation_record(tenant=tenant, actor=actor, email=email, role=role)
+    try:
+        _invitation_send(invitation=invitation, token=token)
+    except Exception as exc:  # SMTP and socket errors of every kind
+        logger.warning("invitation email to %s failed: %s", email, exc)
+        invitation_revoke(invitation=invitation, actor=Actor.system())
+        raise InvitationNotSent(
+            f"The invitation email to {email} could not be sent ({exc}), so the invitation was withdrawn."
+        ) from exc
+    return invitation
+
+
+@transaction.atomic
+def invitation_revoke(*, invitation: Invitation, actor: Actor) -> Invitation:
+    if invitation.accepted_at is None and invitation.revoked_at is None:
+        invitation.revoked_at = timezone.now()
+        invitation.save(update_fields=["revoked_at"])
+        audit_record(tenant=invitation.tenant, actor=actor, action="revoke", obj=invitation,
+                     before=invitation_snapshot(invitation))
+    return invitation
+
+
+def _open_invitation_for_update(token: str) -> Invitation:
+    invitation = (
+        Invitation.objects.select_for_update()
+        .select_related("tenant")
+        .filter(token_hash=Invitation.hash_token(token), tenant__active=True)
+        .first()
+    )
+    if invitation is None or not invitation.is_pending:
+        raise InvitationInvalid("This invitation link is no longer valid.")
+    return invitation
+
+
+def _join(*, invitation: Invitation, user) -> Membership:
+    membership, created = Membership.objects.get_or_create(
+        user=user, tenant=invitation.tenant, defaults={"role": invitation.role}
+    )
+    invitation.accepted_at = timezone.now()
+    invitation.accepted_by = user
+    invitation.save(update_fields=["accepted_at", "accepted_by"])
+    actor = Actor(user=user)
+    if created:
+        audit_record(tenant=invitation.tenant, actor=actor, action="create", obj=membership,
+                     after=membership_snapshot(membership))
+    audit_record(tenant=invitation.tenant, actor=actor, action="accept", obj=invitation,
+                 before=invitation_snapshot(invitation))
+    return membership
+
+
+def invitation_matches(*, invitation: Invitation, user) -> bool:
+    """Whether ``user`` is the account the invitation was sent to."""
+    return user.is_authenticated and user.get_username().lower() == invitation.email
+
+
+@transaction.atomic
+def invitation_accept(*, token: str, user) -> Membership:
+    """Join the invitation's tenant as ``user``, who must be the invited address."""
+    invitation = _open_invitation_for_update(token)
+    if not invitation_matches(invitation=invitation, user=user):
+        raise InvitationForSomeoneElse("This invitation was sent to another address than the one you are signed in with.")
+    return _join(invitation=invitation, user=user)
+
+
+@transaction.atomic
+def invitation_accept_new_account(*, token: str, password: str) -> Membership:
+    """Create the invited address's account with the password its owner chose, and join."""
+    invitation = _open_invitation_for_update(token)
+    if _user_for_email(invitation.email) is not None:
+        raise AccountExists("An account with this address exists; sign in to accept the invitation.")
+    user = get_user_model().objects.create_user(username=invitation.email, email=invitation.email, password=password)
+    return _join(invitation=invitation, user=user)
+
+
+@transaction.atomic
+def invitations_accept_for_new_sso_user(*, user) -> list[Membership]:
+    """Accept every open invitation to the address a new single sign-on account was verified for."""
+    pending = (
+        Invitation.objects.select_for_update()
+        .select_related("tenant")
+        .filter(email=user.get_username().lower(), accepted_at__isnull=True, revoked_at__isnull=True,
+                expires_at__gt=timezone.now(), tenant__active=True)
+    )
+    return [_join(invitation=invitation, user=user) for invitation in pending]

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+from datetime import timedelta
 from pathlib import Path
+from typing import cast
 
 import environ
 
@@ -226,3 +228,50 @@ LOGGING = {
     "root": {"handlers": ["console"], "level": env("LOG_LEVEL", default="INFO")},
     "loggers": {"django.request": {"level": "ERROR"}},
 }
+
+# --- Accounts: sign-in throttling, invitations, single sign-on, health details -----------
+INSTALLED_APPS += ["axes"]
+MIDDLEWARE += [
+    "governance.web.auth.PasswordChangeRequiredMiddleware",
+    # Turns a locked-out sign-in into its answer; Axes wants it last.
+    "axes.middleware.AxesMiddleware",
+]
+AUTHENTICATION_BACKENDS = [
+    "governance.web.throttle.SignInThrottleBackend",  # refuses locked accounts and addresses first
+    "django.contrib.auth.backends.ModelBackend",
+    "governance.web.sso.SsoBackend",  # inert until OIDC_ISSUER is set
+]
+# Reverse proxies in front of the app that append the client's address to X-Forwarded-For.
+# 0: the client is REMOTE_ADDR. Behind a proxy, leave it at 0 and everyone shares its address.
+TRUSTED_PROXY_COUNT = env.int("TRUSTED_PROXY_COUNT", default=0)
+SIGNIN_FAILURES_PER_ACCOUNT = env.int("SIGNIN_FAILURES_PER_ACCOUNT", default=10)
+SIGNIN_FAILURES_PER_ADDRESS = env.int("SIGNIN_FAILURES_PER_ADDRESS", default=50)
+SIGNIN_LOCKOUT_MINUTES = env.int("SIGNIN_LOCKOUT_MINUTES", default=15)
+AXES_HANDLER = "governance.web.throttle.SignInAttemptHandler"
+AXES_LOCKOUT_PARAMETERS = ["username", "ip_address"]  # each on its own, with its own limit
+AXES_FAILURE_LIMIT = SIGNIN_FAILURES_PER_ACCOUNT
+AXES_COOLOFF_TIME = timedelta(minutes=SIGNIN_LOCKOUT_MINUTES)
+AXES_CLIENT_IP_CALLABLE = "governance.web.throttle.client_address"
+AXES_USERNAME_CALLABLE = "governance.web.throttle.normalized_username"
+AXES_LOCKOUT_CALLABLE = "governance.web.throttle.lockout_response"
+# A success must not wipe an address's failures: a sprayer with one real account would reset them.
+AXES_RESET_ON_SUCCESS = False
+AXES_DISABLE_ACCESS_LOG = True
+AXES_VERBOSE = False  # no banner on every manage.py run; failures and lockouts are still logged
+
+INVITATION_TTL_DAYS = env.int("INVITATION_TTL_DAYS", default=7)
+INVITATION_EMAIL_TIMEOUT = 10  # seconds for the SMTP server to take an invitation
+
+# Anonymous /healthz callers get the status only; staff and this bearer token get the details.
+HEALTHZ_TOKEN = env("HEALTHZ_TOKEN", default="")
+
+# OpenID Connect single sign-on (mozilla-django-oidc); off while OIDC_ISSUER is empty.
+OIDC_ISSUER = env("OIDC_ISSUER", default="")
+OIDC_RP_CLIENT_ID = env("OIDC_CLIENT_ID", default="")
+OIDC_RP_CLIENT_SECRET = env("OIDC_CLIENT_SECRET", default="")
+OIDC_PROVIDER_NAME = env("OIDC_PROVIDER_NAME", default="single sign-on")
+OIDC_RP_SIGN_ALGO = env("OIDC_SIGN_ALGO", default="RS256")
+OIDC_RP_SCOPES = "openid email"
+OIDC_USE_PKCE = True
+OIDC_TIMEOUT = 10
+cast(dict, LOGGING["loggers"])["axes"] = {"level": "WARNING"}  # Axes logs a line per attempt at INFO

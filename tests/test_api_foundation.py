@@ -229,8 +229,9 @@ def test_database_outage_is_503(api, monkeypatch, feature):
     assert_error(api.get("/api/v1/features"), 503, "unavailable")
 
 
-def test_healthz_reports_database_and_broker(client, db):
-    response = client.get("/healthz")
+def test_healthz_reports_database_and_broker(client, db, settings):
+    settings.HEALTHZ_TOKEN = "probe-token"
+    response = client.get("/healthz", HTTP_AUTHORIZATION="Bearer probe-token")
     assert response.status_code == 200
     assert response.json() == {"status": "ok", "database": "ok", "broker": "ok"}
 

@@ -7,7 +7,6 @@ from datetime import timedelta
 
 import pytest
 from django.contrib.auth import get_user_model
-from django.core.cache import cache
 from django.utils import timezone
 
 from budgets.models import Budget
@@ -82,22 +81,6 @@ def test_sign_in_leads_to_the_only_tenant_dashboard(client, owner):
     response = client.post("/login/", {"username": owner.username, "password": "pw-123456789"}, follow=True)
     assert response.redirect_chain[-1][0] == "/t/acme/"
     assert b"Budgets" in response.content
-
-
-def test_failed_sign_ins_are_rate_limited_per_user_and_address(client, owner):
-    cache.clear()
-    for _ in range(5):
-        response = client.post("/login/", {"username": owner.username, "password": "wrong"})
-        assert response.status_code == 200
-        assert b"Please enter a correct username and password" in response.content
-    response = client.post("/login/", {"username": owner.username, "password": "pw-123456789"})
-    assert response.status_code == 429
-    assert b"Too many failed sign-in attempts" in response.content
-    # Another address is not locked out.
-    other = client.post("/login/", {"username": owner.username, "password": "pw-123456789"},
-                        REMOTE_ADDR="10.9.8.7")
-    assert other.status_code == 302
-    cache.clear()
 
 
 def test_login_form_needs_csrf(owner):
@@ -316,6 +299,21 @@ def test_key_secret_is_shown_exactly_once(as_admin, tenant, feature):
     assert key.prefix in listing and secret not in listing
 
 
+def test_a_key_secret_cookie_opens_only_its_own_key_and_only_briefly(as_admin, tenant):
+    import time_machine
+
+    first = as_admin.post("/t/acme/keys/new/", {"name": "one", "role": "service"})
+    cookie = as_admin.cookies["new_key_secret"].value
+    other = as_admin.post("/t/acme/keys/new/", {"name": "two", "role": "service"})
+    # The first key's cookie, replayed on the second key's page, shows nothing.
+    as_admin.cookies["new_key_secret"] = cookie
+    assert 'data-testid="new-secret"' not in as_admin.get(other["Location"]).content.decode()
+    # Nor on its own page once it is older than two minutes.
+    as_admin.cookies["new_key_secret"] = cookie
+    with time_machine.travel(timezone.now() + timedelta(minutes=3)):
+        assert 'data-testid="new-secret"' not in as_admin.get(first["Location"]).content.decode()
+
+
 def test_admin_revokes_a_key(as_admin, service_key):
     key, _ = service_key
     response = as_admin.post(f"/t/acme/keys/{key.pk.hex}/revoke/")
@@ -327,10 +325,7 @@ def test_admin_revokes_a_key(as_admin, service_key):
 # --- members -------------------------------------------------------------------------------------------
 
 
-def test_owner_adds_a_member_and_cannot_remove_the_last_owner(as_owner, tenant, owner):
-    response = as_owner.post("/t/acme/members/add/", {"email": "New@X.test", "role": "viewer"}, follow=True)
-    assert "One-time password" in response.content.decode()
-    assert Membership.objects.get(tenant=tenant, user__username="new@x.test").role == "viewer"
+def test_owner_cannot_demote_the_last_owner(as_owner, tenant, owner):
     mine = Membership.objects.get(tenant=tenant, user=owner)
     response = as_owner.post(f"/t/acme/members/{mine.pk}/role/", {"role": "viewer"}, follow=True)
     assert "at least one owner" in response.content.decode()

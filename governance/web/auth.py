@@ -1,75 +1,90 @@
-"""Sign-in with a per username-and-address limit on failed attempts."""
+"""Sign-in, sign-out and password pages; a one-time password must be replaced before anything else.
+
+Failed sign-ins are counted and locked out by django-axes (see ``governance.web.throttle``),
+on this page and on Django admin's login alike.
+"""
 
 from __future__ import annotations
 
-import hashlib
-
 from django import forms
+from django.conf import settings
+from django.contrib import messages
 from django.contrib.auth import views as auth_views
-from django.contrib.auth.forms import AuthenticationForm
-from django.core.cache import cache
+from django.contrib.auth.forms import PasswordChangeForm
+from django.contrib.auth.signals import user_logged_in
+from django.dispatch import receiver
+from django.shortcuts import redirect
+from django.urls import reverse
 
-# Five wrong passwords for one username from one address lock that pair out for
-# fifteen minutes; the owner can still sign in from elsewhere, a guesser cannot
-# rotate usernames faster than the per-address limit below.
-MAX_FAILURES_PER_USER = 5
-MAX_FAILURES_PER_ADDRESS = 50
-LOCKOUT_SECONDS = 15 * 60
+from governance import services
+from governance.models import OneTimePassword
+from governance.web import sso
 
-
-def _client_address(request) -> str:
-    # REMOTE_ADDR only: X-Forwarded-For is set by clients unless a trusted proxy rewrites it.
-    return request.META.get("REMOTE_ADDR", "") or "unknown"
-
-
-def _keys(request, username: str) -> tuple[str, str]:
-    address = _client_address(request)
-    pair = hashlib.sha256(f"{username.strip().lower()}|{address}".encode()).hexdigest()
-    return f"login-fail:pair:{pair}", f"login-fail:addr:{address}"
-
-
-def _bump(key: str) -> None:
-    if not cache.add(key, 1, LOCKOUT_SECONDS):
-        try:
-            cache.incr(key)
-        except ValueError:  # expired between add and incr
-            cache.set(key, 1, LOCKOUT_SECONDS)
-
-
-class RateLimitedAuthenticationForm(AuthenticationForm):
-    error_messages = {
-        **AuthenticationForm.error_messages,
-        "rate_limited": "Too many failed sign-in attempts. Wait 15 minutes and try again.",
-    }
-
-    def clean(self):
-        username = self.cleaned_data.get("username") or ""
-        pair_key, address_key = _keys(self.request, username)
-        if (cache.get(pair_key) or 0) >= MAX_FAILURES_PER_USER or (
-            cache.get(address_key) or 0
-        ) >= MAX_FAILURES_PER_ADDRESS:
-            self.rate_limited = True
-            raise forms.ValidationError(self.error_messages["rate_limited"], code="rate_limited")
-        try:
-            return super().clean()
-        except forms.ValidationError:
-            _bump(pair_key)
-            _bump(address_key)
-            raise
+SESSION_MUST_CHANGE_PASSWORD = "must_change_password"
+PASSWORD_BACKEND = "django.contrib.auth.backends.ModelBackend"
 
 
 class LoginView(auth_views.LoginView):
-    form_class = RateLimitedAuthenticationForm
     redirect_authenticated_user = True
 
-    def form_invalid(self, form):
-        response = super().form_invalid(form)
-        if getattr(form, "rate_limited", False):
-            response.status_code = 429
-            response["Retry-After"] = str(LOCKOUT_SECONDS)
-        return response
+    def get_context_data(self, **kwargs):
+        context = super().get_context_data(**kwargs)
+        context["sso"] = sso.provider_name() if sso.enabled() else None
+        return context
+
+
+class OwnPasswordForm(PasswordChangeForm):
+    """Django's password change form, refusing the old password as the new one."""
+
+    def clean_new_password1(self):
+        password = self.cleaned_data.get("new_password1")
+        if password and self.user.check_password(password):
+            raise forms.ValidationError("Choose a password different from the current one.", code="password_unchanged")
+        return password
+
+
+class PasswordChangeView(auth_views.PasswordChangeView):
+    form_class = OwnPasswordForm
+    success_url = "/account/password/done/"
+
+    def get_context_data(self, **kwargs):
+        context = super().get_context_data(**kwargs)
+        context["must_change"] = bool(self.request.session.get(SESSION_MUST_CHANGE_PASSWORD))
+        return context
 
     def form_valid(self, form):
-        pair_key, _ = _keys(self.request, form.cleaned_data.get("username") or "")
-        cache.delete(pair_key)
-        return super().form_valid(form)
+        response = super().form_valid(form)
+        services.password_chosen(user=form.user)
+        if self.request.session.pop(SESSION_MUST_CHANGE_PASSWORD, None):
+            messages.success(self.request, "Your own password is set. Welcome to Comptroller.")
+            return redirect(settings.LOGIN_REDIRECT_URL)
+        return response
+
+
+@receiver(user_logged_in, dispatch_uid="governance-one-time-password")
+def _flag_one_time_password(sender, request, user, **kwargs) -> None:
+    """A password sign-in with a password someone else chose must replace it first."""
+    if request is None or getattr(user, "backend", PASSWORD_BACKEND) != PASSWORD_BACKEND:
+        return
+    if OneTimePassword.objects.filter(user=user).exists():
+        request.session[SESSION_MUST_CHANGE_PASSWORD] = True
+
+
+class PasswordChangeRequiredMiddleware:
+    """Send a user signed in with a one-time password to the password change page, from every page."""
+
+    ALLOWED = ("/account/password/", "/logout/", "/static/", "/healthz", "/api/")
+
+    def __init__(self, get_response):
+        self.get_response = get_response
+
+    def __call__(self, request):
+        session = getattr(request, "session", None)
+        if (
+            session is not None
+            and session.get(SESSION_MUST_CHANGE_PASSWORD)
+            and request.user.is_authenticated
+            and not request.path.startswith(self.ALLOWED)
+        ):
+            return redirect(reverse("password_change"))
+        return self.get_response(request)

@@ -5,13 +5,14 @@ from __future__ import annotations
 from django.contrib.auth import views as auth_views
 from django.urls import include, path, register_converter
 
-from governance.web import auth
+from governance.web import auth, sso
 from governance.web.views import (
     account,
     alerts,
     budgets,
     dashboard,
     features,
+    invitations,
     keys,
     levers,
     members,
@@ -64,14 +65,17 @@ tenant_patterns = [
     path("members/add/", members.member_add, name="member-add"),
     path("members/<int:member_id>/role/", members.member_role, name="member-role"),
     path("members/<int:member_id>/remove/", members.member_remove, name="member-remove"),
+    path("members/invitations/<hex:invitation_hex>/revoke/", members.invitation_revoke, name="invitation-revoke"),
 ]
 
 urlpatterns = [
     path("login/", auth.LoginView.as_view(), name="login"),
     path("logout/", auth_views.LogoutView.as_view(), name="logout"),
-    path("account/password/", auth_views.PasswordChangeView.as_view(success_url="/account/password/done/"),
-         name="password_change"),
+    path("account/password/", auth.PasswordChangeView.as_view(), name="password_change"),
     path("account/password/done/", auth_views.PasswordChangeDoneView.as_view(), name="password_change_done"),
+    path("invitations/<str:token>/", invitations.invitation, name="invitation"),
+    path("oidc/authenticate/", sso.SsoStartView.as_view(), name="oidc_authentication_init"),
+    path("oidc/callback/", sso.SsoCallbackView.as_view(), name="oidc_authentication_callback"),
     # Named "dashboard" because LOGIN_REDIRECT_URL says so; it leads to a tenant's dashboard.
     path("", account.home, name="dashboard"),
     path("t/<slug:slug>/", include((tenant_patterns, "web"))),

@@ -12,7 +12,7 @@ class Command(BaseCommand):
         parser.add_argument("slug")
         parser.add_argument("--name", required=True)
         parser.add_argument("--timezone", default="UTC", help="IANA time zone for period boundaries")
-        parser.add_argument("--owner-email", help="Create (or reuse) this user as the tenant's owner")
+        parser.add_argument("--owner-email", help="Create (or reuse) this user as the tenant's owner; a new one gets a one-time password")
 
     def handle(self, *args, slug, name, timezone, owner_email, **options):
         if Tenant.objects.filter(slug=slug).exists():
@@ -26,7 +26,10 @@ class Command(BaseCommand):
         self.stdout.write(f"Created tenant {tenant.slug} ({tenant.name}, {tenant.timezone}).")
         if owner_email:
             if password:
-                self.stdout.write(f"Owner {owner_email} one-time password: {password}")
+                self.stdout.write(
+                    f"Owner {owner_email} one-time password: {password}  (pass it on safely; "
+                    "it must be replaced at the first sign-in)"
+                )
             else:
                 self.stdout.write(f"Existing user {owner_email} is now an owner.")
         self.stdout.write("Admin API key (shown once):")

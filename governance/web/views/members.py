@@ -1,6 +1,8 @@
-"""Members (owners only change them): list, add, change role, remove."""
+"""Members (owners only change them): list, invite, change role, remove; pending invitations, revoke."""
 
 from __future__ import annotations
+
+import uuid
 
 from django.contrib import messages
 from django.http import Http404
@@ -25,31 +27,45 @@ def member_list(request):
     return _members_page(request, MemberAddForm())
 
 
-def _members_page(request, form):
+def _members_page(request, form, *, status: int = 200):
     return page(request, "web/members.html", {
         "members": selectors.membership_list(tenant=request.tenant),
+        "invitations": selectors.invitation_list_pending(tenant=request.tenant),
         "form": form,
         "roles": Role.choices,
-        "audit": selectors.audit_entries(tenant=request.tenant, object_type="membership")[:30],
-    })
+        "audit": selectors.audit_entries(tenant=request.tenant, object_types=["membership", "invitation"])[:30],
+    }, status=status)
 
 
 @tenant_page(Role.OWNER)
 def member_add(request):
+    """Invite an address: it joins when the person who reads the email accepts."""
     form = MemberAddForm(request.POST or None)
     if request.method != "POST" or not form.is_valid():
         return _members_page(request, form)
-    membership, password = services.membership_add(
-        tenant=request.tenant, actor=Actor(user=request.user), **form.cleaned_data
-    )
-    username, role = membership.user.get_username(), membership.get_role_display().lower()
-    if password:
-        messages.success(
-            request,
-            f"Created {username} as {role}. One-time password (shown once; pass it on safely): {password}",
+    try:
+        invitation = services.invitation_create(
+            tenant=request.tenant, actor=Actor(user=request.user), **form.cleaned_data
         )
-    else:
-        messages.success(request, f"{username} is a member ({role}).")
+    except services.InvitationError as exc:
+        form.add_error("email" if isinstance(exc, services.AlreadyMember) else None, str(exc))
+        return _members_page(request, form, status=400)
+    messages.success(
+        request,
+        f"Invitation sent to {invitation.email} ({invitation.get_role_display().lower()}). "
+        f"They join when they accept it; the link expires on {invitation.expires_at:%Y-%m-%d}.",
+    )
+    return redirect("web:members", slug=request.tenant.slug)
+
+
+@tenant_page(Role.OWNER)
+def invitation_revoke(request, invitation_hex: str):
+    invitation = selectors.invitation_get(tenant=request.tenant, invitation_id=uuid.UUID(hex=invitation_hex))
+    if invitation is None:
+        raise Http404("No such invitation.")
+    if request.method == "POST":
+        services.invitation_revoke(invitation=invitation, actor=Actor(user=request.user))
+        messages.success(request, f"Invitation to {invitation.email} revoked; its link no longer works.")
     return redirect("web:members", slug=request.tenant.slug)
 
 
