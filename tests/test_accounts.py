@@ -305,6 +305,31 @@ def test_without_trusted_proxies_x_forwarded_for_is_not_believed(tenant):
                    REMOTE_ADDR="192.0.2.9").status_code == 429
 
 
+@pytest.mark.parametrize("count,remote,forwarded,expected", [
+    (0, "192.0.2.1", "203.0.113.5", "192.0.2.1"),              # no trusted proxy: the header is the client's word
+    (1, "10.0.0.2", "6.6.6.6, 203.0.113.5", "203.0.113.5"),     # the proxy appended the last entry
+    (2, "10.0.0.3", "6.6.6.6, 203.0.113.5, 10.0.0.2", "203.0.113.5"),
+    (2, "10.0.0.3", "203.0.113.5", "10.0.0.3"),                 # fewer entries than proxies: only REMOTE_ADDR is real
+    (1, "10.0.0.2", "not-an-address", "10.0.0.2"),
+    (1, "10.0.0.2", "2001:DB8::1", "2001:db8::1"),
+    (0, "", "", None),                                          # a Unix socket: no address known
+])
+def test_the_client_address_is_read_through_trusted_proxies_only(settings, count, remote, forwarded, expected):
+    from django.test import RequestFactory
+
+    from governance.web.throttle import client_address
+
+    settings.TRUSTED_PROXY_COUNT = count
+    request = RequestFactory().get("/login/", REMOTE_ADDR=remote, HTTP_X_FORWARDED_FOR=forwarded)
+    assert client_address(request) == expected
+
+
+def test_a_sign_in_without_a_client_address_is_still_counted(tenant):
+    colleague = member(tenant, Role.VIEWER, "colleague@acme.test")
+    assert sign_in(Client(), "nobody@acme.test", "wrong", REMOTE_ADDR="").status_code == 200
+    assert sign_in(Client(), colleague.username, PASSWORD, REMOTE_ADDR="").status_code == 302
+
+
 def test_django_admin_login_goes_through_the_same_throttle(db):
     User.objects.create_superuser("root@ops.test", "root@ops.test", PASSWORD)
     client = Client()

@@ -29,9 +29,12 @@ logger = logging.getLogger(__name__)
 _warned_about_forwarded_for = False
 
 
-def client_address(request: HttpRequest) -> str:
-    """Return the address of the client, trusting ``X-Forwarded-For`` only through ``TRUSTED_PROXY_COUNT`` proxies."""
-    remote = request.META.get("REMOTE_ADDR", "") or "unknown"
+def client_address(request: HttpRequest) -> str | None:
+    """Return the address of the client, trusting ``X-Forwarded-For`` only through ``TRUSTED_PROXY_COUNT`` proxies.
+
+    None when no address is known (a Unix socket): those attempts then share one count.
+    """
+    remote = _ip_or_none(request.META.get("REMOTE_ADDR", ""))
     count = settings.TRUSTED_PROXY_COUNT
     forwarded_header = request.META.get("HTTP_X_FORWARDED_FOR", "")
     if count <= 0:
@@ -43,11 +46,14 @@ def client_address(request: HttpRequest) -> str:
     # through every proxy, so only REMOTE_ADDR is known to be real.
     if len(forwarded) < count:
         return remote
-    candidate = forwarded[-count]
+    return _ip_or_none(forwarded[-count]) or remote
+
+
+def _ip_or_none(value: str) -> str | None:
     try:
-        return str(ipaddress.ip_address(candidate))
+        return str(ipaddress.ip_address(value.strip()))
     except ValueError:
-        return remote
+        return None
 
 
 def _warn_once_if_forwarded(header: str) -> None:
