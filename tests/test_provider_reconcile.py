@@ -67,9 +67,13 @@ def test_ledger_10_provider_12_50_is_25_percent_drift_and_one_alert(tenant, feat
     assert day.unmetered_nano == 2_500_000_000
     assert day.drift_pct == Decimal("25.00")
     assert day.drifting
-    alerts = list(Alert.objects.filter(tenant=tenant))
-    assert [(a.kind, a.dedup_key) for a in alerts] == [("drift", f"drift:{tenant.pk}:2026-11-20")]
-    assert "$2.500000 unmetered (25.00%" in alerts[0].body
+    # one alert for each report that diverged: the usage report (unmetered calls) and the bill
+    alerts = list(Alert.objects.filter(tenant=tenant).order_by("dedup_key"))
+    assert [(a.kind, a.dedup_key) for a in alerts] == [
+        ("drift", f"drift:{tenant.pk}:2026-11-20"), ("drift", f"drift:{tenant.pk}:2026-11-20:cost_report"),
+    ]
+    assert "usage report" in alerts[0].body and "$2.500000 unmetered (25.00%" in alerts[0].body
+    assert "cost report bills $12.500000" in alerts[1].body and "$2.500000 more" in alerts[1].body
     row = Reconciliation.objects.get(tenant=tenant, day=DAY, model=HAIKU)
     assert (row.metered_nano, row.provider_usage_nano, row.provider_cost_nano) == (
         10 * NANO, 12_500_000_000, 12_500_000_000
@@ -108,7 +112,7 @@ def test_spend_with_nothing_metered_is_all_unmetered(tenant, stub):
     (day,) = services.reconciliation_run(tenant=tenant, start=DAY, end=DAY)
 
     assert day.metered_nano == 0 and day.drift_pct is None and day.drifting
-    assert Alert.objects.filter(tenant=tenant, kind="drift").count() == 1
+    assert Alert.objects.filter(tenant=tenant, kind="drift").count() == 2  # usage report and cost report
 
 
 def test_days_the_sync_never_read_have_no_provider_figures(tenant, feature, stub):
@@ -175,3 +179,48 @@ def test_beat_task_reconciles_recent_days(tenant, feature, stub):
 
     assert Reconciliation.objects.filter(tenant=tenant, day=DAY).exists()
     assert Alert.objects.filter(tenant=tenant, kind="drift").count() == 1
+
+
+def test_40_dollars_of_an_unpriced_model_alerts_within_one_sync(tenant, stub):
+    # given Anthropic bills $40 (4000 cents) and reports tokens of a model the catalog does not price
+    stub.usage[START + timedelta(hours=3)] = [usage_row(model="claude-zeta-9", uncached_input_tokens=2_000_000)]
+    stub.cost[START] = [cost_row(amount="4000", model="claude-zeta-9", description="Claude Zeta 9 Usage")]
+    connection = services.provider_connection_save(tenant=tenant, actor=Actor.system(), admin_key=stub.api_key)
+
+    # when one cost sync runs
+    assert services.provider_cost_sync(connection=connection, start=START, end=START + timedelta(days=1)).ok
+
+    # then the unpriced model is alerted at once, naming it and the amount billed
+    (alert,) = Alert.objects.filter(tenant=tenant, kind="unpriced_usage")
+    assert "claude-zeta-9" in alert.title and "$40.000000 in the cost report" in alert.body
+    # and the usage sync of the same model and day does not alert twice
+    assert services.provider_usage_sync(connection=connection, start=START, end=START + timedelta(days=1)).ok
+    assert Alert.objects.filter(tenant=tenant, kind="unpriced_usage").count() == 1
+
+
+def test_a_bill_above_the_catalog_price_alerts_naming_the_cost_report(tenant, feature, stub):
+    # given the ledger and the usage report agree on $12.50 but the bill says $14.00 (a price we have wrong)
+    metered(tenant, feature, "12.50")
+    provider_says_12_50(stub)
+    stub.cost[START] = [cost_row(amount="1400", model=HAIKU, description="Claude Haiku 4.5 Usage")]
+    synced(tenant, stub)
+
+    # when reconciliation runs
+    (day,) = services.reconciliation_run(tenant=tenant, start=DAY, end=DAY)
+
+    # then only the cost report drifts: 12% over the ledger, beyond the 5% tolerance
+    assert not day.usage_drifting and day.bill_drifting
+    assert (day.bill_diff_nano, day.bill_drift_pct) == (1_500_000_000, Decimal("12.00"))
+    (alert,) = Alert.objects.filter(tenant=tenant, kind="drift")
+    assert alert.dedup_key.endswith(":cost_report") and alert.data["report"] == "cost_report"
+    assert "cost report bills $14.000000" in alert.body and "a price in the catalog differs" in alert.body
+
+
+def test_cost_rows_that_differ_only_by_region_are_kept_apart(tenant, stub):
+    stub.cost[START] = [
+        {**cost_row(amount="500", model=HAIKU), "inference_geo": "global"},
+        {**cost_row(amount="1000", model=HAIKU), "inference_geo": "us"},
+    ]
+    synced(tenant, stub)
+    (day,) = services.reconciliation_run(tenant=tenant, start=DAY, end=DAY)
+    assert day.provider_cost_nano == 15 * NANO  # $5 + $10, not $5

@@ -89,12 +89,22 @@ def test_batch_is_all_or_nothing_and_names_the_index(api, feature):
     assert UsageEvent.objects.count() == 0
 
 
-def test_unknown_model_is_400_naming_it(api, feature):
-    error = assert_error(api.post("/api/v1/usage", event(model="claude-imaginary-9"), format="json"),
-                         400, "unknown_model")
-    assert error["details"]["model"] == "claude-imaginary-9"
-    assert "claude-imaginary-9" in error["message"]
-    assert UsageEvent.objects.count() == 0
+def test_unknown_model_is_recorded_unpriced_and_alerted_once_a_day(api, feature, tenant):
+    from governance.notify.models import Alert
+
+    # Spent money is never refused: the tokens are kept, the cost is 0 and flagged unpriced
+    first = api.post("/api/v1/usage", event("a", model="claude-imaginary-9"), format="json")
+    assert first.status_code == 201, first.content
+    (result,) = first.json()["results"]
+    assert (result["status"], result["priced"], result["cost_usd"]) == ("recorded", False, "0.000000")
+    stored = UsageEvent.objects.get(request_id="a")
+    assert (stored.priced, stored.input_tokens, stored.output_tokens, stored.family) == (False, 1000, 500, "imaginary")
+    api.post("/api/v1/usage", event("b", model="claude-imaginary-9"), format="json")
+    (alert,) = Alert.objects.filter(tenant=tenant, kind="unpriced_usage")
+    assert "claude-imaginary-9" in alert.title and "prices_load" in alert.body
+    # a dated id of a priced alias is priced, not flagged
+    dated = api.post("/api/v1/usage", event("c", model="claude-sonnet-4-6-20260217"), format="json").json()
+    assert (dated["results"][0]["priced"], dated["results"][0]["cost_usd"]) == (True, "0.010500")
 
 
 def test_unknown_feature_is_400(api, feature):

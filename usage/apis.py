@@ -16,8 +16,8 @@ from governance.api.fields import DayField, StrictSerializer, nano_to_usd
 from governance.api.ids import public_id
 from governance.selectors import feature_get
 from usage import selectors
-from usage.models import ServiceTier
-from usage.pricing import TokenUsage, is_priced
+from usage.models import ServiceTier, Speed
+from usage.pricing import TokenUsage
 from usage.serializers import UsageEventInput
 from usage.services import UsageInput, usage_report
 
@@ -77,6 +77,7 @@ class UsageReportApi(TenantAPIView):
                         "request_id": r.event.request_id,
                         "status": "recorded" if r.created else "duplicate",
                         "cost_usd": nano_to_usd(r.event.cost_nano),
+                        "priced": r.event.priced,
                         "usage_event_id": public_id(r.event),
                     }
                     for r in results
@@ -101,8 +102,6 @@ class UsageReportApi(TenantAPIView):
         feature = features[key]
         if feature is None:
             fail(f"no feature '{key}'.", "unknown_feature", {"feature": key})
-        if not is_priced(data["model"]):
-            fail(f"no price is known for model '{data['model']}'.", "unknown_model", {"model": data["model"]})
         usage = data["usage"]
         return UsageInput(
             feature=feature,
@@ -110,6 +109,7 @@ class UsageReportApi(TenantAPIView):
             usage=TokenUsage.from_anthropic(usage),
             service_tier=usage.get("service_tier") or ServiceTier.STANDARD,
             inference_geo=usage.get("inference_geo") or "",
+            speed=usage.get("speed") or Speed.STANDARD,
             request_id=data["request_id"],
             run_id=data.get("run_id", ""),
             occurred_at=data.get("occurred_at"),

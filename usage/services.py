@@ -271,6 +271,34 @@ def usage_events_record(
     return results
 
 
+def unpriced_usage_alert(*, tenant: Tenant, events: list[UsageEvent]) -> None:
+    """Raise ``unpriced_usage`` once per model and tenant-local day for events recorded without a price.
+
+    The call happened and is kept (tokens, and the hold model's price for a commit); the
+    alert asks an operator to load the model's price (``manage.py prices_load``).
+    """
+    from governance.notify.services import alert_raise
+
+    unpriced: dict[tuple[str, str], list[UsageEvent]] = defaultdict(list)
+    for event in events:
+        if not event.priced:
+            unpriced[(event.model, event.occurred_at.astimezone(tenant.tz).date().isoformat())].append(event)
+    for (model, day), group in sorted(unpriced.items()):
+        tokens = sum(event_tokens(e) for e in group)
+        alert_raise(
+            tenant=tenant,
+            kind="unpriced_usage",
+            dedup_key=f"unpriced_usage:{tenant.pk}:{model}:{day}",
+            title=f"No price for {model}",
+            body=(
+                f"Calls to {model} on {day} were recorded ({tokens} tokens so far), but the price catalog "
+                f"has no price for it, so they count at $0 or at their hold's model price. Load its price "
+                f"with `manage.py prices_load`; later usage is then priced."
+            ),
+            data={"model": model, "day": day, "tokens": tokens, "source": "ledger"},
+        )
+
+
 def usage_report(*, tenant: Tenant, api_key: ApiKey | None, items: list[UsageInput]) -> list[RecordedUsage]:
     """Record usage reported without a hold and charge it to the budgets it falls in.
 
@@ -282,7 +310,9 @@ def usage_report(*, tenant: Tenant, api_key: ApiKey | None, items: list[UsageInp
         try:
             with transaction.atomic():
                 results = usage_events_record(tenant=tenant, api_key=api_key, items=items, source=UsageSource.REPORT)
-                windows_charge_usage(tenant=tenant, events=[r.event for r in results if r.created])
+                created = [r.event for r in results if r.created]
+                windows_charge_usage(tenant=tenant, events=created)
+                unpriced_usage_alert(tenant=tenant, events=created)
                 return results
         except (IntegrityError, OperationalError) as exc:
             # IntegrityError: a concurrent report of the same request_id won; OperationalError:

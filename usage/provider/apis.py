@@ -172,7 +172,21 @@ class ReconciledDayOutput(serializers.Serializer):
         max_digits=24, decimal_places=2, allow_null=True,
         help_text="Unmetered as a percentage of metered spend; null when nothing was metered",
     )
-    drifting = serializers.BooleanField(help_text="Unmetered spend exceeds the tenant's tolerance")
+    usage_drifting = serializers.BooleanField(
+        help_text="The usage report (priced by the catalog) exceeds the ledger beyond the tolerance: unmetered calls"
+    )
+    bill_ledger_usd = UsdField(
+        source="bill_metered_nano", allow_null=True,
+        help_text="The ledger over the cost report's UTC day, less priority tier; null until the bill settles",
+    )
+    bill_difference_usd = UsdField(source="bill_diff_nano", allow_null=True, help_text="Cost report minus ledger")
+    bill_drift_pct = serializers.DecimalField(
+        max_digits=24, decimal_places=2, allow_null=True, help_text="Cost report minus ledger, percent of the ledger",
+    )
+    bill_drifting = serializers.BooleanField(
+        help_text="The cost report (the bill) and the ledger disagree beyond the tolerance, either way"
+    )
+    drifting = serializers.BooleanField(help_text="Either check drifts")
     models = ReconciledModelOutput(many=True)
 
 

@@ -92,6 +92,7 @@ class ProviderUsageBucket(models.Model):
     service_tier = models.CharField(max_length=20, blank=True)
     context_window = models.CharField(max_length=20, blank=True)
     inference_geo = models.CharField(max_length=20, blank=True)
+    speed = models.CharField(max_length=20, blank=True, help_text="standard or fast, when grouped by speed")
     uncached_input_tokens = models.BigIntegerField(default=0)
     cache_write_5m_tokens = models.BigIntegerField(default=0)
     cache_write_1h_tokens = models.BigIntegerField(default=0)
@@ -110,9 +111,9 @@ class ProviderUsageBucket(models.Model):
             models.UniqueConstraint(
                 fields=[
                     "tenant", "bucket_start", "bucket_width", "model", "workspace_id", "api_key_id",
-                    "service_tier", "context_window", "inference_geo",
+                    "service_tier", "context_window", "inference_geo", "speed",
                 ],
-                name="provider_usage_natural_key",
+                name="provider_usage_natural_key_geo_speed",
             )
         ]
         indexes = [models.Index(fields=["tenant", "bucket_start"])]
@@ -134,6 +135,8 @@ class ProviderCostBucket(models.Model):
     service_tier = models.CharField(max_length=20, blank=True)
     context_window = models.CharField(max_length=20, blank=True)
     token_type = models.CharField(max_length=60, blank=True)
+    inference_geo = models.CharField(max_length=20, blank=True)
+    speed = models.CharField(max_length=20, blank=True)
     canonical_model = models.CharField(max_length=100, blank=True)
     currency = models.CharField(max_length=3, default="USD")
     amount_cents = models.CharField(max_length=40, help_text="The decimal string as reported, in cents")
@@ -146,9 +149,9 @@ class ProviderCostBucket(models.Model):
             models.UniqueConstraint(
                 fields=[
                     "tenant", "bucket_start", "workspace_id", "description", "cost_type", "model",
-                    "service_tier", "context_window", "token_type",
+                    "service_tier", "context_window", "token_type", "inference_geo", "speed",
                 ],
-                name="provider_cost_natural_key",
+                name="provider_cost_natural_key_geo_speed",
             )
         ]
         indexes = [models.Index(fields=["tenant", "day"])]

@@ -2,15 +2,18 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, time, timedelta
 from decimal import ROUND_HALF_UP, Decimal
+from typing import Any
 
 from django.db.models import F, Q, Sum
-from django.db.models.functions import Coalesce
+from django.db.models.functions import Coalesce, TruncDate
+from django.utils import timezone
 
 from governance.models import Tenant
-from usage.models import NANO, UsageRollup
+from usage.models import NANO, ServiceTier, UsageEvent, UsageRollup
 from usage.provider.models import (
     ConnectionStatus,
     MappingKind,
@@ -23,6 +26,9 @@ from usage.provider.models import (
 # Comptroller's back; a day with nothing metered would otherwise alert on a single cent.
 DRIFT_MIN_NANO = NANO // 100
 FAILING_RETRY_AFTER = timedelta(hours=1)
+# The cost report lags up to a day: a UTC day's bill is compared with the ledger once this
+# long after it began (it is still corrected later; each correction is compared again).
+BILL_SETTLES_AFTER = timedelta(days=2)
 
 
 def connection_get(*, tenant: Tenant) -> ProviderConnection | None:
@@ -81,6 +87,37 @@ class ReconciledDay:
     metered_nano: int = 0
     provider_usage_nano: int | None = None
     provider_cost_nano: int | None = None
+    # The ledger over the cost report's UTC day, less priority tier (which the cost report
+    # omits); None until that day's cost is read and settled (the bill lags a day).
+    bill_metered_nano: int | None = None
+
+    @property
+    def bill_diff_nano(self) -> int | None:
+        """Return the cost report (the bill) minus the ledger for the same UTC day."""
+        if self.bill_metered_nano is None or self.provider_cost_nano is None:
+            return None
+        return self.provider_cost_nano - self.bill_metered_nano
+
+    @property
+    def bill_drift_pct(self) -> Decimal | None:
+        diff = self.bill_diff_nano
+        if diff is None or not self.bill_metered_nano:
+            return None
+        return (Decimal(diff) * 100 / self.bill_metered_nano).quantize(Decimal("0.01"), ROUND_HALF_UP)
+
+    @property
+    def bill_drifting(self) -> bool:
+        """Whether the bill and the ledger disagree, either way, beyond the tolerance.
+
+        Unmetered calls, a wrong or missing price, fast mode or code execution the ledger
+        does not see: this catches what the usage check (priced by our own table) cannot.
+        """
+        diff = self.bill_diff_nano
+        if diff is None or abs(diff) < DRIFT_MIN_NANO:
+            return False
+        if not self.bill_metered_nano:
+            return True
+        return Decimal(abs(diff)) * 100 > self.tolerance_pct * self.bill_metered_nano
 
     @property
     def basis(self) -> str | None:
@@ -116,6 +153,11 @@ class ReconciledDay:
 
     @property
     def drifting(self) -> bool:
+        """Whether either check drifts: unmetered spend (usage report) or the bill (cost report)."""
+        return self.usage_drifting or self.bill_drifting
+
+    @property
+    def usage_drifting(self) -> bool:
         unmetered = self.unmetered_nano
         if unmetered is None or unmetered < DRIFT_MIN_NANO:
             return False
@@ -124,11 +166,17 @@ class ReconciledDay:
         return Decimal(unmetered) * 100 > self.tolerance_pct * self.metered_nano
 
 
+def _is_utc(tz) -> bool:
+    probe = datetime(2026, 1, 1, tzinfo=UTC)
+    return all(probe.replace(month=m).astimezone(tz).utcoffset() == timedelta(0) for m in (1, 7))
+
+
 def _covered(synced_from: datetime | None, synced_until: datetime | None, day_start: datetime) -> bool:
     return synced_from is not None and synced_until is not None and synced_from <= day_start < synced_until
 
 
-def reconciliation_compute(*, tenant: Tenant, start: date, end: date) -> list[ReconciledDay]:
+def reconciliation_compute(*, tenant: Tenant, start: date, end: date, now: datetime | None = None
+                           ) -> list[ReconciledDay]:
     """Return metered vs provider spend per tenant-local day in [start, end] and per model.
 
     Metered spend comes from the ledger's daily rollups; provider usage from the hourly
@@ -137,6 +185,7 @@ def reconciliation_compute(*, tenant: Tenant, start: date, end: date) -> list[Re
     A provider figure is None for a day the sync has not read.
     """
     tz = tenant.tz
+    now = now or timezone.now()
     connection = connection_get(tenant=tenant)
     days: dict[date, ReconciledDay] = {}
     lines: dict[tuple[date, str], ReconciledLine] = {}
@@ -201,6 +250,33 @@ def reconciliation_compute(*, tenant: Tenant, start: date, end: date) -> list[Re
         }
         for d in cost_days:
             days[d].provider_cost_nano = 0
+        settled = [d for d in cost_days if datetime.combine(d, time(), tzinfo=UTC) + BILL_SETTLES_AFTER <= now]
+        if settled:
+            for d in settled:
+                days[d].bill_metered_nano = 0
+            ledger: Iterable[Mapping[str, Any]]
+            if _is_utc(tz):  # the rollups' local days are the bill's UTC days
+                ledger = (
+                    UsageRollup.objects.filter(tenant=tenant, day__gte=min(settled), day__lte=max(settled))
+                    .exclude(service_tier=ServiceTier.PRIORITY)
+                    .values(utc_day=F("day"))
+                    .annotate(cost=Sum("cost_nano"))
+                )
+            else:
+                ledger = (
+                    UsageEvent.objects.filter(
+                        tenant=tenant,
+                        occurred_at__gte=datetime.combine(min(settled), time(), tzinfo=UTC),
+                        occurred_at__lt=datetime.combine(max(settled) + timedelta(days=1), time(), tzinfo=UTC),
+                    )
+                    .exclude(service_tier=ServiceTier.PRIORITY)
+                    .annotate(utc_day=TruncDate("occurred_at", tzinfo=UTC))
+                    .values("utc_day")
+                    .annotate(cost=Sum("cost_nano"))
+                )
+            for ledger_row in ledger:
+                if ledger_row["utc_day"] in days and days[ledger_row["utc_day"]].bill_metered_nano is not None:
+                    days[ledger_row["utc_day"]].bill_metered_nano = ledger_row["cost"] or 0
         for row in (
             ProviderCostBucket.objects.filter(tenant=tenant, day__gte=start, day__lte=end, currency="USD")
             .values("day", "canonical_model", "model")

@@ -20,7 +20,7 @@ from governance.audit import Actor, audit_record
 from governance.crypto import mask
 from governance.models import Feature, Tenant
 from governance.notify.services import alert_raise
-from usage.models import ServiceTier
+from usage.models import ServiceTier, Speed
 from usage.pricing import TokenUsage, UnknownModel, price_for, to_nano, usage_cost
 from usage.provider import selectors
 from usage.provider.client import AdminApiClient, ProviderError
@@ -238,7 +238,7 @@ def _count(obj: Any, name: str) -> int:
 
 USAGE_KEY = (
     "bucket_start", "bucket_width", "model", "workspace_id", "api_key_id",
-    "service_tier", "context_window", "inference_geo",
+    "service_tier", "context_window", "inference_geo", "speed",
 )
 USAGE_VALUES = (
     "uncached_input_tokens", "cache_write_5m_tokens", "cache_write_1h_tokens", "cache_read_tokens",
@@ -246,7 +246,7 @@ USAGE_VALUES = (
 )
 COST_KEY = (
     "bucket_start", "workspace_id", "description", "cost_type", "model",
-    "service_tier", "context_window", "token_type",
+    "service_tier", "context_window", "token_type", "inference_geo", "speed",
 )
 COST_VALUES = ("day", "canonical_model", "currency", "amount_cents", "amount_nano")
 
@@ -261,7 +261,7 @@ def _canonical(model: str) -> str:
 
 
 def _bucket_cost_nano(model: str, usage: TokenUsage, *, tier: str, geo: str, context_window: str,
-                      at: datetime) -> int | None:
+                      at: datetime, speed: str = "") -> int | None:
     """Price one bucket's tokens with our table; None when the model has no price."""
     if not model:
         return None
@@ -275,7 +275,8 @@ def _bucket_cost_nano(model: str, usage: TokenUsage, *, tier: str, geo: str, con
     price = copy.copy(price)
     long_context = context_window == LONG_CONTEXT_WINDOW and price.lc_input is not None
     price.long_context_threshold = -1 if long_context else None
-    return to_nano(usage_cost(price, usage, service_tier=tier or ServiceTier.STANDARD, inference_geo=geo))
+    return to_nano(usage_cost(price, usage, service_tier=tier or ServiceTier.STANDARD, inference_geo=geo,
+                              speed=speed or Speed.STANDARD))
 
 
 def _usage_rows(
@@ -300,6 +301,7 @@ def _usage_rows(
             tier = _dimension(row, "service_tier")
             geo = _dimension(row, "inference_geo")
             context_window = _dimension(row, "context_window")
+            speed = _dimension(row, "speed")[:20]
             workspace_id = _dimension(row, "workspace_id")
             api_key_id = _dimension(row, "api_key_id")
             yield ProviderUsageBucket(
@@ -311,7 +313,8 @@ def _usage_rows(
                 api_key_id=api_key_id,
                 service_tier=tier,
                 context_window=context_window,
-                inference_geo=geo,
+                inference_geo=geo[:20],
+                speed=speed,
                 uncached_input_tokens=usage.input_tokens,
                 cache_write_5m_tokens=usage.cache_write_5m_tokens,
                 cache_write_1h_tokens=usage.cache_write_1h_tokens,
@@ -320,7 +323,7 @@ def _usage_rows(
                 web_search_requests=usage.web_search_requests,
                 canonical_model=_canonical(model),
                 cost_nano=_bucket_cost_nano(model, usage, tier=tier, geo=geo, context_window=context_window,
-                                            at=start),
+                                            at=start, speed=speed),
                 feature=features(api_key_id, workspace_id),
                 synced_at=synced_at,
             )
@@ -359,6 +362,8 @@ def _cost_rows(buckets: Iterable[dict[str, Any]], *, tenant: Tenant, synced_at: 
                 service_tier=_dimension(row, "service_tier")[:20],
                 context_window=_dimension(row, "context_window")[:20],
                 token_type=_dimension(row, "token_type")[:60],
+                inference_geo=_dimension(row, "inference_geo")[:20],
+                speed=_dimension(row, "speed")[:20],
                 canonical_model=_canonical(model),
                 currency=(_dimension(row, "currency") or "USD")[:3],
                 amount_cents=str(amount)[:40],
@@ -513,6 +518,7 @@ def _sync_report(connection: ProviderConnection, result: SyncResult, *, chunk: t
             synced_at = timezone.now()
             bucket_count, rows = read(client, chunk_start, chunk_end, synced_at)
             result.written += _chunk_commit(connection, result.report, rows, chunk_start, chunk_end, synced_at)
+            provider_unpriced_alert(tenant=connection.tenant, report=result.report, rows=rows)
             result.rows += len(rows)
             result.buckets += bucket_count
             result.chunks.append((chunk_start, chunk_end))
@@ -635,6 +641,43 @@ def provider_sync_failed(*, connection: ProviderConnection, report: str, error: 
     connection.refresh_from_db()
 
 
+def provider_unpriced_alert(*, tenant: Tenant, report: str, rows: list[Any]) -> None:
+    """Raise ``unpriced_usage`` once per model and day for provider usage or cost our catalog cannot price.
+
+    Within the sync that read it: the usage report's tokens of such a model count as $0 in
+    the usage-vs-ledger check, so without this alert they would hide; the cost report
+    bills them all the same.
+    """
+    totals: dict[tuple[str, str], list[int]] = {}
+    for row in rows:
+        if not row.model or row.canonical_model:
+            continue
+        day = row.bucket_start.date().isoformat()
+        total = totals.setdefault((row.model, day), [0, 0])
+        if report == "usage":
+            total[0] += (row.uncached_input_tokens + row.output_tokens + row.cache_write_5m_tokens
+                         + row.cache_write_1h_tokens + row.cache_read_tokens)
+        else:
+            total[1] += row.amount_nano
+    for (model, day), (tokens, billed) in sorted(totals.items()):
+        if not tokens and billed <= 0:
+            continue
+        what = f"{tokens} tokens in the usage report" if report == "usage" else (
+            f"${nano_to_usd(billed)} in the cost report")
+        _alert(
+            tenant=tenant,
+            kind="unpriced_usage",
+            dedup_key=f"unpriced_usage:{tenant.pk}:{model}:{day}",
+            title=f"No price for {model}",
+            body=(
+                f"Anthropic reports {what} for {model} on {day}, but the price catalog has no price for it, "
+                f"so Comptroller cannot meter or reconcile it. Load its price with `manage.py prices_load`."
+            ),
+            data={"model": model, "day": day, "tokens": tokens, "billed_usd": nano_to_usd(billed),
+                  "source": f"{report}_report"},
+        )
+
+
 def _alert(*, tenant: Tenant, kind: str, dedup_key: str, title: str, body: str, data: dict | None = None):
     """Raise an alert through the alerts path: recorded once per dedup key, sent to the channels."""
     return alert_raise(tenant=tenant, kind=kind, dedup_key=dedup_key, title=title, body=body, data=data)
@@ -648,7 +691,7 @@ def reconciliation_run(*, tenant: Tenant, start: date, end: date, now: datetime 
                        ) -> list[selectors.ReconciledDay]:
     """Store metered vs provider spend per day and model for [start, end]; alert on drift."""
     now = now or timezone.now()
-    days = selectors.reconciliation_compute(tenant=tenant, start=start, end=end)
+    days = selectors.reconciliation_compute(tenant=tenant, start=start, end=end, now=now)
     keep: list[int] = []
     for day in days:
         for line in day.models:
@@ -667,9 +710,40 @@ def reconciliation_run(*, tenant: Tenant, start: date, end: date, now: datetime 
             keep.append(row.pk)
     Reconciliation.objects.filter(tenant=tenant, day__gte=start, day__lte=end).exclude(pk__in=keep).delete()
     for day in days:
-        if day.drifting:
+        if day.usage_drifting:
             _drift_alert(tenant, day)
+        if day.bill_drifting:
+            _bill_drift_alert(tenant, day)
     return days
+
+
+def _bill_drift_alert(tenant: Tenant, day: selectors.ReconciledDay) -> None:
+    diff = day.bill_diff_nano or 0
+    pct = f"{day.bill_drift_pct}%" if day.bill_drift_pct is not None else "all of it"
+    direction = "more" if diff > 0 else "less"
+    _alert(
+        tenant=tenant,
+        kind="drift",
+        dedup_key=f"drift:{tenant.pk}:{day.day.isoformat()}:cost_report",
+        title=f"Anthropic's cost report disagrees with the ledger on {day.day.isoformat()}",
+        body=(
+            f"Anthropic's cost report bills ${nano_to_usd(day.provider_cost_nano)} for {day.day.isoformat()} (UTC), "
+            f"${nano_to_usd(abs(diff))} {direction} than the ${nano_to_usd(day.bill_metered_nano)} the ledger "
+            f"priced ({pct}, tolerance {tenant.drift_tolerance_pct}%). "
+            + ("The usage report agrees with the ledger, so a price in the catalog differs from the bill, "
+               "or the bill holds charges the ledger does not meter (fast mode, code execution)."
+               if not day.usage_drifting and day.provider_usage_nano is not None else
+               "Check the reconciliation page for the models that differ.")
+        ),
+        data={
+            "day": day.day.isoformat(),
+            "report": "cost_report",
+            "ledger_usd": nano_to_usd(day.bill_metered_nano),
+            "cost_report_usd": nano_to_usd(day.provider_cost_nano),
+            "difference_usd": nano_to_usd(diff),
+            "drift_pct": str(day.bill_drift_pct) if day.bill_drift_pct is not None else None,
+        },
+    )
 
 
 def _drift_alert(tenant: Tenant, day: selectors.ReconciledDay) -> None:
@@ -680,7 +754,8 @@ def _drift_alert(tenant: Tenant, day: selectors.ReconciledDay) -> None:
         dedup_key=f"drift:{tenant.pk}:{day.day.isoformat()}",
         title=f"Unmetered Claude spend on {day.day.isoformat()}",
         body=(
-            f"Anthropic reports ${nano_to_usd(day.provider_nano)} for {day.day.isoformat()}, "
+            f"Anthropic's {'usage report (priced by the catalog)' if day.basis == 'usage' else 'cost report'} "
+            f"shows ${nano_to_usd(day.provider_nano)} for {day.day.isoformat()}, "
             f"but only ${nano_to_usd(day.metered_nano)} went through Comptroller: "
             f"${nano_to_usd(day.unmetered_nano)} unmetered ({drift}, tolerance {tenant.drift_tolerance_pct}%)."
         ),
