@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 
+from django.conf import settings
 from django.core.exceptions import RequestDataTooBig
 from django.db import InterfaceError, OperationalError
 from django.http import HttpResponseBadRequest
@@ -45,6 +46,31 @@ class RejectNulMiddleware:
 
 def _escaped(name: str) -> str:
     return "".join(f"\\u{ord(c):04x}" if unfit_char(c) else c for c in name)
+
+
+class ApiHttpsMiddleware:
+    """Refuse a plain-HTTP API call with a JSON 403 ``https_required`` (API_REQUIRE_HTTPS).
+
+    SecurityMiddleware redirects the web UI to HTTPS, but not /api/ (SECURE_REDIRECT_EXEMPT):
+    a client would follow a 301 with its key already sent in clear, and most turn a
+    redirected POST into a GET. A refusal that names the HTTPS URL tells the operator what
+    to fix. With API_REQUIRE_HTTPS off, plain-HTTP API calls are served (a private network
+    where nothing else can listen).
+    """
+
+    def __init__(self, get_response):
+        self.get_response = get_response
+
+    def __call__(self, request):
+        if is_api(request) and settings.API_REQUIRE_HTTPS and not request.is_secure():
+            url = f"https://{request.get_host()}{request.get_full_path()}"
+            return json_error(
+                403,
+                "https_required",
+                f"This API is served over HTTPS only: call {url}",
+                {"url": url},
+            )
+        return self.get_response(request)
 
 
 class ApiErrorMiddleware:

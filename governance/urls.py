@@ -4,6 +4,11 @@ from drf_spectacular.views import SpectacularAPIView, SpectacularSwaggerView
 
 from governance.health import healthz
 
+handler400 = "governance.handlers.bad_request"
+handler403 = "governance.handlers.permission_denied"
+handler404 = "governance.handlers.page_not_found"
+handler500 = "governance.handlers.server_error"
+
 urlpatterns = [
     path("healthz", healthz, name="healthz"),
     path("admin/", admin.site.urls),
