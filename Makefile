@@ -1,11 +1,12 @@
-# Comptroller: `make run` for the embedded demo, `make test` for the whole suite.
+# Comptroller: `make run` for the embedded demo, `make test` for the whole suite,
+# `make install-prod` and `make release` for production (docs/deploy.md).
 PYTHON ?= python3.11
 VENV := .venv
 BIN := $(VENV)/bin
 HOST ?= 127.0.0.1
 PORT ?= 8000
 
-.PHONY: run test lint install migrate seed clean
+.PHONY: run test lint install install-prod release migrate seed clean
 
 $(BIN)/activate:
 	$(PYTHON) -m venv $(VENV)
@@ -29,6 +30,18 @@ seed: migrate
 
 run: seed
 	@bash scripts/run.sh $(HOST) $(PORT)
+
+# Production: the runtime dependencies only, into the same .venv.
+install-prod: | $(BIN)/activate
+	$(BIN)/pip install --quiet .
+
+# Each deploy, with the production settings in the environment: static files (on every web
+# machine), the database schema (once; safe to repeat), then the deployment checks. Start
+# the Procfile's processes (or deploy/systemd/) afterwards.
+release:
+	$(BIN)/python manage.py collectstatic --noinput --verbosity 0
+	$(BIN)/python manage.py migrate --noinput
+	$(BIN)/python manage.py check --deploy --fail-level WARNING
 
 lint: install
 	$(BIN)/ruff check .
