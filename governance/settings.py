@@ -212,19 +212,33 @@ REST_FRAMEWORK = {
     "DEFAULT_RENDERER_CLASSES": ["rest_framework.renderers.JSONRenderer"],
     "DEFAULT_PARSER_CLASSES": ["governance.api.parsers.JSONParser"],
     "EXCEPTION_HANDLER": "governance.api.errors.exception_handler",
-    "DEFAULT_SCHEMA_CLASS": "drf_spectacular.openapi.AutoSchema",
+    "DEFAULT_SCHEMA_CLASS": "governance.api.schema.ComptrollerAutoSchema",
     "UNAUTHENTICATED_USER": None,
     "COERCE_DECIMAL_TO_STRING": True,
 }
+# The OpenAPI description (/api/schema/); governance/api/schema.py adds tags and errors.
 SPECTACULAR_SETTINGS = {
     "TITLE": "Comptroller API",
-    "DESCRIPTION": "Budget governance for Claude API spend. See CONTRACT.md.",
+    "DESCRIPTION": (
+        "Budget governance for Claude API spend: ask for an allowance before each model call, "
+        "commit what it used after. The reference, with every field, status and error, is "
+        "`docs/api.md` in the Comptroller repository.\n\n"
+        "Authenticate with `Authorization: Bearer <api key>`. Money is a decimal string in USD, "
+        "never a float; times are RFC 3339 UTC. Every error is "
+        '`{"error": {"code", "message", "details"}}`.'
+    ),
     "VERSION": "1.0.0",
     "SERVE_INCLUDE_SCHEMA": False,
     "SWAGGER_UI_DIST": "SIDECAR",
     "SWAGGER_UI_FAVICON_HREF": "SIDECAR",
     "REDOC_DIST": "SIDECAR",
     "COMPONENT_SPLIT_REQUEST": True,
+    "SCHEMA_PATH_PREFIX": r"/api/v1",
+    "POSTPROCESSING_HOOKS": [
+        "drf_spectacular.hooks.postprocess_schema_enums",
+        "governance.api.schema.describe_tags",
+    ],
+    "SORT_OPERATIONS": "governance.api.schema.sort_operations",
 }
 
 LOGGING = {

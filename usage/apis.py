@@ -6,7 +6,7 @@ from datetime import timedelta
 
 from django.utils import timezone
 from drf_spectacular.types import OpenApiTypes
-from drf_spectacular.utils import OpenApiParameter, extend_schema
+from drf_spectacular.utils import OpenApiParameter, extend_schema, inline_serializer
 from rest_framework import serializers, status
 from rest_framework.response import Response
 
@@ -34,7 +34,7 @@ class UsageResult(serializers.Serializer):
 class UsageReportApi(TenantAPIView):
     @extend_schema(
         request=UsageEventInput,
-        responses={201: UsageResult(many=True)},
+        responses={201: inline_serializer("UsageResults", {"results": UsageResult(many=True)})},
         summary="Report usage without a hold (one event, or {\"events\": [...]} up to 1,000)",
         description="Idempotent per request_id. All-or-nothing validation: one invalid event makes it 400 "
         "with details naming its index. Always recorded, even over budget.",

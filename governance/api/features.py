@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from django.core.exceptions import ValidationError as DjangoValidationError
 from drf_spectacular.types import OpenApiTypes
-from drf_spectacular.utils import extend_schema
+from drf_spectacular.utils import extend_schema, inline_serializer
 from rest_framework import serializers, status
 from rest_framework.response import Response
 
@@ -57,7 +57,11 @@ def feature_policy(feature: Feature) -> dict:
 
 
 class FeatureListApi(TenantAPIView):
-    @extend_schema(responses=FeatureOutput(many=True), summary="List features", operation_id="features_list")
+    @extend_schema(
+        responses=inline_serializer("FeatureList", {"results": FeatureOutput(many=True)}),
+        summary="List features",
+        operation_id="features_list",
+    )
     def get(self, request):
         features = selectors.feature_list(tenant=self.tenant)
         return Response({"results": FeatureOutput(features, many=True).data})

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from drf_spectacular.utils import extend_schema
+from drf_spectacular.utils import extend_schema, inline_serializer
 from rest_framework import serializers, status
 from rest_framework.response import Response
 
@@ -21,8 +21,8 @@ class ApiKeyOutput(serializers.Serializer):
     prefix = serializers.CharField()
     features = serializers.SerializerMethodField()
     created_at = serializers.DateTimeField()
-    last_used_at = serializers.DateTimeField()
-    revoked_at = serializers.DateTimeField()
+    last_used_at = serializers.DateTimeField(allow_null=True)
+    revoked_at = serializers.DateTimeField(allow_null=True)
 
     def get_id(self, key: ApiKey) -> str:
         return public_id(key)
@@ -47,7 +47,11 @@ class ApiKeyInput(StrictSerializer):
 class ApiKeyListApi(TenantAPIView):
     required_role = KeyRole.ADMIN
 
-    @extend_schema(responses=ApiKeyOutput(many=True), summary="List API keys (never their secrets)")
+    @extend_schema(
+        responses=inline_serializer("ApiKeyList", {"results": ApiKeyOutput(many=True)}),
+        summary="List API keys (never their secrets)",
+        operation_id="keys_list",
+    )
     def get(self, request):
         return Response({"results": ApiKeyOutput(selectors.api_key_list(tenant=self.tenant), many=True).data})
 
@@ -89,7 +93,7 @@ class ApiKeyDetailApi(TenantAPIView):
     def get(self, request, key_id: str):
         return Response(ApiKeyOutput(self.get_key(key_id)).data)
 
-    @extend_schema(responses=ApiKeyOutput, summary="Revoke an API key (idempotent)")
+    @extend_schema(responses={200: ApiKeyOutput}, summary="Revoke an API key (idempotent)")
     def delete(self, request, key_id: str):
         try:
             key = services.api_key_revoke(key=self.get_key(key_id), actor=self.actor)

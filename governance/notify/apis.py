@@ -44,7 +44,7 @@ class ChannelOutput(serializers.Serializer):
     enabled = serializers.BooleanField()
     failing = serializers.BooleanField(help_text="A delivery failed permanently; fix the channel or send a test")
     last_error = serializers.CharField()
-    last_error_at = serializers.DateTimeField()
+    last_error_at = serializers.DateTimeField(allow_null=True)
     created_at = serializers.DateTimeField()
     updated_at = serializers.DateTimeField()
 
