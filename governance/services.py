@@ -252,7 +252,7 @@ class AccountExists(InvitationError):
 
 
 def invitation_snapshot(invitation: Invitation) -> dict[str, Any]:
-    return {"email": invitation.email, "role": invitation.role, "expires_at": invitation.expires_at}
+    return {"email": invitation.email, "role": invitation.role}
 
 
 def _user_for_email(email: str):
@@ -329,7 +329,7 @@ def invitation_revoke(*, invitation: Invitation, actor: Actor) -> Invitation:
         invitation.revoked_at = timezone.now()
         invitation.save(update_fields=["revoked_at"])
         audit_record(tenant=invitation.tenant, actor=actor, action="revoke", obj=invitation,
-                     before=invitation_snapshot(invitation))
+                     after=invitation_snapshot(invitation))
     return invitation
 
 
@@ -357,7 +357,7 @@ def _join(*, invitation: Invitation, user) -> Membership:
         audit_record(tenant=invitation.tenant, actor=actor, action="create", obj=membership,
                      after=membership_snapshot(membership))
     audit_record(tenant=invitation.tenant, actor=actor, action="accept", obj=invitation,
-                 before=invitation_snapshot(invitation))
+                 after=invitation_snapshot(invitation))
     return membership
 
 

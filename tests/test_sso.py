@@ -107,3 +107,20 @@ def test_without_configuration_there_is_no_sso(db, settings):
 def test_the_login_page_offers_the_provider(stub):
     page = Client().get("/login/").content.decode()
     assert "Sign in with Stub IdP" in page
+
+
+def test_an_unreachable_provider_sends_people_back_to_the_password_form(db, settings):
+    import socket
+
+    from governance.web import sso
+
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    settings.OIDC_ISSUER, settings.OIDC_RP_CLIENT_ID, settings.OIDC_PROVIDER_NAME = (
+        f"http://127.0.0.1:{port}", "comptroller-test", "Corp SSO")
+    sso._discovery.clear()
+    client = Client()
+    response = client.get("/oidc/authenticate/")
+    assert response["Location"] == "/login/"
+    assert "Corp SSO cannot be reached right now" in client.get("/login/").content.decode()

@@ -158,7 +158,8 @@ class ApiKeyForm(forms.Form):
 
 
 class MemberAddForm(forms.Form):
-    email = forms.EmailField(help_text="They get an email with a link to join; nobody else sees it.")
+    # 150: the longest username an account can have, and accounts are named by their address.
+    email = forms.EmailField(max_length=150, help_text="They get an email with a link to join; nobody else sees it.")
     role = forms.ChoiceField(choices=Role.choices, initial=Role.VIEWER)
 
 

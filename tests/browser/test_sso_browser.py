@@ -7,9 +7,7 @@ import re
 import pytest
 from django.core import mail
 
-from governance.audit import Actor
 from governance.models import Membership, Role, Tenant
-from governance.services import invitation_create
 from tests.oidc_stub import OidcStub, configure
 
 pytestmark = [pytest.mark.browser, pytest.mark.django_db(transaction=True)]
@@ -30,17 +28,33 @@ def test_sso_without_membership_lands_on_a_page_that_says_so(live_server, httpse
     assert page.goto(f"{live_server.url}/t/acme/").status == 404
 
 
-def test_an_invited_person_chooses_a_password_and_lands_in_the_tenant(live_server, new_page, screenshot):
+def test_an_owner_invites_and_the_new_person_chooses_a_password(live_server, new_page, screenshot):
+    from django.contrib.auth import get_user_model
+
     tenant = Tenant.objects.create(slug="acme", name="Acme")
-    invitation_create(tenant=tenant, actor=Actor.system(), email="new@corp.test", role=Role.VIEWER)
+    owner = get_user_model().objects.create_user("owner@acme.test", "owner@acme.test", "browser-pass-123")
+    Membership.objects.create(user=owner, tenant=tenant, role=Role.OWNER)
+    page = new_page(1440)
+    page.goto(f"{live_server.url}/login/?next=/t/acme/members/")
+    page.fill("#id_username", "owner@acme.test")
+    page.fill("#id_password", "browser-pass-123")
+    page.click("button[type=submit]")
+    page.fill("#id_email", "new@corp.test")
+    page.select_option("#id_role", "viewer")
+    page.get_by_role("button", name="Send invitation").click()
+    assert page.get_by_text("Invitation sent to new@corp.test (viewer).").is_visible()
+    assert "new@corp.test" in page.get_by_test_id("pending-invitations").inner_text()
+    screenshot(page, "members-pending-1440")
     path = re.search(r"https?://[^/\s]+(/invitations/[^/\s]+/)", mail.outbox[-1].body).group(1)
-    page = new_page(375, 800)
-    page.goto(live_server.url + path)
-    assert page.get_by_role("heading", name="Join Acme").is_visible()
-    screenshot(page, "invitation-375")
-    page.fill("#id_password1", "a-passphrase-of-my-own-42")
-    page.fill("#id_password2", "a-passphrase-of-my-own-42")
-    page.get_by_role("button", name="Create my account and join").click()
-    page.wait_for_url(f"{live_server.url}/t/acme/")
-    assert page.get_by_text("You joined Acme as viewer.").is_visible()
+    assert path not in page.content()
+
+    invitee = new_page(375, 800)
+    invitee.goto(live_server.url + path)
+    assert invitee.get_by_role("heading", name="Join Acme").is_visible()
+    screenshot(invitee, "invitation-375")
+    invitee.fill("#id_password1", "a-passphrase-of-my-own-42")
+    invitee.fill("#id_password2", "a-passphrase-of-my-own-42")
+    invitee.get_by_role("button", name="Create my account and join").click()
+    invitee.wait_for_url(f"{live_server.url}/t/acme/")
+    assert invitee.get_by_text("You joined Acme as viewer.").is_visible()
     assert Membership.objects.get(tenant=tenant, user__username="new@corp.test").role == Role.VIEWER
