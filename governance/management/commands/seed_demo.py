@@ -14,6 +14,8 @@ import random
 import time
 from dataclasses import dataclass
 from datetime import UTC, date, datetime, timedelta
+from datetime import time as dtime
+from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
@@ -22,6 +24,7 @@ from django.contrib.auth import get_user_model
 from django.core.management.base import BaseCommand
 from django.db import transaction
 from django.db.models import Sum
+from django.db.models.functions import TruncDate
 from django.utils import timezone
 
 from budgets import alerting
@@ -32,10 +35,15 @@ from governance.audit import Actor
 from governance.models import ApiKey, Feature, KeyRole, Membership, Role, Tenant
 from governance.notify import services as notify_services
 from governance.notify.models import AlertChannel, ChannelKind
-from usage.models import NANO, UsageRollup
-from usage.pricing import TokenUsage
+from usage.models import NANO, ServiceTier, UsageEvent, UsageRollup
+from usage.pricing import TokenUsage, price_for
 from usage.provider import services as provider_services
-from usage.provider.models import ConnectionStatus, ProviderConnection, ProviderUsageBucket
+from usage.provider.models import (
+    ConnectionStatus,
+    ProviderConnection,
+    ProviderCostBucket,
+    ProviderUsageBucket,
+)
 from usage.services import UsageInput, usage_report
 
 SLUG = "demo"
@@ -64,22 +72,22 @@ FEATURES = (
     FeatureSpec(
         "support-assistant", "Support assistant",
         "Answers customer questions in the help widget; a long cached system prompt and streamed replies.",
-        "claude-sonnet-4-5", ("claude-haiku-4-5",), 2048, True, 120, 40,
+        "claude-sonnet-5-5", ("claude-haiku-5-5",), 2048, True, 120, 40,
     ),
     FeatureSpec(
         "ticket-classifier", "Ticket classifier",
         "Tags and routes every incoming ticket; tiny outputs, very high volume.",
-        "claude-haiku-4-5", (), 256, True, 180, 80,
+        "claude-haiku-5-5", (), 256, True, 180, 80,
     ),
     FeatureSpec(
         "code-review", "Code review",
-        "Reviews pull requests with Opus; long diffs in, detailed comments out.",
-        "claude-opus-4-5", ("claude-sonnet-4-5",), 4096, True, 28, 3,
+        "Reviews pull requests with Opus (the hardest ones with Fable); long diffs in, detailed comments out.",
+        "claude-opus-5-5", ("claude-sonnet-5-5",), 4096, True, 28, 3,
     ),
     FeatureSpec(
         "nightly-digest", "Nightly digest",
         "Summarises the day's tickets for the morning report; nobody waits for it, so it runs on the batch tier.",
-        "claude-sonnet-4-5", (), 2048, False, 50, 50,
+        "claude-sonnet-5-5", (), 2048, False, 50, 50,
     ),
 )
 
@@ -254,7 +262,7 @@ class Command(BaseCommand):
     def _call_support_assistant(rng: random.Random, feature: Feature, age: int) -> UsageInput:
         # A 6,000-token system prompt, cached: mostly reads, a write when the cache went cold.
         cold = rng.random() < 0.06
-        model = "claude-haiku-4-5" if rng.random() < 0.08 else "claude-sonnet-4-5"
+        model = "claude-haiku-5-5" if rng.random() < 0.08 else "claude-sonnet-5-5"
         output = min(int(rng.lognormvariate(5.8, 0.6)), 2048)
         latency = int(400 + output * rng.uniform(9, 14))
         return UsageInput(
@@ -270,10 +278,12 @@ class Command(BaseCommand):
     @staticmethod
     def _call_ticket_classifier(rng: random.Random, feature: Feature, age: int) -> UsageInput:
         # The classifier ran on Sonnet until it moved to Haiku 35 days ago (the model lever, pulled).
-        model = "claude-sonnet-4-5" if age > 35 else "claude-haiku-4-5"
+        model = "claude-sonnet-5-5" if age > 35 else "claude-haiku-5-5"
         return UsageInput(
             feature=feature, model=model,
-            usage=TokenUsage(input_tokens=int(rng.uniform(700, 1900)), output_tokens=int(rng.uniform(8, 40))),
+            # The routing instructions are a cached prefix; each ticket is a few hundred tokens.
+            usage=TokenUsage(input_tokens=int(rng.uniform(200, 700)), cache_read_tokens=1500,
+                             output_tokens=int(rng.uniform(8, 40))),
             stop_reason="end_turn", max_tokens=256, latency_ms=int(rng.uniform(250, 900)),
             ttft_ms=None, streamed=False,
         )
@@ -283,7 +293,8 @@ class Command(BaseCommand):
         output = min(int(rng.lognormvariate(7.3, 0.5)), 4096)
         latency = int(2000 + output * rng.uniform(18, 30))
         return UsageInput(
-            feature=feature, model="claude-opus-4-5",
+            # A few of the hardest reviews go to Fable 5.1.
+            feature=feature, model="claude-fable-5-1" if rng.random() < 0.05 else "claude-opus-5-5",
             usage=TokenUsage(
                 input_tokens=int(rng.uniform(5000, 30000)), output_tokens=output,
                 cache_read_tokens=int(rng.uniform(0, 4000)),
@@ -297,8 +308,10 @@ class Command(BaseCommand):
         # Moved to the batch tier three weeks ago; before that it ran synchronously.
         tier = "batch" if age <= 21 else "standard"
         return UsageInput(
-            feature=feature, model="claude-sonnet-4-5", service_tier=tier,
-            usage=TokenUsage(input_tokens=int(rng.uniform(2500, 6000)), output_tokens=int(rng.uniform(600, 1800))),
+            feature=feature, model="claude-sonnet-5-5", service_tier=tier,
+            # The report template is a cached prefix; the day's tickets are not.
+            usage=TokenUsage(input_tokens=int(rng.uniform(2500, 6000)), cache_read_tokens=6000,
+                             output_tokens=int(rng.uniform(600, 1800))),
             stop_reason="end_turn", max_tokens=2048,
             latency_ms=None if tier == "batch" else int(rng.uniform(15000, 40000)), streamed=False,
         )
@@ -309,8 +322,10 @@ class Command(BaseCommand):
 
         The demo has no real admin key, so the connection is disabled (the beat never
         calls Anthropic with it) and its usage report is made up here from the ledger's
-        rollups: equal to the metered spend except two days ago, when someone used the
-        Console directly and 9 % more was billed than went through Comptroller.
+        rollups, and its cost report (the bill) from the ledger's UTC days: equal to the
+        metered spend except two days ago, when someone used the Console directly with
+        Sonnet 5.5 and 9 % more was billed than went through Comptroller. That day is the
+        one drift: both reports name it, and the reconciliation page shows which model.
         """
         if ProviderConnection.objects.filter(tenant=tenant).exists():
             return
@@ -337,11 +352,30 @@ class Command(BaseCommand):
                 cost_nano=row["cost"] * extra // 100, synced_at=now,
             ))
         ProviderUsageBucket.objects.bulk_create(buckets)
+        console_day = today - timedelta(days=2)
+        bill = []
+        events = UsageEvent.objects.filter(
+            tenant=tenant, occurred_at__gte=datetime.combine(first, dtime(), tzinfo=UTC),
+            occurred_at__lt=datetime.combine(today, dtime(), tzinfo=UTC),
+        ).exclude(service_tier=ServiceTier.PRIORITY).annotate(utc_day=TruncDate("occurred_at", tzinfo=UTC))
+        for line in events.values("utc_day", "model", "service_tier").annotate(cost=Sum("cost_nano")):
+            extra = 109 if line["utc_day"] == console_day and "sonnet" in line["model"] else 100
+            amount = line["cost"] * extra // 100
+            name = price_for(line["model"]).display_name
+            bill.append(ProviderCostBucket(
+                tenant=tenant, bucket_start=datetime.combine(line["utc_day"], dtime(), tzinfo=UTC),
+                day=line["utc_day"], description=f"{name} Usage ({line['service_tier']})", cost_type="tokens",
+                model=line["model"], canonical_model=line["model"], service_tier=line["service_tier"],
+                amount_cents=str(Decimal(amount) / 10_000_000), amount_nano=amount, synced_at=now,
+            ))
+        ProviderCostBucket.objects.bulk_create(bill)
         start = datetime(first.year, first.month, first.day, tzinfo=tenant.tz).astimezone(UTC)
         end = datetime(today.year, today.month, today.day, tzinfo=tenant.tz).astimezone(UTC)
         ProviderConnection.objects.filter(pk=connection.pk).update(
             status=ConnectionStatus.OK, usage_synced_from=start, usage_synced_until=end,
             usage_synced_at=now - timedelta(minutes=4), last_attempt_at=now - timedelta(minutes=4),
+            cost_synced_from=datetime.combine(first, dtime(), tzinfo=UTC),
+            cost_synced_until=datetime.combine(today, dtime(), tzinfo=UTC), cost_synced_at=now - timedelta(minutes=40),
         )
         provider_services.reconciliation_run(tenant=tenant, start=first, end=today - timedelta(days=1), now=now)
 
@@ -351,9 +385,9 @@ class Command(BaseCommand):
 
         today = timezone.now().astimezone(tenant.tz).date()
         for n, (key, model, input_tokens, max_tokens) in enumerate((
-            ("support-assistant", "claude-sonnet-4-5", 8000, 2048),
-            ("code-review", "claude-opus-4-5", 60000, 4096),
-            ("code-review", "claude-opus-4-5", 90000, 4096),
+            ("support-assistant", "claude-sonnet-5-5", 8000, 2048),
+            ("code-review", "claude-opus-5-5", 60000, 4096),
+            ("code-review", "claude-opus-5-5", 90000, 4096),
         )):
             idem = f"demo-live-{today:%Y%m%d}-{n}"
             if Hold.objects.filter(tenant=tenant, idempotency_key=idem, state=HoldState.HELD).exists():
