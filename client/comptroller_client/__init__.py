@@ -2,23 +2,24 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from comptroller_client.client import (
     AsyncComptroller,
     AsyncHoldContext,
     Comptroller,
     HoldContext,
-    usage_dict,
 )
 from comptroller_client.errors import (
     ApiError,
     BudgetExceeded,
     ComptrollerError,
+    ComptrollerRedirect,
     ComptrollerUnavailable,
     RateLimited,
 )
 from comptroller_client.estimate import estimate_input_tokens
+from comptroller_client.metering import usage_dict
 from comptroller_client.spool import Spool
 from comptroller_client.types import (
     Allowance,
@@ -30,7 +31,10 @@ from comptroller_client.types import (
     UsageReport,
 )
 
-__version__ = "0.1.0"
+if TYPE_CHECKING:  # the anthropic SDK is optional: governed() imports it when first used
+    from comptroller_client.sdk import call_headers, governed
+
+__version__ = "0.2.0"
 
 __all__ = [
     "Allowance",
@@ -42,6 +46,7 @@ __all__ = [
     "CommitResult",
     "Comptroller",
     "ComptrollerError",
+    "ComptrollerRedirect",
     "ComptrollerUnavailable",
     "FeaturePolicy",
     "HoldContext",
@@ -50,14 +55,18 @@ __all__ = [
     "Spool",
     "UsageRecord",
     "UsageReport",
+    "call_headers",
     "estimate_input_tokens",
     "governed",
     "usage_dict",
 ]
 
 
-def governed(client: Any, comptroller: Any, **options: Any) -> Any:
-    """Wrap an Anthropic client so each call asks Comptroller first; see ``comptroller_client.governed``."""
-    from comptroller_client.governed import governed as wrap
+def __getattr__(name: str) -> Any:
+    if name in ("governed", "call_headers"):
+        import importlib
 
-    return wrap(client, comptroller, **options)
+        module = importlib.import_module("comptroller_client.sdk")
+
+        return getattr(module, name)
+    raise AttributeError(f"module 'comptroller_client' has no attribute {name!r}")

@@ -95,6 +95,10 @@ class Allowance:
     metadata: dict[str, Any] | None = field(default=None, repr=False)
     offline: bool = False
     input_tokens: int = 0  # the estimate this allowance was asked with
+    requested_usd: Decimal | None = None  # the worst case priced (denials: what did not fit)
+    remaining_usd: Decimal | None = None
+    requested_tokens: int | None = None
+    remaining_tokens: int | None = None
 
     @property
     def binding_budgets(self) -> tuple[BudgetStatus, ...]:
@@ -121,6 +125,10 @@ class Allowance:
             run_id=request.get("run_id"),
             metadata=request.get("metadata"),
             input_tokens=int(request.get("input_tokens") or 0),
+            requested_usd=parse_usd(data.get("requested_usd")),
+            remaining_usd=parse_usd(data.get("remaining_usd")),
+            requested_tokens=data.get("requested_tokens"),
+            remaining_tokens=data.get("remaining_tokens"),
         )
 
 
@@ -140,6 +148,7 @@ class CommitResult:
     late: bool = False
     budgets: tuple[BudgetStatus, ...] = ()
     spooled: bool = False
+    priced: bool = True  # false: the model has no price yet; recorded, priced later
 
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> CommitResult:
@@ -151,6 +160,7 @@ class CommitResult:
             usage_event_id=data.get("usage_event_id"),
             late=bool(data.get("late", False)),
             budgets=budgets_from(data),
+            priced=data.get("priced") is not False,
         )
 
 
