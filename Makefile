@@ -18,6 +18,15 @@ $(VENV)/.installed: pyproject.toml client/pyproject.toml | $(BIN)/activate
 
 install: $(VENV)/.installed
 
+# The client is tested against the newest anthropic SDK (pinned in pyproject.toml's dev extra) and
+# the oldest it supports, kept beside the venv and put first on the path for that run.
+OLDEST_ANTHROPIC := 0.71.0
+SDK_OLDEST := $(VENV)/sdk/anthropic-$(OLDEST_ANTHROPIC)
+
+$(SDK_OLDEST)/.installed: | $(VENV)/.installed
+	$(BIN)/pip install --quiet --no-deps --target $(SDK_OLDEST) anthropic==$(OLDEST_ANTHROPIC) distro==1.9.0
+	touch $@
+
 # Local settings for the embedded default: DEBUG on, a random secret and encryption key.
 .env: | $(VENV)/.installed
 	$(BIN)/python scripts/make_env.py > .env
@@ -46,9 +55,11 @@ release:
 lint: install
 	$(BIN)/ruff check .
 	$(BIN)/mypy governance budgets usage
+	$(BIN)/mypy --config-file client/pyproject.toml client/comptroller_client client/typing_check.py
 
-test: lint
+test: lint $(SDK_OLDEST)/.installed
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
+	PYTHONPATH=$(SDK_OLDEST) $(BIN)/python -m pytest -q -p no:cacheprovider tests/test_client_e2e.py
 
 clean:
 	rm -rf var staticfiles .pytest_cache

@@ -14,6 +14,11 @@ Its usage is deterministic so tests can assert the exact ledger rows:
 A message containing ``FAIL_CALL`` gets a 500 ``api_error``, as a failing
 model call would; a stream whose message contains ``OVERLOAD_STREAM`` opens
 and then sends an ``overloaded_error`` event before ``message_start``.
+
+A document by URL or file id weighs ``DOCUMENT_TOKENS`` input tokens, the
+same in ``count_tokens`` as in the call's usage, as a real PDF would.
+``dated`` maps a model to the id the stub answers with (a dated id the
+price table may not know yet).
 """
 
 from __future__ import annotations
@@ -24,6 +29,7 @@ import json
 import re
 import socket
 import threading
+import time
 import uuid
 from dataclasses import dataclass, field
 from typing import Any
@@ -35,6 +41,7 @@ DATED = {
     "claude-haiku-4-5": "claude-haiku-4-5-20251001",
     "claude-opus-4-1": "claude-opus-4-1-20250805",
 }
+DOCUMENT_TOKENS = 40_000
 REPLY = (
     "Budgets are a promise you make to your future self, and every token is a small "
     "payment on it, so ask before you spend and write down what you spent afterwards"
@@ -59,6 +66,8 @@ class MessagesStub:
     calls: list[Call] = field(default_factory=list)
     batches: dict[str, dict[str, Any]] = field(default_factory=dict)
     _ids: Any = field(default_factory=itertools.count)
+    dated: dict[str, str] = field(default_factory=lambda: dict(DATED))
+    event_delay: float = 0.0  # seconds between SSE events, to close a stream while it is still coming
 
     def install(self) -> MessagesStub:
         self.server.expect_request(re.compile(r"/v1/.*")).respond_with_handler(self.handle)
@@ -78,7 +87,8 @@ class MessagesStub:
         if self.input_tokens is not None:
             return self.input_tokens
         text = json.dumps(body.get("messages", [])) + json.dumps(body.get("system", ""))
-        return len(text) // 4 + 7
+        documents = text.count('"type": "url"') + text.count('"type": "file"')
+        return len(text) // 4 + 7 + documents * DOCUMENT_TOKENS
 
     def usage(self, body: dict[str, Any], output_tokens: int, tier: str = "standard") -> dict[str, Any]:
         return {
@@ -106,14 +116,14 @@ class MessagesStub:
             "id": f"msg_{uuid.uuid4().hex[:24]}",
             "type": "message",
             "role": "assistant",
-            "model": DATED.get(body["model"], body["model"]),
+            "model": self.dated.get(body["model"], body["model"]),
             "content": [{"type": "text", "text": " ".join(words)}],
             "stop_reason": stop,
             "stop_sequence": None,
             "usage": self.usage(body, len(words), tier),
         }
 
-    def sse(self, body: dict[str, Any]) -> str:
+    def sse(self, body: dict[str, Any]) -> list[str]:
         message = self.message(body)
         words, stop = self.words(body)
         start = {**message, "content": [], "stop_reason": None,
@@ -135,7 +145,13 @@ class MessagesStub:
                                "delta": {"stop_reason": stop, "stop_sequence": None}, "usage": usage}),
             ("message_stop", {"type": "message_stop"}),
         ]
-        return "".join(f"event: {name}\ndata: {json.dumps(data)}\n\n" for name, data in events)
+        return [f"event: {name}\ndata: {json.dumps(data)}\n\n" for name, data in events]
+
+    def paced(self, events: list[str]) -> Any:
+        for event in events:
+            yield event.encode()
+            if self.event_delay:
+                time.sleep(self.event_delay)
 
     def handle(self, request: Request) -> Response:
         body = request.get_json(silent=True) or {}
@@ -150,8 +166,8 @@ class MessagesStub:
                 error = {"type": "error", "error": {"type": "overloaded_error", "message": "Overloaded"}}
                 return Response(f"event: error\ndata: {json.dumps(error)}\n\n", content_type="text/event-stream")
             if body.get("stream"):
-                return Response(self.sse(body), content_type="text/event-stream",
-                                headers={"request-id": f"req_{next(self._ids)}"})
+                return Response(self.paced(self.sse(body)), content_type="text/event-stream",
+                                headers={"request-id": f"req_{next(self._ids)}"}, direct_passthrough=True)
             return self.json(self.message(body))
         if path == "/v1/messages/batches" and request.method == "POST":
             return self.json(self.create_batch(body["requests"]))
@@ -282,8 +298,13 @@ class FakeComptroller:
     secret: str = "cpt_test_secret"
     policies: dict[str, dict[str, Any]] = field(default_factory=dict)
     deny: bool = False
+    deny_reason: str = "budget_exhausted"
     grant_model: str | None = None
     fail_next: list[int] = field(default_factory=list)
+    # (path prefix, status, code, Retry-After) answered once each, before doing anything
+    script: list[tuple[str, int, str, str | None]] = field(default_factory=list)
+    unknown_models: set[str] = field(default_factory=set)
+    hang: float = 0.0  # seconds to sleep before answering an allowance
     lose_next: int = 0
     holds: dict[str, dict[str, Any]] = field(default_factory=dict)
     by_key: dict[str, dict[str, Any]] = field(default_factory=dict)
@@ -316,6 +337,13 @@ class FakeComptroller:
             return self.error(401, "unauthenticated", "Missing or unknown API key.")
         if self.fail_next:
             return self.error(self.fail_next.pop(0), "unavailable", "try again", retry_after="0")
+        path = request.path[len("/api/v1"):]
+        for index, (prefix, status, code, retry_after) in enumerate(self.script):
+            if path.startswith(prefix):
+                del self.script[index]
+                return self.error(status, code, "scripted", retry_after=retry_after)
+        if self.hang and path == "/allowances":
+            time.sleep(self.hang)
         response = self.route(request.method, request.path[len("/api/v1"):], body)
         if self.lose_next and request.method == "POST":
             self.lose_next -= 1
@@ -342,7 +370,8 @@ class FakeComptroller:
         if body["idempotency_key"] in self.by_key:
             return MessagesStub.json(self.by_key[body["idempotency_key"]], 201)
         if self.deny:
-            answer = {"id": None, "granted": False, "decision": "denied", "reason": "budget_exhausted",
+            answer = {"id": None, "granted": False, "decision": "denied", "reason": self.deny_reason,
+                      "requested_usd": "0.904000", "remaining_usd": "0.010000",
                       "model": body["model"], "max_tokens": body["max_tokens"], "clamped": False,
                       "reserved_usd": "0.000000", "reserved_tokens": 0, "expires_at": None,
                       "retry_after": "2026-12-01T00:00:00Z", "budgets": [self.budget(binding=True)]}
@@ -361,6 +390,8 @@ class FakeComptroller:
         return MessagesStub.json(answer, 201)
 
     def commit(self, hold: dict[str, Any], body: dict[str, Any]) -> Response:
+        if body.get("model") in self.unknown_models:
+            return self.error(400, "unknown_model", "No price for this model.", details={"model": body["model"]})
         if hold["state"] == "released":
             return self.error(409, "conflict", "The hold was released.")
         if hold["state"] == "committed":
@@ -383,7 +414,7 @@ class FakeComptroller:
     def usage(self, body: dict[str, Any]) -> Response:
         events = body.get("events", [body])
         for index, event in enumerate(events):
-            if not event.get("feature") or "usage" not in event:
+            if not event.get("feature") or "usage" not in event or event.get("model") in self.unknown_models:
                 return self.error(400, "invalid_request", "Invalid event.", details={"index": index})
         results = []
         for event in events:

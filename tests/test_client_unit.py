@@ -1,9 +1,12 @@
-"""comptroller-client against an in-memory Comptroller: results, retries, fail modes, the spool."""
+"""comptroller-client against an in-memory Comptroller: results, retries, the breaker, the spool, the sender."""
 
 from __future__ import annotations
 
 import asyncio
 import json
+import os
+import threading
+import time
 from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime
 from decimal import Decimal
@@ -14,11 +17,13 @@ from comptroller_client import (
     AsyncComptroller,
     BudgetExceeded,
     Comptroller,
+    ComptrollerRedirect,
     ComptrollerUnavailable,
     Spool,
     estimate_input_tokens,
 )
 from pytest_httpserver import HTTPServer
+from werkzeug import Response
 
 from tests.client_stubs import FakeComptroller, TcpRelay
 
@@ -49,14 +54,26 @@ def relay(httpserver: HTTPServer):
     relay.stop()
 
 
-def make(url: str, **options) -> Comptroller:
-    options.setdefault("backoff", 0)
-    options.setdefault("breaker_seconds", 0)
-    options.setdefault("flush_interval", 0)  # no background flusher outliving its test
-    return Comptroller(url, "cpt_test_secret", **options)
+@pytest.fixture
+def make(tmp_path):
+    """Build clients with a spool of their own under tmp_path, closed after the test."""
+    made: list[Comptroller] = []
+
+    def build(url: str, **options) -> Comptroller:
+        options.setdefault("backoff", 0)
+        options.setdefault("breaker_seconds", 0)
+        options.setdefault("flush_interval", 0)  # the sender goes when woken, not on a timer
+        options.setdefault("spool_dir", str(tmp_path / "spool"))
+        client = Comptroller(url, "cpt_test_secret", **options)
+        made.append(client)
+        return client
+
+    yield build
+    for client in made:
+        client.close(timeout=1)
 
 
-def test_a_granted_allowance_is_typed(fake):
+def test_a_granted_allowance_is_typed(fake, make):
     # Given a feature with room, when the service asks
     allowance = make(fake.url).reserve("support-bot", "claude-sonnet-4-5", 1200, 1024)
 
@@ -69,7 +86,7 @@ def test_a_granted_allowance_is_typed(fake):
     assert allowance.budgets[0].remaining_usd == Decimal("0.01")
 
 
-def test_the_feature_cap_and_a_downgrade_change_what_to_send(fake):
+def test_the_feature_cap_and_a_downgrade_change_what_to_send(fake, make):
     fake.grant_model = "claude-haiku-4-5"
 
     allowance = make(fake.url).reserve("support-bot", "claude-sonnet-4-5", 100, 8000)
@@ -78,7 +95,7 @@ def test_the_feature_cap_and_a_downgrade_change_what_to_send(fake):
     assert (allowance.max_tokens, allowance.clamped) == (2048, True)
 
 
-def test_a_denial_raises_budget_exceeded_with_the_binding_budget(fake):
+def test_a_denial_raises_budget_exceeded_with_the_binding_budget(fake, make):
     fake.deny = True
 
     with pytest.raises(BudgetExceeded) as caught:
@@ -91,7 +108,7 @@ def test_a_denial_raises_budget_exceeded_with_the_binding_budget(fake):
     assert fake.holds == {}
 
 
-def test_a_denial_can_be_returned_instead_of_raised(fake):
+def test_a_denial_can_be_returned_instead_of_raised(fake, make):
     fake.deny = True
 
     allowance = make(fake.url).reserve("support-bot", "claude-sonnet-4-5", 1, 1, raise_on_deny=False)
@@ -99,7 +116,7 @@ def test_a_denial_can_be_returned_instead_of_raised(fake):
     assert not allowance.granted and allowance.id is None and allowance.reason == "budget_exhausted"
 
 
-def test_a_lost_reservation_answer_is_retried_without_holding_twice(fake):
+def test_a_lost_reservation_answer_is_retried_without_holding_twice(fake, make):
     # Given Comptroller holds the money but its answer is lost on the way back
     fake.lose_next = 1
 
@@ -112,7 +129,7 @@ def test_a_lost_reservation_answer_is_retried_without_holding_twice(fake):
     assert len(keys) == 1 and fake.count("POST", "/api/v1/allowances") == 2
 
 
-def test_a_lost_commit_answer_is_retried_without_committing_twice(fake):
+def test_a_lost_commit_answer_is_retried_without_committing_twice(fake, make):
     client = make(fake.url)
     allowance = client.reserve("support-bot", "claude-sonnet-4-5", 1200, 1024)
     fake.lose_next = 1
@@ -124,7 +141,7 @@ def test_a_lost_commit_answer_is_retried_without_committing_twice(fake):
     assert fake.count("POST", "/api/v1/allowances/hold_1/commit") == 2
 
 
-def test_transient_errors_are_retried_then_succeed(fake):
+def test_transient_errors_are_retried_then_succeed(fake, make):
     fake.fail_next = [502, 429]
 
     allowance = make(fake.url).reserve("support-bot", "claude-sonnet-4-5", 1, 1)
@@ -132,8 +149,9 @@ def test_transient_errors_are_retried_then_succeed(fake):
     assert allowance.granted and len(fake.holds) == 1
 
 
-def test_a_refused_request_is_not_retried(fake):
-    client = Comptroller(fake.url, "wrong", backoff=0)
+def test_a_refused_request_is_not_retried(fake, make):
+    client = make(fake.url)
+    client._sync_http.headers["Authorization"] = "Bearer wrong"
 
     with pytest.raises(ApiError) as caught:
         client.reserve("support-bot", "claude-sonnet-4-5", 1, 1)
@@ -142,7 +160,7 @@ def test_a_refused_request_is_not_retried(fake):
     assert fake.count("POST", "/api/v1/allowances") == 1
 
 
-def test_when_retries_run_out_a_fail_closed_feature_refuses(fake):
+def test_when_retries_run_out_a_fail_closed_feature_refuses(fake, make):
     fake.fail_next = [503] * 6  # the policy read and the reservation, three tries each
 
     with pytest.raises(ComptrollerUnavailable) as caught:
@@ -151,7 +169,7 @@ def test_when_retries_run_out_a_fail_closed_feature_refuses(fake):
     assert "fails closed" in str(caught.value) and "was not made" in str(caught.value)
 
 
-def test_the_client_fail_mode_overrides_the_feature(fake):
+def test_the_client_fail_mode_overrides_the_feature(fake, make):
     fake.fail_next = [503] * 3
 
     allowance = make(fake.url, fail_mode="open").reserve("support-bot", "claude-sonnet-4-5", 1, 4096)
@@ -161,7 +179,7 @@ def test_the_client_fail_mode_overrides_the_feature(fake):
     assert fake.count("GET", "/api/v1/features/") == 0  # an explicit fail mode needs no policy
 
 
-def test_the_feature_policy_is_cached_for_its_ttl(fake):
+def test_the_feature_policy_is_cached_for_its_ttl(fake, make):
     client = make(fake.url)
     client.reserve("support-bot", "claude-sonnet-4-5", 1, 1)
     client.reserve("support-bot", "claude-sonnet-4-5", 1, 1)
@@ -173,7 +191,7 @@ def test_the_feature_policy_is_cached_for_its_ttl(fake):
     assert fake.count("GET", "/api/v1/features/support-bot") == 3
 
 
-def test_down_and_fail_closed_raises_a_clear_error(fake, relay):
+def test_down_and_fail_closed_raises_a_clear_error(fake, relay, make):
     client = make(relay.url)
     client.reserve("support-bot", "claude-sonnet-4-5", 1, 1)  # learns the feature fails closed
     relay.stop()
@@ -182,10 +200,10 @@ def test_down_and_fail_closed_raises_a_clear_error(fake, relay):
         client.reserve("support-bot", "claude-sonnet-4-5", 1, 1)
 
     assert caught.value.feature == "support-bot"
-    assert "unreachable" in str(caught.value)
+    assert "unavailable" in str(caught.value)
 
 
-def test_an_unknown_policy_follows_unknown_fail_mode(fake, relay):
+def test_an_unknown_policy_follows_unknown_fail_mode(fake, relay, make):
     relay.stop()
 
     with pytest.raises(ComptrollerUnavailable):
@@ -193,12 +211,13 @@ def test_an_unknown_policy_follows_unknown_fail_mode(fake, relay):
     assert make(relay.url, unknown_fail_mode="open").reserve("digest", "claude-sonnet-4-5", 1, 1).offline
 
 
-def test_down_and_fail_open_spools_usage_and_reports_it_when_back(fake, relay):
+def test_down_and_fail_open_spools_usage_and_reports_it_when_back(fake, relay, make):
     client = make(relay.url)
     client.reserve("digest", "claude-haiku-4-5", 1, 1)  # learns the feature fails open
     relay.stop()
 
     allowance = client.reserve("digest", "claude-haiku-4-5", 300, 500, run_id="run-7")
+    before = datetime.now(UTC)
     result = client.commit(allowance, USAGE, model="claude-haiku-4-5-20251001", request_id="msg_offline")
 
     assert allowance.offline and result.spooled and len(client.spool) == 1
@@ -207,15 +226,17 @@ def test_down_and_fail_open_spools_usage_and_reports_it_when_back(fake, relay):
     relay.start()
     client.commit(client.reserve("digest", "claude-haiku-4-5", 1, 1), USAGE, request_id="msg_next")
 
-    assert len(client.spool) == 0
+    # Comptroller answering again wakes the sender: the spool goes without a flush() or a timer.
+    wait_for(lambda: len(client.spool) == 0)
     event = fake.events["msg_offline"]
     assert event["feature"] == "digest" and event["run_id"] == "run-7"
     assert event["usage"]["input_tokens"] == 1000 and event["model"] == "claude-haiku-4-5-20251001"
     assert event["metadata"] == {"comptroller_offline": True}
+    # It keeps the time the call happened, not the time it was replayed.
+    assert before <= datetime.fromisoformat(event["occurred_at"]) <= datetime.now(UTC)
 
-
-def test_a_commit_that_cannot_be_delivered_is_spooled_and_replayed(fake, relay):
-    client = make(relay.url, auto_flush=False)
+def test_a_commit_that_cannot_be_delivered_is_spooled_and_replayed(fake, relay, make):
+    client = make(relay.url)
     allowance = client.reserve("support-bot", "claude-sonnet-4-5", 1, 1)
     relay.stop()
 
@@ -223,31 +244,38 @@ def test_a_commit_that_cannot_be_delivered_is_spooled_and_replayed(fake, relay):
     assert client.release("hold_unknown").spooled
     relay.start()
 
-    assert client.flush() == 2
+    client.flush()
     assert fake.holds["hold_1"]["state"] == "committed"
     assert len(client.spool) == 0  # the release of an unknown hold was refused for good and dropped
 
 
 def test_the_spool_is_bounded_and_drops_the_oldest():
-    spool = Spool(maxlen=2)
+    spool = Spool(":memory:", maxlen=2)
     for n in range(3):
         spool.put({"kind": "usage", "event": {"request_id": n}})
 
     assert [e["event"]["request_id"] for e in spool.peek()] == [1, 2]
     assert spool.dropped == 1
 
-
-def test_the_spool_survives_a_restart(tmp_path):
-    path = str(tmp_path / "spool.jsonl")
-    first = Spool(path=path)
+def test_the_spool_survives_a_restart_and_skips_a_torn_line(tmp_path):
+    # Given a process that spooled three reports, delivered one and died mid-write
+    first = Spool(str(tmp_path))
     for n in range(3):
         first.put({"kind": "usage", "event": {"request_id": n}})
-    first.remove(first.peek()[:1])
+    first.ack(first.peek()[:1])
+    first._file.write('{"put": {"kind": "usage", "ev')  # the torn last line
+    first._file.flush()
+    abandon(first)
 
-    assert [e["event"]["request_id"] for e in Spool(path=path).peek()] == [1, 2]
+    # When the next process starts
+    second = Spool(str(tmp_path))
 
+    # Then it adopts what was left, skips the torn line and says so
+    assert [e["event"]["request_id"] for e in second.peek()] == [1, 2]
+    assert second.torn == 1
+    assert os.listdir(tmp_path) == [os.path.basename(second.path)]
 
-def test_hold_commits_the_usage_attached(fake):
+def test_hold_commits_the_usage_attached(fake, make):
     client = make(fake.url)
 
     with client.hold("support-bot", "claude-sonnet-4-5", 1200, 1024) as hold:
@@ -260,21 +288,21 @@ def test_hold_commits_the_usage_attached(fake):
     }
 
 
-def test_hold_releases_on_exception(fake):
+def test_hold_releases_on_exception(fake, make):
     with pytest.raises(RuntimeError), make(fake.url).hold("support-bot", "claude-sonnet-4-5", 1, 1):
         raise RuntimeError("model call failed")
 
     assert fake.holds["hold_1"]["state"] == "released"
 
 
-def test_hold_releases_when_no_usage_was_attached(fake):
+def test_hold_releases_when_no_usage_was_attached(fake, make):
     with make(fake.url).hold("support-bot", "claude-sonnet-4-5", 1, 1) as hold:
         pass
 
     assert hold.result.state == "released" and fake.holds["hold_1"]["state"] == "released"
 
 
-def test_hold_commits_attached_usage_even_if_later_code_fails(fake):
+def test_hold_commits_attached_usage_even_if_later_code_fails(fake, make):
     # The call happened and was billed; an error after it does not undo the spend.
     with pytest.raises(KeyError), make(fake.url).hold("support-bot", "claude-sonnet-4-5", 1, 1) as hold:
         hold.attach(USAGE, request_id="msg_1")
@@ -283,7 +311,7 @@ def test_hold_commits_attached_usage_even_if_later_code_fails(fake):
     assert fake.holds["hold_1"]["state"] == "committed"
 
 
-def test_report_usage_sends_batches_of_at_most_1000(fake):
+def test_report_usage_sends_batches_of_at_most_1000(fake, make):
     events = [{"feature": "digest", "request_id": f"msg_{n}", "usage": USAGE} for n in range(2500)]
 
     report = make(fake.url).report_usage(events)
@@ -293,7 +321,7 @@ def test_report_usage_sends_batches_of_at_most_1000(fake):
     assert make(fake.url).report_usage(events[0]).results[0].status == "duplicate"
 
 
-def test_report_usage_keeps_each_request_under_the_body_limit(fake):
+def test_report_usage_keeps_each_request_under_the_body_limit(fake, make):
     big = {"note": "x" * 3000}  # 3 KB of metadata: 1,000 such events would be 3 MB
     events = [{"feature": "digest", "request_id": f"msg_{n}", "usage": USAGE, "metadata": big} for n in range(1000)]
 
@@ -304,22 +332,23 @@ def test_report_usage_keeps_each_request_under_the_body_limit(fake):
     assert len(fake.events) == 1000
 
 
-def test_report_usage_needs_a_feature_and_a_request_id(fake):
+def test_report_usage_needs_a_feature_and_a_request_id(fake, make):
     with pytest.raises(ValueError, match="'feature' and 'request_id'"):
         make(fake.url).report_usage({"feature": "digest", "usage": USAGE})
 
 
 def test_the_local_estimate_is_the_documented_rule():
-    # 35 characters of text = 10 tokens, plus 4 for the message.
-    assert estimate_input_tokens(messages=[{"role": "user", "content": "x" * 35}]) == 14
-    # An image is 1,600 tokens; a 7-character system prompt is 2.
+    # 36 ASCII characters = 12 tokens, plus 4 for the message.
+    assert estimate_input_tokens(messages=[{"role": "user", "content": "x" * 36}]) == 16
+    # An image is 1,600 tokens; a 6-character system prompt is 2.
     image = {"type": "image", "source": {"type": "base64", "media_type": "image/png", "data": "AAAA"}}
-    assert estimate_input_tokens(system="x" * 7, messages=[{"role": "user", "content": [image]}]) == 1606
+    assert estimate_input_tokens(system="x" * 6, messages=[{"role": "user", "content": [image]}]) == 1606
+    # CJK text: two tokens a character, where 3 characters a token would hold a third of it.
+    assert estimate_input_tokens(messages=[{"role": "user", "content": "预算" * 50}]) == 204
 
-
-def test_the_async_client_reserves_commits_and_holds(fake):
+def test_the_async_client_reserves_commits_and_holds(fake, tmp_path):
     async def scenario():
-        async with AsyncComptroller(fake.url, "cpt_test_secret", backoff=0) as client:
+        async with AsyncComptroller(fake.url, "cpt_test_secret", backoff=0, spool_dir=str(tmp_path)) as client:
             allowance = await client.reserve("support-bot", "claude-sonnet-4-5", 1200, 1024)
             committed = await client.commit(allowance, USAGE, request_id="msg_1")
             async with client.hold("support-bot", "claude-sonnet-4-5", 1, 1) as hold:
@@ -334,10 +363,10 @@ def test_the_async_client_reserves_commits_and_holds(fake):
     assert committed.state == "committed" and hold.result.state == "committed"
     assert [h["state"] for h in fake.holds.values()] == ["committed", "committed"]
 
-
-def test_the_async_client_fails_open_and_spools(fake, relay):
+def test_the_async_client_fails_open_and_spools(fake, relay, tmp_path):
     async def scenario():
-        client = AsyncComptroller(relay.url, "cpt_test_secret", backoff=0, breaker_seconds=0)
+        client = AsyncComptroller(relay.url, "cpt_test_secret", backoff=0, breaker_seconds=0,
+                                  flush_interval=0, spool_dir=str(tmp_path))
         await client.reserve("digest", "claude-haiku-4-5", 1, 1)
         relay.stop()
         allowance = await client.reserve("digest", "claude-haiku-4-5", 1, 1)
@@ -349,11 +378,11 @@ def test_the_async_client_fails_open_and_spools(fake, relay):
 
     allowance, result, delivered = run_async(scenario)
 
-    assert allowance.offline and result.spooled and delivered == 1
+    # Delivered by flush(), or by the sender just before it
+    assert allowance.offline and result.spooled and delivered <= 1
     assert "msg_async" in fake.events
 
-
-def test_an_outage_costs_one_attempt_while_the_breaker_is_open(fake, relay):
+def test_an_outage_costs_one_attempt_while_the_breaker_is_open(fake, relay, make):
     client = make(relay.url, fail_mode="open", breaker_seconds=60)
     relay.stop()
     assert client.reserve("support-bot", "claude-sonnet-4-5", 1, 1).offline
@@ -364,17 +393,25 @@ def test_an_outage_costs_one_attempt_while_the_breaker_is_open(fake, relay):
     assert fake.count("POST", "/api/v1/allowances") == 0
 
 
-def test_a_spooled_event_the_server_refuses_is_dropped_and_the_rest_delivered(fake):
+def test_one_bad_event_is_quarantined_with_its_reason_and_the_rest_delivered(fake, make, tmp_path):
+    # Given three usage events for the sender, one of which Comptroller refuses
+    fake.unknown_models = {"claude-unheard-of"}
     client = make(fake.url)
-    client.spool.put({"kind": "usage", "event": {"feature": "", "request_id": "msg_bad", "usage": {}}})
-    client.spool.put({"kind": "usage", "event": {"feature": "digest", "request_id": "msg_good", "usage": USAGE}})
+    client.report_later([
+        {"feature": "digest", "request_id": "msg_a", "model": "claude-haiku-4-5", "usage": USAGE},
+        {"feature": "digest", "request_id": "msg_bad", "model": "claude-unheard-of", "usage": USAGE},
+        {"feature": "digest", "request_id": "msg_c", "model": "claude-haiku-4-5", "usage": USAGE},
+    ])
 
-    assert client.flush() == 2
+    # Then the batch is split: the good ones are recorded, the bad one set aside, none left waiting
+    wait_for(lambda: len(client.spool) == 0)
+    assert sorted(fake.events) == ["msg_a", "msg_c"] and client.spool.quarantined == 1
+    with open(tmp_path / "spool" / "quarantine.jsonl") as fh:
+        [record] = [json.loads(line) for line in fh]
+    assert record["entry"]["event"]["request_id"] == "msg_bad"
+    assert record["status"] == 400 and "invalid_request" in record["reason"]
 
-    assert list(fake.events) == ["msg_good"] and len(client.spool) == 0
-
-
-def test_the_spool_is_delivered_in_the_background_once_comptroller_is_back(fake, relay):
+def test_the_spool_is_delivered_in_the_background_once_comptroller_is_back(fake, relay, make):
     client = make(relay.url, fail_mode="open", flush_interval=0.05)
     relay.stop()
     client.commit(client.reserve("digest", "claude-haiku-4-5", 1, 1), USAGE, request_id="msg_idle")
@@ -382,6 +419,208 @@ def test_the_spool_is_delivered_in_the_background_once_comptroller_is_back(fake,
 
     relay.start()  # and the service makes no further call
 
-    client._flusher.join(timeout=30)
-    assert len(client.spool) == 0 and "msg_idle" in fake.events
+    wait_for(lambda: len(client.spool) == 0)
+    assert "msg_idle" in fake.events
+
+def wait_for(condition, timeout: float = 10.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, "timed out waiting"
+        time.sleep(0.01)
+
+
+def abandon(spool: Spool) -> None:
+    """Drop a spool's file lock without tidying up, as a killed process does."""
+    spool._file.close()
+    spool._file = None
+
+
+# -- the breaker --------------------------------------------------------------------------------
+
+
+def test_a_500_from_one_request_leaves_the_breaker_closed(fake, make):
+    client = make(fake.url, breaker_seconds=60, max_retries=0)
+    client.feature_policy("support-bot")
+    fake.script = [("/allowances", 500, "server_error", None)]
+
+    with pytest.raises(ComptrollerUnavailable):  # that one request: support-bot fails closed
+        client.reserve("support-bot", "claude-sonnet-4-5", 1, 1)
+    allowance = client.reserve("support-bot", "claude-sonnet-4-5", 1, 1)
+
+    assert allowance.granted and not allowance.offline and not client.breaker.is_open
+    assert fake.count("POST", "/api/v1/allowances") == 2
+
+
+def test_a_4xx_never_opens_the_breaker(fake, make):
+    client = make(fake.url, breaker_seconds=60)
+    fake.script = [("/allowances", 404, "unknown_feature", None)]
+    with pytest.raises(ApiError):
+        client.reserve("support-bot", "claude-sonnet-4-5", 1, 1)
+
+    assert not client.breaker.is_open and client.reserve("support-bot", "claude-sonnet-4-5", 1, 1).granted
+
+
+def test_a_hung_server_costs_one_timeout_per_breaker_cycle(make):
+    # Given a Comptroller that hangs on every allowance, and eight callers at once
+    server = HTTPServer(threaded=True)
+    server.start()
+    fake = FakeComptroller(server).install()
+    client = make(fake.url, fail_mode="open", timeout=0.3, breaker_seconds=0.6)
+    fake.hang = 1.0
+
+    def wave() -> list[float]:
+        def call() -> float:
+            started = time.monotonic()
+            assert client.reserve("digest", "claude-haiku-4-5", 1, 1).offline
+            return time.monotonic() - started
+        with ThreadPoolExecutor(8) as pool:
+            return list(pool.map(lambda _: call(), range(8)))
+
+    first = wave()  # all in flight together: they share one timeout
+    during = wave()  # the breaker is open: nobody waits
+    time.sleep(0.7)
+    after = wave()  # the window is over: one caller probes, the others do not wait for it
+
+    assert max(first) < 0.3 * 3 and max(during) < 0.1
+    assert sorted(after)[6] < 0.1 and max(after) >= 0.3
+    assert fake.count("POST", "/api/v1/allowances") == 8 + 1
+    server.stop()
+
+
+# -- the sender -----------------------------------------------------------------------------------
+
+
+def test_a_commit_answered_429_waits_for_retry_after_then_goes(fake, make):
+    client = make(fake.url)
+    allowance = client.reserve("support-bot", "claude-sonnet-4-5", 1, 1)
+    fake.script = [("/allowances/hold_1/commit", 429, "rate_limited", "0.2")]
+
+    started = time.monotonic()
+    client.commit_later(allowance, USAGE, request_id="msg_1")
+    handed_over = time.monotonic() - started
+
+    wait_for(lambda: len(client.spool) == 0)
+    assert fake.holds["hold_1"]["state"] == "committed"
+    assert handed_over < 0.05 and fake.count("POST", "/api/v1/allowances/hold_1/commit") == 2
+
+
+def test_a_commit_still_rate_limited_stays_in_the_spool(fake, make):
+    client = make(fake.url, max_retries=1, max_backoff=0.01)
+    allowance = client.reserve("support-bot", "claude-sonnet-4-5", 1, 1)
+    fake.script = [("/allowances/hold_1/commit", 429, "rate_limited", "30")] * 4
+
+    client.commit_later(allowance, USAGE, request_id="msg_1")
+    wait_for(lambda: fake.count("POST", "/api/v1/allowances/hold_1/commit") >= 4)
+
+    assert len(client.spool) == 1 and client.spool.quarantined == 0
+    assert client.flush() == 1 and fake.holds["hold_1"]["state"] == "committed"
+
+
+def test_a_commit_of_a_model_the_server_does_not_know_is_retried_with_the_holds_model(fake, make):
+    fake.unknown_models = {"claude-sonnet-4-5-20991231"}
+    client = make(fake.url)
+    allowance = client.reserve("support-bot", "claude-sonnet-4-5", 1, 1)
+
+    client.commit_later(allowance, USAGE, model="claude-sonnet-4-5-20991231", request_id="msg_1")
+
+    wait_for(lambda: fake.holds["hold_1"]["state"] == "committed")
+    commit = fake.holds["hold_1"]["commit"]
+    assert "model" not in commit and commit["metadata"]["reported_model"] == "claude-sonnet-4-5-20991231"
+
+
+def test_close_delivers_even_while_the_breaker_is_open(fake, relay, make):
+    client = make(relay.url, breaker_seconds=60)
+    allowances = [client.reserve("support-bot", "claude-sonnet-4-5", 1, 1) for _ in range(3)]
+    relay.stop()
+    for n, allowance in enumerate(allowances):
+        client.commit_later(allowance, USAGE, request_id=f"msg_{n}")
+    wait_for(lambda: client.breaker.is_open)
+    relay.start()
+
     client.close()
+
+    assert [h["state"] for h in fake.holds.values()] == ["committed"] * 3
+
+
+def test_two_processes_share_a_spool_directory_without_erasing_each_other(tmp_path):
+    # Given two live processes spooling into the same directory
+    one, two = Spool(str(tmp_path)), Spool(str(tmp_path))
+    one.put({"kind": "release", "hold_id": "hold_1"})
+    two.put({"kind": "release", "hold_id": "hold_2"})
+    two.ack(two.peek())
+
+    # Then a third cannot take a live process's reports, only an ended one's
+    three = Spool(str(tmp_path))
+    assert len(three) == 0
+    abandon(one)
+    assert three.adopt() == 1 and three.peek()[0]["hold_id"] == "hold_1"
+
+
+def test_a_spool_left_by_an_ended_process_is_delivered_in_the_background(fake, make, tmp_path):
+    left = Spool(str(tmp_path / "spool"))
+    left.put({"kind": "usage", "event": {"feature": "digest", "request_id": "msg_left", "model": "claude-haiku-4-5",
+                                          "usage": USAGE, "occurred_at": "2026-11-20T10:00:00Z"}})
+    abandon(left)
+
+    make(fake.url)  # a new process starts and makes no call
+
+    wait_for(lambda: "msg_left" in fake.events)
+    assert fake.events["msg_left"]["occurred_at"] == "2026-11-20T10:00:00Z"
+
+
+# -- configuration and answers -------------------------------------------------------------------------
+
+
+def test_the_client_is_configured_from_the_environment(fake, monkeypatch, tmp_path):
+    monkeypatch.setenv("COMPTROLLER_URL", fake.url)
+    monkeypatch.setenv("COMPTROLLER_API_KEY", "cpt_test_secret")
+    monkeypatch.setenv("COMPTROLLER_SPOOL_DIR", str(tmp_path))
+
+    client = Comptroller(backoff=0)
+
+    assert client.reserve("support-bot", "claude-sonnet-4-5", 1, 1).granted
+    assert client.spool.directory.startswith(str(tmp_path))
+    client.close()
+    monkeypatch.delenv("COMPTROLLER_URL")
+    with pytest.raises(ValueError, match="COMPTROLLER_URL"):
+        Comptroller()
+
+
+def test_a_redirect_is_an_error_naming_the_url_to_use(httpserver: HTTPServer, make):
+    httpserver.expect_request("/api/v1/allowances").respond_with_response(
+        Response(status=301, headers={"Location": "https://comptroller.example/api/v1/allowances"})
+    )
+
+    with pytest.raises(ComptrollerRedirect) as caught:
+        make(httpserver.url_for("/").rstrip("/")).reserve("support-bot", "claude-sonnet-4-5", 1, 1)
+
+    assert caught.value.suggested_url == "https://comptroller.example"
+    assert "'https://comptroller.example'" in str(caught.value) and "301" in str(caught.value)
+
+
+def test_a_denial_that_exceeds_what_remains_says_by_how_much(fake, make):
+    fake.deny = True
+    fake.deny_reason = "exceeds_remaining"
+
+    with pytest.raises(BudgetExceeded) as caught:
+        make(fake.url).reserve("support-bot", "claude-sonnet-4-5", 1200, 60_000)
+
+    error = caught.value
+    assert error.reason == "exceeds_remaining"
+    assert (error.requested_usd, error.remaining_usd) == (Decimal("0.904"), Decimal("0.01"))
+    assert "may cost $0.904000, $0.010000 remains" in str(error)
+
+
+def test_the_sender_keeps_up_with_callers_on_many_threads(fake, make):
+    client = make(fake.url)
+    allowances = [client.reserve("support-bot", "claude-sonnet-4-5", 1, 1) for _ in range(20)]
+    threads = [threading.Thread(target=client.commit_later, args=(a, USAGE), kwargs={"request_id": a.id})
+               for a in allowances]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+
+    wait_for(lambda: len(client.spool) == 0)
+    assert all(h["state"] == "committed" for h in fake.holds.values())
+    assert all(fake.count("POST", f"/api/v1/allowances/{a.id}/commit") == 1 for a in allowances)

@@ -50,7 +50,7 @@ import weakref
 from collections.abc import Iterable, Mapping
 from datetime import datetime, timezone
 from types import TracebackType
-from typing import Any, Optional, Union
+from typing import Any, Union
 
 import httpx
 
@@ -1023,7 +1023,7 @@ class AsyncComptroller(_Base):
             records.extend(self._records(data))
         return UsageReport(results=tuple(records))
 
-    async def flush(self, *, timeout: Optional[float] = None) -> int:  # type: ignore[override]
+    async def flush(self, *, timeout: float | None = None) -> int:  # type: ignore[override]
         """Deliver the spool now (on a worker thread), even while the breaker is open."""
         return await asyncio.get_running_loop().run_in_executor(None, lambda: _Base.flush(self, timeout=timeout))
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from datetime import datetime
 from decimal import Decimal
-from typing import TYPE_CHECKING, Any, Optional
+from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from comptroller_client.types import Allowance, BudgetStatus
@@ -73,17 +73,17 @@ class BudgetExceeded(ComptrollerError):
     def __init__(self, allowance: Allowance) -> None:
         self.allowance = allowance
         self.budgets: tuple[BudgetStatus, ...] = tuple(b for b in allowance.budgets if b.binding)
-        self.budget: Optional[BudgetStatus] = self.budgets[0] if self.budgets else None
-        self.retry_after: Optional[datetime] = allowance.retry_after
+        self.budget: BudgetStatus | None = self.budgets[0] if self.budgets else None
+        self.retry_after: datetime | None = allowance.retry_after
         self.reason: str = allowance.reason or "budget_exhausted"
-        self.requested_usd: Optional[Decimal] = allowance.requested_usd
+        self.requested_usd: Decimal | None = allowance.requested_usd
         remaining = allowance.remaining_usd
         if remaining is None:
             known = [b.remaining_usd for b in self.budgets if b.remaining_usd is not None]
             remaining = min(known) if known else None
-        self.remaining_usd: Optional[Decimal] = remaining
-        self.requested_tokens: Optional[int] = allowance.requested_tokens
-        self.remaining_tokens: Optional[int] = allowance.remaining_tokens
+        self.remaining_usd: Decimal | None = remaining
+        self.requested_tokens: int | None = allowance.requested_tokens
+        self.remaining_tokens: int | None = allowance.remaining_tokens
         names = ", ".join(repr(b.name) for b in self.budgets) or "a budget"
         amounts = ""
         if self.reason == "exceeds_remaining" and self.requested_usd is not None and remaining is not None:

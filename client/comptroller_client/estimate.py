@@ -37,7 +37,7 @@ import json
 import math
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
-from typing import Any, Optional
+from typing import Any
 
 CHARS_PER_TOKEN = 3.0
 NON_ASCII_TOKENS = 2
@@ -165,9 +165,9 @@ class RequestSize:
     input_tokens: int  # the prompt as sent, by the local rules
     unsized: tuple[str, ...] = ()  # what the local rules cannot size: ask count_tokens, or hold a ceiling
     server_tools: tuple[str, ...] = ()
-    tool_growth: Optional[int] = 0  # input server tools may add during the call; None = unbounded
+    tool_growth: int | None = 0  # input server tools may add during the call; None = unbounded
     max_web_searches: int = 0
-    cache_ttl: Optional[str] = None  # "5m" or "1h" when the request writes to the prompt cache
+    cache_ttl: str | None = None  # "5m" or "1h" when the request writes to the prompt cache
 
     @property
     def sure(self) -> bool:
@@ -195,7 +195,7 @@ def size_request(body: Mapping[str, Any]) -> RequestSize:
         sizer.note("mcp_servers")
 
     server_tools: list[str] = []
-    growth: Optional[int] = 0
+    growth: int | None = 0
     searches = 0
     for tool in tools:
         kind = str(tool.get("type") or "") if isinstance(tool, Mapping) else ""
@@ -206,7 +206,7 @@ def size_request(body: Mapping[str, Any]) -> RequestSize:
         if kind.startswith("web_search_"):
             allowed = int(uses) if uses is not None else DEFAULT_MAX_WEB_SEARCHES
             searches += allowed
-            added: Optional[int] = allowed * WEB_SEARCH_RESULT_TOKENS
+            added: int | None = allowed * WEB_SEARCH_RESULT_TOKENS
         elif kind.startswith("web_fetch_") and uses is not None and tool.get("max_content_tokens"):
             added = int(uses) * int(tool["max_content_tokens"])
         else:
@@ -222,7 +222,7 @@ def size_request(body: Mapping[str, Any]) -> RequestSize:
     )
 
 
-def _cache_ttl(body: Mapping[str, Any], messages: list[Any], tools: list[Any]) -> Optional[str]:
+def _cache_ttl(body: Mapping[str, Any], messages: list[Any], tools: list[Any]) -> str | None:
     """Return "1h" or "5m" when any cache_control is set (the longer TTL wins: it costs more)."""
     ttls: set[str] = set()
 
@@ -263,8 +263,8 @@ class WorstCase:
     cache_write_5m_tokens: int = 0
     cache_write_1h_tokens: int = 0
     max_web_searches: int = 0
-    inference_geo: Optional[str] = None
-    speed: Optional[str] = None
+    inference_geo: str | None = None
+    speed: str | None = None
 
     def allowance_fields(self) -> dict[str, Any]:
         """Return the ``POST /api/v1/allowances`` fields this worst case sets (defaults left out)."""

@@ -33,7 +33,7 @@ import time
 import zlib
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any, Optional
+from typing import Any
 
 from comptroller_client.estimate import CHARS_PER_TOKEN
 
@@ -87,14 +87,14 @@ class Metered:
 
     streamed: bool
     status: int = 200
-    usage: Optional[dict[str, Any]] = None
-    model: Optional[str] = None
-    request_id: Optional[str] = None
-    stop_reason: Optional[str] = None
-    ttft_ms: Optional[int] = None
-    latency_ms: Optional[int] = None
+    usage: dict[str, Any] | None = None
+    model: str | None = None
+    request_id: str | None = None
+    stop_reason: str | None = None
+    ttft_ms: int | None = None
+    latency_ms: int | None = None
     complete: bool = False  # the final usage was seen (JSON parsed, or message_delta)
-    error: Optional[dict[str, Any]] = None  # an SSE error event
+    error: dict[str, Any] | None = None  # an SSE error event
     deltas: int = 0
     chars: int = 0
 
@@ -105,7 +105,7 @@ class Metered:
             return False
         return not (self.usage is None and self.error is not None)
 
-    def commit_body(self, *, input_estimate: int) -> Optional[dict[str, Any]]:
+    def commit_body(self, *, input_estimate: int) -> dict[str, Any] | None:
         """Return the commit body (``POST /allowances/{id}/commit``), or None to release the hold.
 
         ``input_estimate`` is charged as the input when the response showed no
@@ -248,18 +248,18 @@ class BatchResultsMeter:
 
     batch_id: str
     feature: str
-    content_encoding: Optional[str] = None
-    run_id: Optional[str] = None
-    metadata: Optional[dict[str, Any]] = None
+    content_encoding: str | None = None
+    run_id: str | None = None
+    metadata: dict[str, Any] | None = None
     counts: dict[str, int] = field(default_factory=dict)
     _buffer: bytearray = field(default_factory=bytearray)
-    _decoder: Optional[_Decoder] = None
+    _decoder: _Decoder | None = None
 
     def feed(self, chunk: bytes) -> list[dict[str, Any]]:
         if self._decoder is None:
             self._decoder = _Decoder(self.content_encoding)
         self._buffer += self._decoder.decode(chunk)
-        events = []
+        events: list[dict[str, Any]] = []
         while True:
             end = self._buffer.find(b"\n")
             if end < 0:
@@ -275,7 +275,7 @@ class BatchResultsMeter:
         event = self._line(line)
         return [event] if event is not None else []
 
-    def _line(self, line: bytes) -> Optional[dict[str, Any]]:
+    def _line(self, line: bytes) -> dict[str, Any] | None:
         if not line:
             return None
         try:

@@ -18,7 +18,7 @@ from __future__ import annotations
 import json
 import sys
 import threading
-from typing import Any, Optional, TypeVar
+from typing import Any, TypeVar
 
 import anthropic
 
@@ -36,7 +36,7 @@ from comptroller_client.transport import (
 
 ClientT = TypeVar("ClientT", anthropic.Anthropic, anthropic.AsyncAnthropic)
 
-_default: Optional[Comptroller] = None
+_default: Comptroller | None = None
 _default_lock = threading.Lock()
 
 
@@ -90,7 +90,7 @@ def governed(
     governed_class = _governed_class(base, governor)
     copy = client.copy(http_client=_governing_http(client._client, governor, is_async))
     copy.__class__ = governed_class
-    return copy  # type: ignore[return-value]
+    return copy
 
 
 def _governing_http(http_client: Any, governor: Governor, is_async: bool) -> Any:
@@ -115,7 +115,7 @@ def _governing_http(http_client: Any, governor: Governor, is_async: bool) -> Any
 def _governed_class(base: type, governor: Governor) -> type:
     """Return a subclass of the SDK client class that turns Comptroller's refusals into exceptions."""
 
-    class Governed(base):  # type: ignore[valid-type, misc]
+    class Governed(base):
         __slots__ = ()  # the same layout as the SDK class, so governed() can give its copy this class
         _comptroller_governor = governor
 
@@ -159,7 +159,7 @@ def sdk_error(error: ComptrollerError, *, response: Any, body: object) -> Except
     key = (kind, status_class)
     if key not in _error_classes:
         _error_classes[key] = type(kind.__name__, (kind, status_class), {"__module__": kind.__module__})
-    combined = _error_classes[key]
+    combined: Any = _error_classes[key]
     exc = combined.__new__(combined)
     anthropic.APIStatusError.__init__(exc, str(error), response=response, body=body)
     exc.__dict__.update(error.__dict__)

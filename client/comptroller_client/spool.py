@@ -36,7 +36,7 @@ import threading
 import uuid
 from collections import OrderedDict
 from datetime import datetime, timezone
-from typing import IO, Any, Optional
+from typing import IO, Any
 
 try:
     import fcntl
@@ -56,7 +56,7 @@ def _dumps(value: Any) -> str:
 
 
 class Spool:
-    def __init__(self, directory: Optional[str] = None, *, maxlen: int = 100_000) -> None:
+    def __init__(self, directory: str | None = None, *, maxlen: int = 100_000) -> None:
         if maxlen < 1:
             raise ValueError("maxlen must be at least 1")
         self.maxlen = maxlen
@@ -66,10 +66,10 @@ class Spool:
         self.quarantined = 0
         self._entries: OrderedDict[str, Entry] = OrderedDict()
         self._lock = threading.Lock()
-        self._file: Optional[IO[str]] = None
+        self._file: IO[str] | None = None
         self._lines = 0
         self._dirty = False
-        self.path: Optional[str] = None
+        self.path: str | None = None
         if self.directory is not None:
             os.makedirs(self.directory, exist_ok=True)
             self.path = os.path.join(self.directory, f"{os.getpid()}-{uuid.uuid4().hex[:12]}.jsonl")

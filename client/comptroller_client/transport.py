@@ -47,11 +47,22 @@ import weakref
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from types import ModuleType
-from typing import Any, Callable, Optional
+from typing import Any, Callable
 
 from comptroller_client.client import AsyncComptroller, Comptroller, _Base
-from comptroller_client.errors import ApiError, BudgetExceeded, ComptrollerError, ComptrollerUnavailable
-from comptroller_client.estimate import RequestSize, WorstCase, expected_ttl_seconds, size_request, worst_case
+from comptroller_client.errors import (
+    ApiError,
+    BudgetExceeded,
+    ComptrollerError,
+    ComptrollerUnavailable,
+)
+from comptroller_client.estimate import (
+    RequestSize,
+    WorstCase,
+    expected_ttl_seconds,
+    size_request,
+    worst_case,
+)
 from comptroller_client.metering import BatchResultsMeter, MessageMeter
 from comptroller_client.types import Allowance
 
@@ -78,10 +89,10 @@ class Governor:
     comptroller: _Base
     feature: str
     count_tokens: Any = "auto"  # "auto": only when the request holds what cannot be sized; True; False
-    input_ceiling: Optional[int] = None
-    ttl_seconds: Optional[int] = None
-    run_id: Optional[str] = None
-    metadata: Optional[dict[str, Any]] = None
+    input_ceiling: int | None = None
+    ttl_seconds: int | None = None
+    run_id: str | None = None
+    metadata: dict[str, Any] | None = None
     batch_holds: dict[str, list[Allowance]] = field(default_factory=dict)
 
     # -- routing and reading the request ------------------------------------------------
@@ -311,7 +322,7 @@ def _refusal(module: ModuleType, request: Any, error: ComptrollerError) -> Any:
 
 
 def _build_sync(module: ModuleType) -> type:
-    class MeteredStream(module.SyncByteStream):  # type: ignore[misc, name-defined]
+    class MeteredStream(module.SyncByteStream):  # type: ignore[name-defined]
         def __init__(self, inner: Any, on_chunk: Callable[[bytes], Any], settlement: _Settlement | None,
                      on_end: Callable[[], Any] | None = None) -> None:
             self._inner = inner
@@ -337,7 +348,7 @@ def _build_sync(module: ModuleType) -> type:
                 if self._settlement is not None:
                     self._settlement.settle()
 
-    class GoverningTransport(module.BaseTransport):  # type: ignore[misc, name-defined]
+    class GoverningTransport(module.BaseTransport):  # type: ignore[name-defined]
         """Sends through the SDK's own httpx client (its pool, proxies and hooks), governing on the way."""
 
         def __init__(self, inner: Any, governor: Governor) -> None:
@@ -491,7 +502,7 @@ def _build_sync(module: ModuleType) -> type:
 
 
 def _build_async(module: ModuleType) -> type:
-    class AsyncMeteredStream(module.AsyncByteStream):  # type: ignore[misc, name-defined]
+    class AsyncMeteredStream(module.AsyncByteStream):  # type: ignore[name-defined]
         def __init__(self, inner: Any, on_chunk: Callable[[bytes], Any], settlement: _Settlement | None,
                      on_end: Callable[[], Any] | None = None) -> None:
             self._inner = inner
@@ -517,7 +528,7 @@ def _build_async(module: ModuleType) -> type:
                 if self._settlement is not None:
                     self._settlement.settle()
 
-    class AsyncGoverningTransport(module.AsyncBaseTransport):  # type: ignore[misc, name-defined]
+    class AsyncGoverningTransport(module.AsyncBaseTransport):  # type: ignore[name-defined]
         def __init__(self, inner: Any, governor: Governor) -> None:
             self.inner = inner
             self.governor = governor
