@@ -1,40 +1,53 @@
-"""The comptroller-client's own overhead per governed call, with the network taken out.
+"""What governing a call adds to it: a bare SDK call, a governed call and the difference, side by side.
 
-Both Comptroller and the Messages API are in-process ``httpx.MockTransport``
-handlers that return prebuilt bytes, so what is left is the work done in
-this process: the anthropic SDK's request building and response parsing
-(the bare call), plus — for the governed call — the input-token estimate,
-the reservation and the commit through httpx, and the bookkeeping around
-them. The overhead is governed minus bare, per call, in CPU time of the
-calling thread (so other work on a busy machine does not count).
+Comptroller is this project under gunicorn on PostgreSQL (``bench/server.py``:
+the bench database, a tenant with room to spare); the Messages API is a
+local stub answering prebuilt bytes at once, so the model's own time is
+taken out and what remains is what a service would notice: the governed
+call's allowance round trip and the client's work around it. The commit
+goes to the background sender, off the call's path, as in production.
+Calls are interleaved (bare, governed, bare, ...) so drift on a shared
+machine hits both alike, ``--pause`` apart (a real call takes seconds, so
+the previous commit has gone before the next allowance); wall-clock
+percentiles per call, and the calling thread's own CPU.
 
-    .venv/bin/python bench/client_overhead.py [--calls 1000] [--rounds 7]
+    DATABASE_URL=postgres://postgres@127.0.0.1:5432/comptroller_bench \\
+        .venv/bin/python bench/client_overhead.py [--calls 500] [--stream] [--workers 2] [--threads 1]
+
+Target: at most 5 ms added at p50.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
+import socket
+import sys
+import tempfile
+import threading
 import time
-from collections.abc import Callable
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from statistics import quantiles
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import anthropic
-import httpx
 from comptroller_client import Comptroller, governed
-from comptroller_client.estimate import estimate_input_tokens
+from comptroller_client.estimate import worst_case
+
+from bench.server import PORT, setup_database, start_server
 
 USAGE = {"input_tokens": 412, "cache_creation_input_tokens": 0, "cache_read_input_tokens": 0,
-         "cache_creation": {"ephemeral_5m_input_tokens": 0, "ephemeral_1h_input_tokens": 0},
          "output_tokens": 180, "service_tier": "standard"}
-MESSAGE = json.dumps({
-    "id": "msg_bench", "type": "message", "role": "assistant", "model": "claude-sonnet-4-5-20250929",
-    "content": [{"type": "text", "text": "word " * 180}], "stop_reason": "end_turn", "stop_sequence": None,
-    "usage": USAGE,
-}).encode()
+MESSAGE = {"id": "msg_bench", "type": "message", "role": "assistant", "model": "claude-sonnet-4-5-20250929",
+           "content": [{"type": "text", "text": "word " * 180}], "stop_reason": "end_turn",
+           "stop_sequence": None, "usage": USAGE}
 SSE = "".join(
     f"event: {name}\ndata: {json.dumps(data)}\n\n"
     for name, data in [
-        ("message_start", {"type": "message_start", "message": {**json.loads(MESSAGE), "content": [],
+        ("message_start", {"type": "message_start", "message": {**MESSAGE, "content": [],
                                                                  "usage": {**USAGE, "output_tokens": 1}}}),
         ("content_block_start", {"type": "content_block_start", "index": 0,
                                  "content_block": {"type": "text", "text": ""}}),
@@ -46,103 +59,109 @@ SSE = "".join(
         ("message_stop", {"type": "message_stop"}),
     ]
 ).encode()
-FEATURE = json.dumps({"key": "bench", "fail_mode": "open", "default_model": "claude-sonnet-4-5",
-                      "allowed_models": [], "fallback_models": [], "max_tokens_cap": None,
-                      "interactive": True, "active": True, "budgets": []}).encode()
-BUDGET = {"id": "bud_1", "name": "Bench", "scope": "feature", "period": "month", "enforcement": "block",
-          "window_start": "2026-11-01T00:00:00Z", "window_end": "2026-12-01T00:00:00Z",
-          "limit_usd": "100.00", "spent_usd": "12.50", "reserved_usd": "0.40", "remaining_usd": "87.10",
-          "limit_tokens": None, "spent_tokens": 812000, "reserved_tokens": 9000, "remaining_tokens": None,
-          "binding": False}
-ALLOWANCE = json.dumps({"id": "hold_1", "granted": True, "decision": "granted", "reason": None,
-                        "model": "claude-sonnet-4-5", "max_tokens": 1024, "clamped": False,
-                        "reserved_usd": "0.019560", "reserved_tokens": 2200,
-                        "expires_at": "2026-11-23T12:10:00Z", "budgets": [BUDGET]}).encode()
-COMMIT = json.dumps({"id": "hold_1", "state": "committed", "cost_usd": "0.003936", "released_usd": "0.015624",
-                     "usage_event_id": "use_1", "late": False, "budgets": [BUDGET]}).encode()
 MESSAGES = [{"role": "user", "content": "Summarise this support ticket for the on-call engineer. " * 20}]
-JSON_HEADERS = {"content-type": "application/json"}
 
 
-def anthropic_handler(request: httpx.Request) -> httpx.Response:
-    if json.loads(request.content).get("stream"):
-        return httpx.Response(200, content=SSE, headers={"content-type": "text/event-stream"})
-    return httpx.Response(200, content=MESSAGE, headers=JSON_HEADERS)
+class MessagesStub(BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"  # keep-alive, as api.anthropic.com
+
+    def setup(self) -> None:
+        super().setup()
+        # Headers and body leave in separate writes: without this, Nagle's algorithm and the
+        # client's delayed ACK hold each answer back 40 ms.
+        self.connection.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+
+    def do_POST(self) -> None:
+        body = json.loads(self.rfile.read(int(self.headers["content-length"])))
+        if body.get("stream"):
+            data, kind = SSE, "text/event-stream"
+        else:
+            data, kind = json.dumps({**MESSAGE, "id": f"msg_{time.monotonic_ns()}"}).encode(), "application/json"
+        self.send_response(200)
+        self.send_header("content-type", kind)
+        self.send_header("content-length", str(len(data)))
+        self.end_headers()
+        self.wfile.write(data)
+
+    def log_message(self, *args: object) -> None:
+        pass
 
 
-def comptroller_handler(request: httpx.Request) -> httpx.Response:
-    path = request.url.path
-    if path.endswith("/commit"):
-        return httpx.Response(200, content=COMMIT, headers=JSON_HEADERS)
-    if path.endswith("/allowances"):
-        return httpx.Response(201, content=ALLOWANCE, headers=JSON_HEADERS)
-    return httpx.Response(200, content=FEATURE, headers=JSON_HEADERS)
-
-
-def per_call_us(fn: Callable[[], object], calls: int) -> float:
-    # CPU time of this thread, not wall time: a busy machine descheduling us is not overhead.
-    start = time.thread_time_ns()
-    for _ in range(calls):
-        fn()
-    return (time.thread_time_ns() - start) / calls / 1000
-
-
-def compare(cases: dict[str, Callable[[], object]], calls: int, rounds: int) -> dict[str, float]:
-    """Return each case's best round (µs per call), the rounds interleaved so drift hits all alike."""
-    for fn in cases.values():
-        per_call_us(fn, min(100, calls))
-    best = {name: float("inf") for name in cases}
-    for _ in range(rounds):
-        for name, fn in cases.items():
-            best[name] = min(best[name], per_call_us(fn, calls))
-    return best
+def percentile_ms(samples: list[float]) -> dict[str, float]:
+    cuts = quantiles(samples, n=100)
+    return {"p50": cuts[49] * 1000, "p90": cuts[89] * 1000, "p99": cuts[98] * 1000}
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--calls", type=int, default=1000)
-    parser.add_argument("--rounds", type=int, default=7)
+    parser.add_argument("--calls", type=int, default=500, help="calls of each kind")
+    parser.add_argument("--stream", action="store_true", help="messages.stream (60 deltas) instead of create")
+    parser.add_argument("--workers", type=int, default=2, help="gunicorn workers")
+    parser.add_argument("--threads", type=int, default=1, help="gthread workers' threads (keep-alive) when > 1")
+    parser.add_argument("--pause", type=float, default=0.02,
+                        help="seconds between calls: a real model call takes seconds, so the previous "
+                             "call's commit has left before the next allowance (0: back to back)")
     args = parser.parse_args()
 
-    sdk = anthropic.Anthropic(api_key="sk-bench", max_retries=0,
-                              http_client=httpx.Client(transport=httpx.MockTransport(anthropic_handler)))
-    cpt = Comptroller("http://comptroller.bench", "cpt_bench", transport=httpx.MockTransport(comptroller_handler))
-    wrapped = governed(sdk, cpt, feature="bench")
-    params = {"model": "claude-sonnet-4-5", "max_tokens": 1024, "messages": MESSAGES}
+    stub = ThreadingHTTPServer(("127.0.0.1", 0), MessagesStub)
+    threading.Thread(target=stub.serve_forever, daemon=True).start()
+    secret = setup_database()
+    server = start_server(workers=args.workers, threads=args.threads)
+    try:
+        comptroller = Comptroller(f"http://127.0.0.1:{PORT}", secret, spool_dir=tempfile.mkdtemp())
+        bare = anthropic.Anthropic(api_key="sk-bench", base_url=f"http://127.0.0.1:{stub.server_port}",
+                                   max_retries=0)
+        wrapped = governed(bare, comptroller, feature="bench")
+        params = {"model": "claude-sonnet-4-5", "max_tokens": 1024, "messages": MESSAGES}
 
-    def bare_stream() -> None:
-        with sdk.messages.stream(**params) as stream:
-            stream.until_done()
+        def call(client: anthropic.Anthropic) -> None:
+            if args.stream:
+                with client.messages.stream(**params) as stream:
+                    stream.until_done()
+            else:
+                client.messages.create(**params)
 
-    def governed_stream() -> None:
-        with wrapped.messages.stream(**params) as stream:
-            stream.until_done()
+        for _ in range(30):  # warm up: connections, the feature policy, the server's caches
+            call(bare)
+            call(wrapped)
+        comptroller.flush()
+        times: dict[str, list[float]] = {"bare": [], "governed": []}
+        cpu: dict[str, float] = {"bare": 0.0, "governed": 0.0}
+        for _ in range(args.calls):
+            for name, client in (("bare", bare), ("governed", wrapped)):
+                started, started_cpu = time.perf_counter(), time.thread_time()
+                call(client)
+                times[name].append(time.perf_counter() - started)
+                cpu[name] += time.thread_time() - started_cpu
+                time.sleep(args.pause)
+        parts: dict[str, list[float]] = {"allowance alone": [], "local estimate": []}
+        for _ in range(args.calls):
+            started = time.perf_counter()
+            comptroller.release(comptroller.reserve("bench", "claude-sonnet-4-5", 400, 1024))
+            parts["allowance alone"].append(time.perf_counter() - started)
+            time.sleep(args.pause)
+            started = time.perf_counter()
+            worst_case(params)
+            parts["local estimate"].append(time.perf_counter() - started)
+        comptroller.close()
+    finally:
+        server.terminate()
+        server.wait()
+        stub.shutdown()
 
-    allowance = cpt.reserve("bench", "claude-sonnet-4-5", 400, 1024)
-    creates = compare({
-        "bare messages.create": lambda: sdk.messages.create(**params),
-        "governed messages.create": lambda: wrapped.messages.create(**params),
-    }, args.calls, args.rounds)
-    streams = compare({
-        "bare messages.stream (60 deltas)": bare_stream,
-        "governed messages.stream (60 deltas)": governed_stream,
-    }, max(1, args.calls // 4), args.rounds)
-    parts = compare({
-        "  local token estimate": lambda: estimate_input_tokens(messages=MESSAGES),
-        "  reserve (httpx + client)": lambda: cpt.reserve("bench", "claude-sonnet-4-5", 400, 1024),
-        "  commit (httpx + client)": lambda: cpt.commit(allowance, USAGE, request_id="msg_bench"),
-    }, args.calls, args.rounds)
-    rows = {**creates, **streams, "governed call's parts:": None, **parts}
-    width = max(len(name) for name in rows)
-    print(f"{'':{width}}  CPU µs/call  (best of {args.rounds} interleaved rounds of {args.calls})")
-    for name, value in rows.items():
-        print(f"{name:{width}}" + ("" if value is None else f"  {value:8.1f}"))
-    (create_bare, create_gov), (stream_bare, stream_gov) = creates.values(), streams.values()
-    print()
-    print(f"overhead per governed create: {create_gov - create_bare:7.1f} µs "
-          f"(governed/bare = {create_gov / create_bare:.2f}, network excluded)")
-    print(f"overhead per governed stream: {stream_gov - stream_bare:7.1f} µs "
-          f"(governed/bare = {stream_gov / stream_bare:.2f}, network excluded)")
+    bare_ms, governed_ms = percentile_ms(times["bare"]), percentile_ms(times["governed"])
+    kind = "messages.stream (60 deltas)" if args.stream else "messages.create"
+    print(f"{kind}, {args.calls} calls each, interleaved; Comptroller on "
+          f"{os.environ.get('DATABASE_URL', 'postgres (bench default)').split('@')[-1]}, "
+          f"anthropic {anthropic.__version__}")
+    print(f"{'':10}{'bare ms':>10}{'governed ms':>14}{'added ms':>11}")
+    for cut in ("p50", "p90", "p99"):
+        print(f"{cut:10}{bare_ms[cut]:10.2f}{governed_ms[cut]:14.2f}{governed_ms[cut] - bare_ms[cut]:11.2f}")
+    bare_cpu, governed_cpu = (cpu[k] / args.calls * 1000 for k in ("bare", "governed"))
+    print(f"{'cpu/call':10}{bare_cpu:10.2f}{governed_cpu:14.2f}{governed_cpu - bare_cpu:11.2f}"
+          "   (the calling thread's own CPU)")
+    print("the governed call's parts, p50 ms: " + ", ".join(
+        f"{name} {percentile_ms(samples)['p50']:.2f}" for name, samples in parts.items()))
 
 
 if __name__ == "__main__":

@@ -393,7 +393,7 @@ def test_per_call_headers_set_the_run_and_never_reach_anthropic(shop, messages_a
     hold = Hold.objects.get()
     assert hold.run_id == "run-42" and hold.metadata == {"team": "care", "ticket": 7}
     request = messages_api.server.log[-1][0]
-    assert not [h for h in request.headers.keys() if h.lower().startswith("x-comptroller")]
+    assert not [h for h, _ in request.headers.items() if h.lower().startswith("x-comptroller")]
 
 
 def test_down_and_fail_closed_raises_without_calling_the_model(shop, messages_api, relay, cpt):

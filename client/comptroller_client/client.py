@@ -39,6 +39,7 @@ import atexit
 import contextlib
 import email.utils
 import hashlib
+import itertools
 import json
 import logging
 import os
@@ -91,6 +92,18 @@ RESERVE_OPTIONS = (
 )
 
 HoldRef = Union[Allowance, str]
+# Unique keys without a read of the OS's random source per call (slow on some VMs).
+_PROCESS = uuid.uuid4().hex
+_serial = itertools.count(1)
+
+
+def _new_process() -> None:
+    global _PROCESS, _serial
+    _PROCESS, _serial = uuid.uuid4().hex, itertools.count(1)
+
+
+if hasattr(os, "register_at_fork"):  # a forked child (a pre-forking server) must not repeat its parent's keys
+    os.register_at_fork(after_in_child=_new_process)
 
 
 class _Unreachable(Exception):
@@ -373,7 +386,7 @@ class _Base:
             "max_tokens": int(max_tokens),
             "service_tier": options.get("service_tier") or "standard",
             # The same key on every retry of this reservation: a retry never holds twice.
-            "idempotency_key": options.get("idempotency_key") or f"cc_{uuid.uuid4().hex}",
+            "idempotency_key": options.get("idempotency_key") or f"cc_{_PROCESS}{next(_serial)}",
         }
         body.update({k: v for k, v in options.items() if v and k not in body})
         return body
@@ -450,7 +463,7 @@ class _Base:
             raise ValueError("A denied allowance has nothing to commit.")
         event = dict(body)
         event.setdefault("model", hold.model)
-        event.setdefault("request_id", f"local_{uuid.uuid4().hex}")
+        event.setdefault("request_id", f"local_{_PROCESS}{next(_serial)}")
         event.setdefault("occurred_at", _now())
         event["feature"] = hold.feature
         if hold.run_id:

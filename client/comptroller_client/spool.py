@@ -29,6 +29,7 @@ the reason (logged at ERROR), never silently dropped. Without a directory
 from __future__ import annotations
 
 import contextlib
+import itertools
 import json
 import logging
 import os
@@ -49,6 +50,18 @@ Entry = dict[str, Any]
 MEMORY = ":memory:"
 QUARANTINE = "quarantine.jsonl"
 COMPACT_LINES = 10_000  # rewrite the file once it has this many lines
+# Ids unique across processes without a call to the OS's random source per entry (slow on some VMs).
+_PROCESS = f"{uuid.uuid4().hex[:16]}-"
+_serial = itertools.count(1)
+
+
+def _new_process() -> None:
+    global _PROCESS, _serial
+    _PROCESS, _serial = f"{uuid.uuid4().hex[:16]}-", itertools.count(1)
+
+
+if hasattr(os, "register_at_fork"):  # a forked child (a pre-forking server) must not repeat its parent's keys
+    os.register_at_fork(after_in_child=_new_process)
 
 
 def _dumps(value: Any) -> str:
@@ -96,7 +109,7 @@ class Spool:
 
     def put(self, entry: Entry) -> Entry:
         """Keep an entry until it is acknowledged; return it with its ``spool_id``."""
-        entry.setdefault("spool_id", uuid.uuid4().hex)
+        entry.setdefault("spool_id", f"{_PROCESS}{next(_serial)}")
         with self._lock:
             while len(self._entries) >= self.maxlen:
                 _, lost = self._entries.popitem(last=False)
@@ -110,9 +123,14 @@ class Spool:
     def sync(self) -> None:
         """Make what was put durable against a crash of the machine (fsync)."""
         with self._lock:
-            if self._file is not None and self._dirty:
-                os.fsync(self._file.fileno())
-                self._dirty = False
+            if self._file is None or not self._dirty:
+                return
+            self._dirty = False
+            fd = os.dup(self._file.fileno())  # fsync outside the lock: put() never waits on the disk
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
 
     def peek(self) -> list[Entry]:
         with self._lock:

@@ -308,6 +308,8 @@ def transport_class(module: ModuleType, is_async: bool) -> type:
 def _response(module: ModuleType, inner: Any, stream: Any, extra_headers: Mapping[str, str] | None,
               extensions: Mapping[str, Any] | None = None) -> Any:
     headers = list(inner.headers.multi_items())
+    if inner.is_stream_consumed:  # read already (a MockTransport, an event hook): passed on decoded
+        headers = [(k, v) for k, v in headers if k.lower() != "content-encoding"]
     if extra_headers:
         headers += list(extra_headers.items())
     return module.Response(inner.status_code, headers=headers, stream=stream,
@@ -333,7 +335,8 @@ def _build_sync(module: ModuleType) -> type:
                 weakref.finalize(self, settlement.settle, closing=True)
 
         def __iter__(self) -> Any:
-            for chunk in self._inner.iter_raw():
+            chunks = [self._inner.content] if self._inner.is_stream_consumed else self._inner.iter_raw()
+            for chunk in chunks:
                 self._on_chunk(chunk)
                 yield chunk
             if self._on_end is not None:
@@ -513,9 +516,13 @@ def _build_async(module: ModuleType) -> type:
                 weakref.finalize(self, settlement.settle)
 
         async def __aiter__(self) -> Any:
-            async for chunk in self._inner.aiter_raw():
-                self._on_chunk(chunk)
-                yield chunk
+            if self._inner.is_stream_consumed:  # read already (a MockTransport, an event hook)
+                self._on_chunk(self._inner.content)
+                yield self._inner.content
+            else:
+                async for chunk in self._inner.aiter_raw():
+                    self._on_chunk(chunk)
+                    yield chunk
             if self._on_end is not None:
                 self._on_end()
             if self._settlement is not None:
