@@ -7,6 +7,11 @@ production); any change to a feature, budget, key or window bumps it (signals be
 Django admin edits count too), and the next request reloads. Without a shared cache
 (the embedded single-process default) the local copy is also dropped at once, and a
 copy is never older than ``MAX_AGE_SECONDS``.
+
+While Redis is unreachable the version lives in each process's memory (see
+governance.shared_cache): a change made here applies here at once, one made in another
+process within ``DEGRADED_MAX_AGE_SECONDS``; once Redis answers again, the changes made
+meanwhile are published to every process.
 """
 
 from __future__ import annotations
@@ -22,8 +27,10 @@ from django.db.models.signals import m2m_changed, post_delete, post_save
 
 from budgets.models import Budget, BudgetWindow
 from governance.models import ApiKey, Feature, Tenant
+from governance.shared_cache import outage
 
 MAX_AGE_SECONDS = 30.0
+DEGRADED_MAX_AGE_SECONDS = 5.0
 MAX_WINDOW_IDS = 10_000  # run budgets make a window per run; keep the memo bounded
 
 
@@ -66,6 +73,8 @@ class TenantPolicy:
 
 _local: dict[int, TenantPolicy] = {}
 _lock = threading.Lock()
+# Tenants whose change could only be recorded in this process's memory (Redis unreachable).
+_unpublished: set[int] = set()
 
 
 def _version_key(tenant_id: int) -> str:
@@ -74,10 +83,25 @@ def _version_key(tenant_id: int) -> str:
 
 def _shared_version(tenant_id: int) -> str:
     version = cache.get(_version_key(tenant_id))
+    if _unpublished and outage() is None:
+        _publish_changes_made_during_outage()
+        version = cache.get(_version_key(tenant_id))
     if version is None:
         cache.add(_version_key(tenant_id), uuid.uuid4().hex, timeout=None)
         version = cache.get(_version_key(tenant_id)) or ""
     return version
+
+
+def _publish_changes_made_during_outage() -> None:
+    while _unpublished:
+        try:
+            tenant_id = _unpublished.pop()
+        except KeyError:  # another thread took the last one
+            return
+        cache.set(_version_key(tenant_id), uuid.uuid4().hex, timeout=None)
+        if outage() is not None:  # down again: keep it for next time
+            _unpublished.add(tenant_id)
+            return
 
 
 def tenant_policy(tenant_id: int) -> TenantPolicy:
@@ -87,7 +111,8 @@ def tenant_policy(tenant_id: int) -> TenantPolicy:
     """
     version = _shared_version(tenant_id)
     entry = _local.get(tenant_id)
-    if entry is not None and entry.version == version and time.monotonic() - entry.loaded_at < MAX_AGE_SECONDS:
+    max_age = MAX_AGE_SECONDS if outage() is None else DEGRADED_MAX_AGE_SECONDS
+    if entry is not None and entry.version == version and time.monotonic() - entry.loaded_at < max_age:
         return entry
     tenant = Tenant.objects.get(pk=tenant_id)
     features = {f.key: f for f in Feature.objects.filter(tenant=tenant)}
@@ -107,6 +132,8 @@ def policy_changed(tenant_id: int) -> None:
     with _lock:
         _local.pop(tenant_id, None)
     cache.set(_version_key(tenant_id), uuid.uuid4().hex, timeout=None)
+    if outage() is not None:
+        _unpublished.add(tenant_id)
 
 
 def _changed(sender, instance, **kwargs) -> None:

@@ -74,6 +74,15 @@ TEMPLATES = [
     },
 ]
 
+# --- Timeouts: a stalled PostgreSQL or Redis costs a request seconds, never a hang ----------
+# PostgreSQL: connect_timeout, statement_timeout, and a client-side deadline a little past it
+# for a server that stops answering (governance/postgresql). 0 turns the statement timeout off
+# (e.g. for a long migration). Redis: connect and per-operation socket timeouts.
+DB_CONNECT_TIMEOUT = env.int("DB_CONNECT_TIMEOUT", default=3)
+DB_STATEMENT_TIMEOUT = env.float("DB_STATEMENT_TIMEOUT", default=5.0)
+REDIS_CONNECT_TIMEOUT = env.float("REDIS_CONNECT_TIMEOUT", default=2.0)
+REDIS_TIMEOUT = env.float("REDIS_TIMEOUT", default=2.0)
+
 # --- Database -------------------------------------------------------------
 # Default: a SQLite file, opened with BEGIN IMMEDIATE so concurrent writers
 # queue on the write lock instead of failing with "database is locked".
@@ -100,17 +109,35 @@ else:
         DATABASES["default"].setdefault("OPTIONS", {}).setdefault(
             "prepare_threshold", 1_000_000 if env.bool("DB_PREPARED_STATEMENTS", default=True) else None
         )
+        DATABASES["default"]["ENGINE"] = "governance.postgresql"  # Django's, with a deadline on waits
+        _options = DATABASES["default"]["OPTIONS"]
+        _options.setdefault("connect_timeout", DB_CONNECT_TIMEOUT)
+        if DB_STATEMENT_TIMEOUT > 0:
+            _options["options"] = (
+                f"{_options.get('options', '')} -c statement_timeout={int(DB_STATEMENT_TIMEOUT * 1000)}".strip()
+            )
 DATABASES["default"]["ATOMIC_REQUESTS"] = False
 DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
 
 # --- Redis: Celery broker and cache ---------------------------------------
 REDIS_URL = env("REDIS_URL", default="")
 if REDIS_URL:
-    CACHES = {"default": {"BACKEND": "django.core.cache.backends.redis.RedisCache", "LOCATION": REDIS_URL}}
+    # Redis accelerates; it is never needed to answer: while it is unreachable each process
+    # uses its own memory (governance/shared_cache.py) and /healthz says so.
+    CACHES = {
+        "default": {
+            "BACKEND": "governance.shared_cache.FallbackRedisCache",
+            "LOCATION": REDIS_URL,
+            "OPTIONS": {"socket_connect_timeout": REDIS_CONNECT_TIMEOUT, "socket_timeout": REDIS_TIMEOUT},
+        }
+    }
     CELERY_BROKER_URL = env("CELERY_BROKER_URL", default=REDIS_URL)
     # A dead broker must cost a web request seconds, not tens of seconds: commits and
     # allowances enqueue after they commit, and a lost task is picked up by the beat sweep.
-    CELERY_BROKER_TRANSPORT_OPTIONS: dict[str, object] = {"socket_connect_timeout": 2, "socket_timeout": 5}
+    # Workers block on the broker for a second at a time, so its read timeout stays above that.
+    CELERY_BROKER_TRANSPORT_OPTIONS: dict[str, object] = {
+        "socket_connect_timeout": REDIS_CONNECT_TIMEOUT, "socket_timeout": max(REDIS_TIMEOUT, 5.0),
+    }
 else:
     CACHES = {"default": {"BACKEND": "django.core.cache.backends.locmem.LocMemCache"}}
     # A broker that needs no server: messages are files in var/broker.

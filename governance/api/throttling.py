@@ -1,13 +1,17 @@
-"""Per-key request rate limit: a fixed-window counter, one round trip a request on Redis."""
+"""Per-key request rate limit: a fixed-window counter, one round trip a request on Redis.
+
+While Redis is unreachable the counters are per process (see governance.shared_cache), so a
+key gets up to the limit from each process: looser, but requests keep being answered.
+"""
 
 from __future__ import annotations
 
-import functools
 import time
 
 from django.conf import settings
-from django.core.cache import cache
 from rest_framework.throttling import BaseThrottle
+
+from governance.shared_cache import count_in_window
 
 PERIODS = {"s": 1, "sec": 1, "m": 60, "min": 60, "h": 3600, "hour": 3600, "d": 86400, "day": 86400}
 
@@ -15,33 +19,6 @@ PERIODS = {"s": 1, "sec": 1, "m": 60, "min": 60, "h": 3600, "hour": 3600, "d": 8
 def parse_rate(rate: str) -> tuple[int, int]:
     count, _, period = rate.partition("/")
     return int(count), PERIODS[period.strip().lower()]
-
-
-@functools.cache
-def _redis(url: str):
-    import redis
-
-    return redis.Redis.from_url(url)
-
-
-def window_count(key: str, ttl: int) -> int:
-    """Count one request under ``key`` and return the count so far.
-
-    On Redis, INCR and EXPIRE go in one pipelined round trip (Django's cache API would
-    take three: add, then exists + incr); elsewhere, the cache's add and incr.
-    """
-    if settings.REDIS_URL:
-        pipe = _redis(settings.REDIS_URL).pipeline(transaction=False)
-        pipe.incr(key)
-        pipe.expire(key, ttl)
-        return pipe.execute()[0]
-    if cache.add(key, 1, timeout=ttl):
-        return 1
-    try:
-        return cache.incr(key)
-    except ValueError:  # expired between add and incr
-        cache.add(key, 1, timeout=ttl)
-        return 1
 
 
 class ApiKeyRateThrottle(BaseThrottle):
@@ -54,7 +31,7 @@ class ApiKeyRateThrottle(BaseThrottle):
         limit, period = parse_rate(settings.API_RATE_LIMIT)
         now = time.time()
         window = int(now // period)
-        count = window_count(f"comptroller:rl:{key.pk.hex}:{period}:{window}", period + 1)
+        count = count_in_window(f"rl:{key.pk.hex}:{period}:{window}", period + 1)
         self._wait = (window + 1) * period - now
         return count <= limit
 

@@ -1,0 +1,175 @@
+"""The shared cache (Redis) as an accelerator the API never depends on.
+
+Rate limits, the policy version check, login lockouts and alert marks keep their entries in
+Redis so that every process sees them. None of them decides or records money (that rests on
+PostgreSQL), so a Redis that is down or stalled must not fail a request. ``FallbackRedisCache``
+then answers from a per-process memory cache instead; after a failure it skips Redis for
+``RETRY_SECONDS``, so a stalled Redis costs each process one timeout per interval rather than
+one per request; it logs a warning at most once a minute while the outage lasts, and
+``outage()`` tells ``/healthz`` and the policy cache.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from typing import Any
+
+from django.core.cache import caches
+from django.core.cache.backends.base import DEFAULT_TIMEOUT, BaseCache
+from django.core.cache.backends.locmem import LocMemCache
+from django.core.cache.backends.redis import RedisCache
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import ReadOnlyError
+from redis.exceptions import TimeoutError as RedisTimeoutError
+
+logger = logging.getLogger(__name__)
+
+RETRY_SECONDS = 5.0
+LOG_EVERY_SECONDS = 60.0
+# What an unreachable, stalled or failing-over Redis raises; anything else is a bug and propagates.
+UNREACHABLE = (RedisConnectionError, RedisTimeoutError, ReadOnlyError)
+
+
+class _Outage:
+    """This process's view of Redis: since when it has been unreachable, if it is."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self.since: float | None = None  # wall clock, for people reading /healthz
+        self.error = ""
+        self._retry_at = 0.0
+        self._logged_at: float | None = None
+
+    def skipping(self) -> bool:
+        """Return whether to answer locally without trying Redis (a failure was seen very recently)."""
+        return self.since is not None and time.monotonic() < self._retry_at
+
+    def failed(self, exc: Exception) -> None:
+        now = time.monotonic()
+        with self._lock:
+            if self.since is None:
+                self.since = time.time()
+            self.error = f"{type(exc).__name__}: {exc}"[:200]
+            self._retry_at = now + RETRY_SECONDS
+            log = self._logged_at is None or now - self._logged_at >= LOG_EVERY_SECONDS
+            if log:
+                self._logged_at = now
+        if log:
+            logger.warning(
+                "Redis unreachable (%s): rate limits, the policy cache and login lockouts are per-process "
+                "until it is back", self.error,
+            )
+
+    def recovered(self) -> None:
+        if self.since is None:
+            return
+        with self._lock:
+            if self.since is None:
+                return
+            lasted, self.since, self._logged_at = time.time() - self.since, None, None
+        logger.warning("Redis reachable again after %.0f s; the shared cache is in use again", lasted)
+
+
+_outage = _Outage()
+
+
+def outage() -> str | None:
+    """Return why this process is answering from its own memory instead of Redis, or None."""
+    since = _outage.since
+    if since is None:
+        return None
+    started = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(since))
+    return f"unreachable since {started} ({_outage.error}); rate limits and the policy cache are per-process"
+
+
+def count_in_window(key: str, ttl: int) -> int:
+    """Count one under ``key`` in the default cache, expiring ``ttl`` seconds after its first count.
+
+    Return the count so far.
+    """
+    cache = caches["default"]
+    if isinstance(cache, FallbackRedisCache):
+        return cache.incr_with_expiry(key, ttl)
+    return _add_or_incr(cache, key, ttl)
+
+
+def _add_or_incr(cache: BaseCache, key: str, ttl: int) -> int:
+    if cache.add(key, 1, timeout=ttl):
+        return 1
+    try:
+        return cache.incr(key)
+    except ValueError:  # expired between add and incr
+        cache.add(key, 1, timeout=ttl)
+        return 1
+
+
+class FallbackRedisCache(RedisCache):
+    """Django's Redis cache, answering from a per-process memory cache while Redis is unreachable."""
+
+    def __init__(self, server: str, params: dict[str, Any]) -> None:
+        super().__init__(server, params)
+        # LocMemCache keeps its data per name and process, so every thread shares this one.
+        local_params = {key: value for key, value in params.items() if key != "OPTIONS"}
+        self._local = LocMemCache(f"redis-fallback:{server}", {**local_params, "OPTIONS": {"MAX_ENTRIES": 10_000}})
+
+    def _either(self, name: str, *args: Any, **kwargs: Any) -> Any:
+        if not _outage.skipping():
+            try:
+                result = getattr(super(), name)(*args, **kwargs)
+            except UNREACHABLE as exc:
+                _outage.failed(exc)
+            else:
+                _outage.recovered()
+                return result
+        return getattr(self._local, name)(*args, **kwargs)
+
+    def add(self, key, value, timeout=DEFAULT_TIMEOUT, version=None):
+        return self._either("add", key, value, timeout, version)
+
+    def get(self, key, default=None, version=None):
+        return self._either("get", key, default, version)
+
+    def set(self, key, value, timeout=DEFAULT_TIMEOUT, version=None):
+        return self._either("set", key, value, timeout, version)
+
+    def touch(self, key, timeout=DEFAULT_TIMEOUT, version=None):
+        return self._either("touch", key, timeout, version)
+
+    def delete(self, key, version=None):
+        return self._either("delete", key, version)
+
+    def get_many(self, keys, version=None):
+        return self._either("get_many", keys, version)
+
+    def has_key(self, key, version=None):
+        return self._either("has_key", key, version)
+
+    def incr(self, key, delta=1, version=None):
+        return self._either("incr", key, delta, version)
+
+    def set_many(self, data, timeout=DEFAULT_TIMEOUT, version=None):
+        return self._either("set_many", data, timeout, version)
+
+    def delete_many(self, keys, version=None):
+        return self._either("delete_many", keys, version)
+
+    def clear(self):
+        return self._either("clear")
+
+    def incr_with_expiry(self, key: str, ttl: int) -> int:
+        """INCR and EXPIRE in one pipelined round trip (the cache API's add then incr takes three)."""
+        if not _outage.skipping():
+            try:
+                redis_key = self.make_and_validate_key(key)
+                pipe = self._cache.get_client(redis_key, write=True).pipeline(transaction=False)
+                pipe.incr(redis_key)
+                pipe.expire(redis_key, ttl)
+                count = pipe.execute()[0]
+            except UNREACHABLE as exc:
+                _outage.failed(exc)
+            else:
+                _outage.recovered()
+                return count
+        return _add_or_incr(self._local, key, ttl)
