@@ -35,6 +35,7 @@ def _database() -> Check:
 
 
 def _broker() -> Check:
+    """Not critical: with the broker down, alerts wait in the database for the beat sweep."""
     from governance.celery import app
 
     try:
@@ -42,11 +43,22 @@ def _broker() -> Check:
             conn.ensure_connection(max_retries=1, timeout=2)
         return Check(True, "ok")
     except Exception as exc:
-        return Check(False, str(exc)[:200])
+        return Check(False, str(exc)[:200], critical=False)
+
+
+def _cache() -> Check:
+    """Not critical: without Redis each process uses its own memory (governance.shared_cache)."""
+    from django.core.cache import cache
+
+    from governance.shared_cache import outage
+
+    cache.get("healthz")  # tries Redis, unless it failed a moment ago
+    reason = outage()
+    return Check(reason is None, reason or "ok", critical=False)
 
 
 # name -> check; the name is the key of its detail in the answer.
-CHECKS: dict[str, Callable[[], Check]] = {"database": _database, "broker": _broker}
+CHECKS: dict[str, Callable[[], Check]] = {"database": _database, "broker": _broker, "cache": _cache}
 
 
 def may_see_details(request: HttpRequest) -> bool:

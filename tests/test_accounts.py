@@ -375,9 +375,9 @@ def test_healthz_tells_anonymous_callers_the_status_only(client, db, settings):
     assert client.get("/healthz").json() == {"status": "ok"}
     assert client.get("/healthz", HTTP_AUTHORIZATION="Bearer wrong").json() == {"status": "ok"}
     detailed = client.get("/healthz", HTTP_AUTHORIZATION="Bearer probe-token").json()
-    assert detailed == {"status": "ok", "database": "ok", "broker": "ok"}
+    assert detailed == {"status": "ok", "database": "ok", "broker": "ok", "cache": "ok"}
     client.force_login(User.objects.create_user("ops@acme.test", is_staff=True))
-    assert set(client.get("/healthz").json()) == {"status", "database", "broker"}
+    assert set(client.get("/healthz").json()) == {"status", "database", "broker", "cache"}
 
 
 def test_healthz_without_a_token_configured_shows_no_details(client, db, settings):

@@ -233,7 +233,7 @@ def test_healthz_reports_database_and_broker(client, db, settings):
     settings.HEALTHZ_TOKEN = "probe-token"
     response = client.get("/healthz", HTTP_AUTHORIZATION="Bearer probe-token")
     assert response.status_code == 200
-    assert response.json() == {"status": "ok", "database": "ok", "broker": "ok"}
+    assert response.json() == {"status": "ok", "database": "ok", "broker": "ok", "cache": "ok"}
 
 
 def test_schema_and_docs_are_served(client, db):

@@ -127,3 +127,13 @@ def test_a_change_made_during_the_outage_applies_here_at_once_and_everywhere_aft
     assert_error(api.get("/api/v1/whoami"), 401, "unauthenticated")
     # Published to Redis once it answered, so processes that cached the old policy reload it.
     assert caches["default"].get(version_key) not in (None, before)
+
+
+def test_healthz_says_redis_is_down_but_keeps_the_process_in_the_load_balancer(client, db, settings, redis_down):
+    settings.HEALTHZ_TOKEN = "probe-token"
+    response = client.get("/healthz")
+    assert (response.status_code, response.json()) == (200, {"status": "degraded"})
+    detailed = client.get("/healthz", HTTP_AUTHORIZATION="Bearer probe-token").json()
+    assert detailed["database"] == "ok"
+    assert detailed["cache"].startswith("unreachable since")
+    assert "per-process" in detailed["cache"]
