@@ -8,6 +8,9 @@ os.environ.setdefault("SECURE_SSL_REDIRECT", "0")
 os.environ.setdefault("SESSION_COOKIE_SECURE", "0")
 os.environ.setdefault("CSRF_COOKIE_SECURE", "0")
 os.environ.setdefault("ENCRYPTION_KEYS", "sVBAgZ8U2zGqIqK4YrSvzm4hAFbhrSs6ZAsLyEYuOjY=")
+# The race tests queue hundreds of statements on one row of a shared, busy machine; here the
+# statement timeout only has to catch a hang (tests that need a short one set their own).
+os.environ.setdefault("DB_STATEMENT_TIMEOUT", "30")
 
 from governance.settings import *  # noqa: F403
 
