@@ -305,6 +305,7 @@ class FakeComptroller:
     script: list[tuple[str, int, str, str | None]] = field(default_factory=list)
     unknown_models: set[str] = field(default_factory=set)
     hang: float = 0.0  # seconds to sleep before answering an allowance
+    error_details: dict[str, Any] = field(default_factory=dict)  # the scripted errors' details
     lose_next: int = 0
     holds: dict[str, dict[str, Any]] = field(default_factory=dict)
     by_key: dict[str, dict[str, Any]] = field(default_factory=dict)
@@ -341,7 +342,7 @@ class FakeComptroller:
         for index, (prefix, status, code, retry_after) in enumerate(self.script):
             if path.startswith(prefix):
                 del self.script[index]
-                return self.error(status, code, "scripted", retry_after=retry_after)
+                return self.error(status, code, "scripted", details=self.error_details, retry_after=retry_after)
         if self.hang and path == "/allowances":
             time.sleep(self.hang)
         response = self.route(request.method, request.path[len("/api/v1"):], body)

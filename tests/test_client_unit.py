@@ -624,3 +624,16 @@ def test_the_sender_keeps_up_with_callers_on_many_threads(fake, make):
     wait_for(lambda: len(client.spool) == 0)
     assert all(h["state"] == "committed" for h in fake.holds.values())
     assert all(fake.count("POST", f"/api/v1/allowances/{a.id}/commit") == 1 for a in allowances)
+
+
+def test_an_older_server_that_refuses_the_newer_fields_is_asked_without_them(fake, make):
+    fake.script = [("/allowances", 400, "invalid_request", None)]
+    fake.error_details = {"max_web_searches": ["Unknown field."]}
+    client = make(fake.url)
+
+    first = client.reserve("support-bot", "claude-sonnet-4-5", 1, 1, max_web_searches=3)
+    second = client.reserve("support-bot", "claude-sonnet-4-5", 1, 1, max_web_searches=3)
+
+    assert first.granted and second.granted
+    bodies = [body for method, path, body in fake.requests if path == "/api/v1/allowances"]
+    assert [("max_web_searches" in b) for b in bodies] == [True, False, False]

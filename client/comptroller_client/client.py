@@ -91,6 +91,10 @@ RESERVE_OPTIONS = (
     "idempotency_key", "ttl_seconds", "metadata", "inference_geo", "speed", "max_web_searches",
 )
 
+# Allowance fields a server before the worst-case fields (inference_geo, speed, max_web_searches)
+# refuses as unknown: the client asks again without them rather than fail the call.
+NEWER_FIELDS = frozenset({"inference_geo", "speed", "max_web_searches"})
+
 HoldRef = Union[Allowance, str]
 # Unique keys without a read of the OS's random source per call (slow on some VMs).
 _PROCESS = uuid.uuid4().hex
@@ -168,6 +172,10 @@ def _batches(events: list[dict[str, Any]]) -> list[list[dict[str, Any]]]:
         batches[-1].append(event)
         size += event_size
     return [b for b in batches if b]
+
+
+def _reraise(exc: BaseException) -> Any:
+    raise exc
 
 
 def _now() -> str:
@@ -292,6 +300,7 @@ class _Base:
         self.spool = spool
         self._headers = {"Authorization": f"Bearer {api_key}", "User-Agent": f"comptroller-client/{VERSION}"}
         self._policies: dict[str, tuple[float, FeaturePolicy]] = {}
+        self._unsupported: set[str] = set()
         # The sender's connection pool; Comptroller's own calls share it.
         self._sync_http = httpx.Client(base_url=f"{self.base_url}/api/v1", headers=self._headers,
                                        timeout=timeout, transport=sync_transport, follow_redirects=False)
@@ -388,8 +397,18 @@ class _Base:
             # The same key on every retry of this reservation: a retry never holds twice.
             "idempotency_key": options.get("idempotency_key") or f"cc_{_PROCESS}{next(_serial)}",
         }
-        body.update({k: v for k, v in options.items() if v and k not in body})
+        body.update({k: v for k, v in options.items() if v and k not in body and k not in self._unsupported})
         return body
+
+    def _older_server(self, exc: ApiError, body: dict[str, Any]) -> dict[str, Any] | None:
+        """Return the body without the fields an older server refused as unknown, or None."""
+        refused = NEWER_FIELDS & set(exc.details) & set(body) if exc.status == 400 else set()
+        if not refused:
+            return None
+        logger.warning("Comptroller at %s does not take %s yet: the hold leaves them out",
+                       self.base_url, ", ".join(sorted(refused)))
+        self._unsupported |= refused
+        return {k: v for k, v in body.items() if k not in refused}
 
     def _allowance(self, data: dict[str, Any], body: dict[str, Any], raise_on_deny: bool) -> Allowance:
         allowance = Allowance.from_json(data, request=body)
@@ -780,7 +799,11 @@ class Comptroller(_Base):
         body = self._reserve_body(feature, model, input_tokens, max_tokens, **options)
         self._prefetch_policy(feature)
         try:
-            data = self._send("POST", "/allowances", body)
+            try:
+                data = self._send("POST", "/allowances", body)
+            except ApiError as exc:
+                body = self._older_server(exc, body) or _reraise(exc)
+                data = self._send("POST", "/allowances", body)
         except _Unreachable as exc:
             return self._offline(body, exc)
         return self._allowance(data, body, raise_on_deny)
@@ -984,7 +1007,11 @@ class AsyncComptroller(_Base):
         body = self._reserve_body(feature, model, input_tokens, max_tokens, **options)
         await self._prefetch_policy(feature)
         try:
-            data = await self._send("POST", "/allowances", body)
+            try:
+                data = await self._send("POST", "/allowances", body)
+            except ApiError as exc:
+                body = self._older_server(exc, body) or _reraise(exc)
+                data = await self._send("POST", "/allowances", body)
         except _Unreachable as exc:
             return self._offline(body, exc)
         return self._allowance(data, body, raise_on_deny)
