@@ -20,7 +20,9 @@ Each alert is claimed by a dedup key (unique per tenant), so racing evaluators r
 - Run budgets give every agent run its own window, so announcing each run would flood the
   channels: their threshold and exhaustion alerts are keyed by budget and (tenant-local)
   day instead, ``threshold:run:<budget>:<day>:<percent>``, naming the first run that got there.
-- ``forecast:<window>`` — the burn rate so far projects the window's end above its limit.
+- ``forecast:<window>`` — the forecast (``budgets.forecast``: the trailing weeks' weekday
+  and hour-of-day pattern, scaled to this window, or a spike assumed to go on) ends the
+  window above its limit.
 
 Commits and usage reports call ``windows_evaluate_later`` inside their transaction; after it
 commits, a cheap check decides whether a threshold may have been crossed, and only then is
@@ -43,14 +45,12 @@ from django.db import transaction
 from django.db.models import Q
 from django.utils import timezone
 
+from budgets.forecast import Outlook, outlook
 from budgets.models import Budget, BudgetWindow, Period, Scope
 from usage.models import NANO
 
 logger = logging.getLogger(__name__)
 
-# A forecast needs some history: a tenth of the window, at most a day, must have passed.
-FORECAST_MIN_ELAPSED_SHARE = 10
-FORECAST_MIN_ELAPSED_CAP = timedelta(days=1)
 # Open-ended run windows stop being swept this long after they were created.
 RUN_WINDOW_SWEEP_AGE = timedelta(days=7)
 # A run window has no end: a run counts as under way while it had a call this recently.
@@ -200,45 +200,72 @@ def highest_threshold_crossed(window: BudgetWindow) -> int | None:
     return _highest_crossed(window.budget.thresholds, window_measures(window))
 
 
-@dataclass(frozen=True)
-class Projection:
-    unit: str
-    spent: int
-    limit: int
-    projected: int
-    reaches_limit_at: datetime | None  # None when the projection stays within the limit
-
-    @property
-    def over(self) -> bool:
-        return self.projected > self.limit
+Projection = Outlook
 
 
-def window_projections(window: BudgetWindow, *, now: datetime) -> list[Projection]:
-    """Return the linear burn-rate projection of each measure to the window's end.
+def window_projections(window: BudgetWindow, *, now: datetime) -> list[Outlook]:
+    """Return the forecast of each measure at the window's end (``budgets.forecast``).
 
-    projected = spent / elapsed × window length. Empty for windows without an end (total,
-    run), for windows not yet under way long enough to trust a rate, and for ended ones.
+    Empty for windows without an end (total, run), for windows not under way, with less
+    than a week of history, and while too little of the window has passed to tell.
     """
-    if window.end is None or not (window.start < now < window.end):
-        return []
-    length = window.end - window.start
-    elapsed = now - window.start
-    if elapsed < min(length / FORECAST_MIN_ELAPSED_SHARE, FORECAST_MIN_ELAPSED_CAP):
-        return []
-    length_us, elapsed_us = _microseconds(length), _microseconds(elapsed)
-    projections = []
+    return window_forecast(window, now=now).outlooks
+
+
+def spend_outlook(budget: Budget, *, start: datetime, end: datetime, spent: int, limit: int, unit: str,
+                  now: datetime, profile=None) -> Outlook | None:
+    """Return the forecast of spend in ``start``..``end`` for the calls ``budget`` counts."""
+    from budgets.selectors import budget_profile, budget_spend_since
+
+    profile = profile or budget_profile(budget, now=now)
+
+    def recent_spend(since: datetime) -> int:
+        return budget_spend_since(budget, unit=unit, since=since, now=now)
+
+    return outlook(unit=unit, spent=spent, limit=limit, start=start, end=end, now=now, profile=profile,
+                   recent_spend=recent_spend)
+
+
+@dataclass(frozen=True)
+class WindowForecast:
+    outlooks: list[Outlook]
+    note: str  # the model behind the figure, or why there is none, for people
+
+
+def window_forecast(window: BudgetWindow, *, now: datetime) -> WindowForecast:
+    """Return the window's forecast with a sentence saying what it rests on."""
+    from budgets.selectors import budget_profile
+
+    budget = window.budget
+    if window.end is None:
+        return WindowForecast([], "No forecast: this window has no end.")
+    if not window.start < now < window.end:
+        return WindowForecast([], "No forecast: the window is not under way.")
+    profile = budget_profile(budget, now=now)
+    if profile is None:
+        return WindowForecast([], "No forecast yet: it needs a week of this budget's history.")
+    outlooks = []
     for m in window_measures(window):
-        projected = m.spent * length_us // elapsed_us
-        reaches = None
-        if projected > m.limit and m.spent > 0:
-            # At the same rate the limit is met at start + elapsed × limit / spent.
-            reaches = window.start + timedelta(microseconds=elapsed_us * m.limit // m.spent)
-        projections.append(Projection(m.unit, m.spent, m.limit, projected, reaches))
-    return projections
-
-
-def _microseconds(delta: timedelta) -> int:
-    return (delta.days * 86_400 + delta.seconds) * 1_000_000 + delta.microseconds
+        o = spend_outlook(budget, start=window.start, end=window.end, spent=m.spent, limit=m.limit, unit=m.unit,
+                          now=now, profile=profile)
+        if o is not None:
+            outlooks.append(o)
+    weeks = f"the last {profile.weeks} week{'s' if profile.weeks > 1 else ''}"
+    if not outlooks:
+        return WindowForecast([], f"No forecast: nothing is usually spent in this window (pattern of {weeks}).")
+    if not all(o.settled for o in outlooks) and not any(o.basis == "spike" for o in outlooks):
+        return WindowForecast(outlooks, (
+            f"Early in the window: mostly the usual weekday and hour-of-day pattern of {weeks}; "
+            f"no alert until a tenth of the usual spend is in."
+        ))
+    if any(o.basis == "spike" for o in outlooks):
+        spike = next(o for o in outlooks if o.basis == "spike")
+        ratio = f"{spike.recent / spike.recent_usual:.1f}×" if spike.recent_usual else "well above"
+        return WindowForecast(outlooks, (
+            f"The last two hours ran at {ratio} the usual rate; the forecast assumes that goes on "
+            f"(weekday and hour-of-day pattern of {weeks})."
+        ))
+    return WindowForecast(outlooks, f"Based on the weekday and hour-of-day pattern of {weeks}.")
 
 
 # --- Evaluation ----------------------------------------------------------------------------------
@@ -323,10 +350,11 @@ def _evaluate(windows: list[BudgetWindow], *, now: datetime, forecasts: bool) ->
             key = threshold_key(window, threshold, now=now)
             candidates[(window.budget.tenant_id, key)] = ("threshold", window, threshold)
         if forecasts and window.budget.forecast_alert:
-            projections = window_projections(window, now=now)
+            forecast = window_forecast(window, now=now)
+            projections = forecast.outlooks
             # Once spend is past the limit the threshold alerts have said it; a forecast is moot.
-            if any(p.over for p in projections) and not any(p.spent >= p.limit for p in projections):
-                candidates[(window.budget.tenant_id, forecast_key(window))] = ("forecast", window, projections)
+            if any(p.alarming for p in projections) and not any(p.spent >= p.limit for p in projections):
+                candidates[(window.budget.tenant_id, forecast_key(window))] = ("forecast", window, forecast)
     if not candidates:
         return 0
     existing = set(
@@ -343,7 +371,7 @@ def _evaluate(windows: list[BudgetWindow], *, now: datetime, forecasts: bool) ->
         if kind == "threshold":
             alert = _raise_threshold(window, cast(int, extra), now=now)
         else:
-            alert = _raise_forecast(window, cast("list[Projection]", extra), now=now)
+            alert = _raise_forecast(window, cast(WindowForecast, extra), now=now)
         raised += alert is not None
     return raised
 
@@ -554,22 +582,26 @@ def _raise_threshold(window: BudgetWindow, percent: int, *, now: datetime):
     )
 
 
-def _raise_forecast(window: BudgetWindow, projections: list[Projection], *, now: datetime):
+def _raise_forecast(window: BudgetWindow, forecast: WindowForecast, *, now: datetime):
     budget = window.budget
+    projections = forecast.outlooks
     facts = _facts(window, now=now, projections=projections)
-    over = [p for p in projections if p.over]
+    over = [p for p in projections if p.alarming]
     title = _with_window(f"{budget.name} is on course to exceed its limit", window)
     body = "; ".join(
-        f"At the current burn rate this window ends at {format_amount(p.unit, p.projected)} "
+        f"At this pace the window ends at {format_amount(p.unit, p.projected)} "
         f"against a limit of {format_amount(p.unit, p.limit)}" for p in over
     )
     if facts["reaches_limit_at"]:
         body += f"; the limit is reached around {facts['reaches_limit_at']}"
-    body += "."
+    body += f". {forecast.note}"
+    reaches = [p.reaches_limit_at for p in over if p.reaches_limit_at]
     extra = {
         "projected_nano": next((p.projected for p in projections if p.unit == "usd"), None),
         "projected_tokens": next((p.projected for p in projections if p.unit == "tokens"), None),
-        "reaches_limit_at": min(p.reaches_limit_at for p in over if p.reaches_limit_at).isoformat(),
+        "reaches_limit_at": min(reaches).isoformat() if reaches else None,
+        "basis": next((p.basis for p in over), None),
+        "forecast_note": forecast.note,
     }
     return _raise(window, kind="forecast", key=forecast_key(window), title=title, body=body, data=_data(window, facts, **extra))
 

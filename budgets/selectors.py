@@ -2,19 +2,34 @@
 
 from __future__ import annotations
 
+import logging
 import uuid
 from collections.abc import Iterable
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Any
 
-from django.db.models import QuerySet
+from django.core.cache import cache
+from django.db.models import Count, F, QuerySet, Sum
+from django.db.models.functions import TruncHour
 from django.utils import timezone
 
-from budgets.models import Budget, BudgetWindow, Hold
+from budgets.forecast import HourlySpend, Profile, history_bounds, profile_build
+from budgets.models import Budget, BudgetWindow, Hold, Scope
 from budgets.periods import window_bounds
 from governance.api.fields import nano_to_usd
 from governance.api.ids import public_id
 from governance.models import Feature, Tenant
+from usage.models import UsageEvent
+
+logger = logging.getLogger(__name__)
+
+# What a budget counts as tokens: every token a call reads or writes (usage.services.event_tokens).
+EVENT_TOKENS = (
+    F("input_tokens") + F("output_tokens") + F("cache_write_5m_tokens") + F("cache_write_1h_tokens")
+    + F("cache_read_tokens")
+)
+# A profile is read from the ledger once a day per budget, then kept here.
+PROFILE_CACHE_SECONDS = 26 * 3600
 
 
 def budget_list(*, tenant: Tenant, feature: Feature | None = None) -> QuerySet[Budget]:
@@ -86,8 +101,8 @@ def budget_statuses(*, tenant: Tenant, feature: Feature | None = None) -> list[d
 def budget_detail(budget: Budget, *, now: datetime | None = None) -> dict[str, Any]:
     """Return a budget's configuration with its current window status and forecast.
 
-    The forecast is the alerts' own burn-rate projection (null until enough of the
-    window has passed to trust a rate, and for windows without an end).
+    The forecast is the alerts' own (``budgets.forecast``; null with less than a week of
+    history, and for windows without an end).
     """
     from budgets.alerting import window_projections
 
@@ -106,3 +121,76 @@ def budget_detail(budget: Budget, *, now: datetime | None = None) -> dict[str, A
         updated_at=budget.updated_at,
     )
     return data
+
+
+# --- forecast inputs -----------------------------------------------------------------------
+
+
+def budget_events(budget: Budget) -> QuerySet[UsageEvent]:
+    """Return the ledger's calls a budget counts: its tenant's, its feature's, its model families'."""
+    events = UsageEvent.objects.filter(tenant_id=budget.tenant_id)
+    if budget.feature_id is not None:
+        events = events.filter(feature_id=budget.feature_id)
+    if budget.model_families:
+        events = events.filter(family__in=list(budget.model_families))
+    return events
+
+
+def budget_profile(budget: Budget, *, now: datetime) -> Profile | None:
+    """Return the budget's usual spend per hour of the week from its trailing weeks (None: under a week).
+
+    Read from the ledger, grouped by hour in the database, once a day per budget (cached):
+    the history ends at today's local midnight, so it cannot change until tomorrow.
+    """
+    if budget.scope == Scope.RUN:
+        return None
+    tz = budget.tenant.tz
+    today = now.astimezone(tz).date()
+    families = ",".join(sorted(budget.model_families or []))
+    # Budgets counting the same calls share a profile. The tenant's creation time keeps a
+    # reused primary key (a test database rolled back) from reading another tenant's entry.
+    tenant = budget.tenant
+    key = (
+        f"forecast:profile:v1:{tenant.pk}:{tenant.created_at.timestamp()}:{budget.feature_id}:{families}:"
+        f"{tenant.timezone}:{today}"
+    )
+    cached = _cache_get(key)
+    if cached is not None:
+        return cached or None
+    start, end = history_bounds(today=today, tz=tz)
+    rows = (
+        budget_events(budget)
+        .filter(occurred_at__gte=start, occurred_at__lt=end)
+        .annotate(hour=TruncHour("occurred_at", tzinfo=UTC))
+        .values("hour")
+        .annotate(nano=Sum("cost_nano"), tokens=Sum(EVENT_TOKENS), calls=Count("pk"))
+        .order_by()
+    )
+    profile = profile_build(
+        (HourlySpend(r["hour"], r["nano"] or 0, r["tokens"] or 0, r["calls"] or 0) for r in rows),
+        today=today, tz=tz,
+    )
+    _cache_set(key, profile or False)
+    return profile
+
+
+def budget_spend_since(budget: Budget, *, unit: str, since: datetime, now: datetime) -> int:
+    """Return what the budget's calls spent from ``since`` to ``now`` (nano-USD or tokens)."""
+    expression = Sum("cost_nano") if unit == "usd" else Sum(EVENT_TOKENS)
+    events = budget_events(budget).filter(occurred_at__gte=since, occurred_at__lte=now)
+    return events.aggregate(v=expression)["v"] or 0
+
+
+def _cache_get(key: str):
+    try:
+        return cache.get(key)
+    except Exception:  # a cache outage costs a query, never a page
+        logger.warning("cache unavailable", exc_info=True)
+        return None
+
+
+def _cache_set(key: str, value) -> None:
+    try:
+        cache.set(key, value, timeout=PROFILE_CACHE_SECONDS)
+    except Exception:
+        logger.warning("cache unavailable", exc_info=True)

@@ -60,6 +60,20 @@ def _prices_in_transactional_tests(request):
     yield
 
 
+@pytest.fixture(autouse=True)
+def _fresh_cache():
+    """Start every test with an empty cache.
+
+    Cache keys name rows by primary key (an alert's "already raised" mark, say), and a test
+    database hands out the same keys again: after a rollback on SQLite, and on every new run
+    against a Redis that kept the last run's entries.
+    """
+    from django.core.cache import cache
+
+    cache.clear()
+    yield
+
+
 def make_client(secret: str | None) -> APIClient:
     client = APIClient()
     if secret:

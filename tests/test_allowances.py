@@ -307,9 +307,13 @@ def test_a_window_deleted_behind_the_cache_is_found_again(api, feature, tenant):
     assert window_of(budget).reserved_nano == HOLD_NANO
 
 
-def test_budget_list_forecasts_the_window_end_at_the_burn_rate(api, tenant):
-    from datetime import UTC, datetime
+def test_budget_list_forecasts_the_window_end(api, tenant, feature):
+    from datetime import UTC, date, datetime
 
+    from tests.factories import ledger_history
+
+    # $0.10 an hour is usual: $24 by Nov 11, $72 in November
+    ledger_history(feature, first=date(2026, 10, 1), last=date(2026, 11, 10), calls_in=lambda at: [10**8])
     budget = BudgetFactory(tenant=tenant, scope="tenant", period="month", limit_nano=100 * 10**9)
     with time_machine.travel(datetime(2026, 11, 11, tzinfo=UTC), tick=False):
         BudgetWindow.objects.create(
@@ -317,9 +321,9 @@ def test_budget_list_forecasts_the_window_end_at_the_burn_rate(api, tenant):
             spent_nano=40 * 10**9,
         )
         (listed,) = api.get("/api/v1/budgets").json()["results"]
-    # $40 in 10 of 30 days projects $120 at the month's end.
+    # $40 in 10 of 30 days: $40 + (40 + 14.40) / (24 + 14.40) × $48 (budgets.forecast)
     assert listed["spent_usd"] == "40.000000"
-    assert listed["forecast_usd"] == "120.000000"
+    assert listed["forecast_usd"] == "108.000000"
 
 
 def test_a_deadlocked_decision_is_decided_again(api, feature, tenant, monkeypatch):

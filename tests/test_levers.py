@@ -9,6 +9,7 @@ import time_machine
 
 from budgets.models import Budget, BudgetWindow, Period, Scope
 from tests.factories import FeatureFactory
+from tests.factories import ledger_history as history
 from usage.levers import histogram_percentile, lever_board, one_tier_down
 from usage.models import HISTOGRAM_SIZE, NANO, UsageRollup, histogram_bucket
 from usage.pricing import model_family
@@ -343,8 +344,10 @@ def test_histogram_percentile(counts, fraction, expected):
 
 @time_machine.travel(datetime(2026, 11, 16, tzinfo=UTC), tick=False)
 def test_budget_spend_and_forecast_for_the_period(tenant):
-    # Given a $10 monthly budget on a feature that spent $6 in the first 15 of 30 days
+    # Given a $10 monthly budget on a feature that usually spends a cent an hour ($7.20 in
+    # November) and spent $6 in its first 15 days
     feature = FeatureFactory(tenant=tenant, key="support")
+    history(feature, first=date(2026, 10, 1), last=date(2026, 11, 15), calls_in=lambda at: [usd("0.01")])
     budget = Budget.objects.create(tenant=tenant, name="Support monthly", scope=Scope.FEATURE,
                                    feature=feature, period=Period.MONTH, limit_nano=usd("10"))
     BudgetWindow.objects.create(budget=budget, start=datetime(2026, 11, 1, tzinfo=UTC),
@@ -356,16 +359,17 @@ def test_budget_spend_and_forecast_for_the_period(tenant):
     board = lever_board(tenant=tenant, **RANGE)
     lever = board_feature(board, "support")["levers"]["budget"]
 
-    # Then the window's spend is on pace for $12 against $10
+    # Then the window's spend is on pace for $6 + (6 + 1.44) / (3.60 + 1.44) × $3.60 = $11.31
+    # against $10 (budgets.forecast: the prior is a fifth of the usual month)
     [status] = lever["budgets"]
     assert status["name"] == "Support monthly"
     assert status["limit_usd"] == "10.000000"
     assert status["spent_usd"] == "6.000000"
     assert status["spent_share"] == 0.6
-    assert status["forecast_usd"] == "12.000000"
+    assert status["forecast_usd"] == "11.314285714"
     assert status["forecast_over_limit"] is True
     assert status["window_start"] == "2026-11-01T00:00:00Z"
-    assert "$12.00" in lever["recommendation"] and "$10.00" in lever["recommendation"]
+    assert "$11.31" in lever["recommendation"] and "$10.00" in lever["recommendation"]
     # and the tenant-wide budget is shown once, on the board, with no spend today
     [tenant_status] = board["budgets"]
     assert tenant_status["name"] == "Everything"
@@ -471,8 +475,10 @@ def test_another_tenants_usage_never_shows(tenant, other_tenant):
 
 @time_machine.travel(datetime(2026, 11, 16, tzinfo=UTC), tick=False)
 def test_token_budget_forecast(tenant):
-    # Given a 1,000,000-token monthly budget that used 600,000 tokens in half the month
+    # Given a 1,000,000-token monthly budget that used 600,000 tokens in half the month,
+    # where 1,100 tokens an hour (396,000 by now, 792,000 by the end) are usual
     feature = FeatureFactory(tenant=tenant, key="tokens")
+    history(feature, first=date(2026, 10, 1), last=date(2026, 11, 15), calls_in=lambda at: [usd("0.01")])
     budget = Budget.objects.create(tenant=tenant, name="Token cap", scope=Scope.FEATURE, feature=feature,
                                    period=Period.MONTH, limit_tokens=1_000_000)
     BudgetWindow.objects.create(budget=budget, start=datetime(2026, 11, 1, tzinfo=UTC),
@@ -484,9 +490,10 @@ def test_token_budget_forecast(tenant):
 
     [status] = lever["budgets"]
     assert status["forecast_usd"] is None  # no USD limit, no USD forecast
-    assert status["forecast_tokens"] == 1_200_000
+    # 600,000 + (600,000 + 158,400) / (396,000 + 158,400) × 396,000
+    assert status["forecast_tokens"] == 1_141_714
     assert status["forecast_over_limit"] is True
-    assert "1,200,000 tokens against the 1,000,000-token budget 'Token cap'" in lever["recommendation"]
+    assert "1,141,714 tokens against the 1,000,000-token budget 'Token cap'" in lever["recommendation"]
 
 
 def test_usage_reported_through_the_ledger_reaches_the_board(tenant):
@@ -572,7 +579,10 @@ def test_caching_is_only_suggested_above_the_models_minimum_prompt(tenant, model
 
 @time_machine.travel(datetime(2026, 11, 11, tzinfo=UTC), tick=False)
 def test_a_tenant_budget_on_pace_to_overrun_is_called_out(tenant):
-    # Given a $100 monthly company budget that spent $40 in the first 10 of 30 days
+    # Given a $100 monthly company budget that spent $40 in the first 10 of 30 days, where
+    # $0.10 an hour is usual ($24 by now, $72 by the end)
+    history(FeatureFactory(tenant=tenant, key="any"), first=date(2026, 10, 1), last=date(2026, 11, 10),
+            calls_in=lambda at: [usd("0.10")])
     budget = Budget.objects.create(tenant=tenant, name="Company", scope=Scope.TENANT, period=Period.MONTH,
                                    limit_nano=usd("100"))
     BudgetWindow.objects.create(budget=budget, start=datetime(2026, 11, 1, tzinfo=UTC),
@@ -581,5 +591,6 @@ def test_a_tenant_budget_on_pace_to_overrun_is_called_out(tenant):
     board = lever_board(tenant=tenant, **RANGE)
 
     [status] = board["budgets"]
-    assert status["forecast_usd"] == "120.000000"
-    assert board["budget_recommendation"].startswith("On pace to spend $120.00 against the $100.00 budget 'Company'")
+    # $40 + (40 + 14.40) / (24 + 14.40) × $48 (budgets.forecast)
+    assert status["forecast_usd"] == "108.000000"
+    assert board["budget_recommendation"].startswith("On pace to spend $108.00 against the $100.00 budget 'Company'")

@@ -42,7 +42,8 @@ class LeverBudgetStatusOutput(serializers.Serializer):
     binding = serializers.BooleanField()
     spent_share = ratio("Spent over the USD limit")
     forecast_usd = usd(
-        "Spend at the window's end at the burn rate so far; null without an end or too early to tell",
+        "Spend at the window's end from the budget's usual weekday and hour pattern (last 1-4 weeks); "
+        "null without an end or with less than a week of history",
         allow_null=True,
     )
     forecast_tokens = serializers.IntegerField(allow_null=True)

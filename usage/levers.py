@@ -577,7 +577,7 @@ def _rfc3339(value: datetime | None) -> str | None:
 def _budget_row(budget: Budget, now: datetime) -> dict[str, Any]:
     window = current_window(budget, at=now)
     status = window_status(window)
-    # The same burn-rate projection the forecast alerts use, so board and alert agree.
+    # The forecast the alerts use, so board and alert agree.
     projections = {p.unit: p for p in window_projections(window, now=now)}
     usd, tokens = projections.get("usd"), projections.get("tokens")
     status["window_start"] = _rfc3339(status["window_start"])
@@ -588,7 +588,7 @@ def _budget_row(budget: Budget, now: datetime) -> dict[str, Any]:
     status["forecast_usd"] = nano_to_usd(usd.projected) if usd else None
     status["forecast_nano"] = usd.projected if usd else None
     status["forecast_tokens"] = tokens.projected if tokens else None
-    status["forecast_over_limit"] = any(p.over for p in projections.values())
+    status["forecast_over_limit"] = any(p.alarming for p in projections.values())
     return status
 
 
@@ -706,7 +706,7 @@ def lever_board(
 
     A budget status is the contract's budget object (``governance`` API) plus
     ``limit_nano``, ``spent_nano``, ``spent_share``, ``forecast_usd``/``forecast_nano``
-    and ``forecast_tokens`` (the window's spend at its end at the burn rate so far, as the
+    and ``forecast_tokens`` (the window's spend at its end as ``budgets.forecast`` sees it, as the
     forecast alerts compute it; None for windows without an end or too young to tell) and
     ``forecast_over_limit``. Latency percentiles are interpolated in the fixed histogram
     buckets (``usage.models.LATENCY_BUCKETS_MS``, see ``histogram_percentile``) and given

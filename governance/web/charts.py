@@ -1,5 +1,7 @@
 """Charts as SVG drawn on the server: readable without hovering, no script, no external assets.
 
+Every point and bar carries an SVG ``<title>``, so hovering (or a long press) shows its value.
+
 Each function returns markup that is safe to insert into a page (every label is
 escaped). Amounts are integers (nano-USD or tokens); ``fmt`` renders an axis or
 value label from one.
@@ -87,12 +89,39 @@ def _text(x: float, y: float, text: str, *, size: int = 11, anchor: str = "start
     )
 
 
+def _point_title(text: str) -> str:
+    return f"<title>{escape(text)}</title>"
+
+
+def _label_box(x: float, y: float, text: str, anchor: str, size: int = 11) -> tuple[float, float, float, float]:
+    """Return the approximate (left, top, right, bottom) of a label drawn at x, y."""
+    width = len(text) * size * 0.6
+    left = x - width if anchor == "end" else (x - width / 2 if anchor == "middle" else x)
+    return left, y - size, left + width, y + 2
+
+
+def _overlap(a: tuple[float, float, float, float], b: tuple[float, float, float, float]) -> bool:
+    return a[0] < b[2] and b[0] < a[2] and a[1] < b[3] and b[1] < a[3]
+
+
+def _limit_label(frame: Frame, ly: float, text: str, avoid: list[tuple[float, float, float, float]]) -> str:
+    """Place the limit's label at the left, else at the right, else below the line: where nothing is."""
+    for x, y, anchor in ((frame.left + 4, ly - 5, "start"), (frame.right - 4, ly - 5, "end"),
+                         (frame.left + 4, ly + 14, "start"), (frame.right - 4, ly + 14, "end")):
+        if not any(_overlap(_label_box(x, y, text, anchor), box) for box in avoid):
+            return _text(x, y, text, anchor=anchor, fill=OVER, weight="600")
+    return _text(frame.right - 4, ly + 14, text, anchor="end", fill=OVER, weight="600")
+
+
 # --- budget bar --------------------------------------------------------------------
 
 
 def _pct(value: int, scale: int) -> str:
     # A position on screen, not an amount: a float is fine here.
     return f"{100 * min(max(value, 0), scale) / scale:.2f}%"
+
+
+CROWDED_DENOMINATOR = 7
 
 
 def budget_bar(
@@ -121,11 +150,15 @@ def budget_bar(
         parts.append(
             f'<span class="bar-held" style="left:{_pct(spent, scale)};width:max(2px,{_pct(held, scale)})"></span>'
         )
-    for pct in sorted(set(thresholds)):
-        if pct == 100:
-            continue  # the limit line marks 100 %
+    ticks = sorted(t for t in set(thresholds) if t != 100)  # the limit line marks 100 %
+    positions = [limit * t // 100 for t in ticks] + [limit]
+    for i, pct in enumerate(ticks):
+        # On a phone a bar is ~300 px: labels closer than a seventh of it overlap, so the
+        # lower of two such labels is hidden there (its tick stays, titled).
+        crowded = " crowded" if (positions[i + 1] - positions[i]) * CROWDED_DENOMINATOR < scale else ""
         parts.append(
-            f'<span class="bar-tick" style="left:{_pct(limit * pct // 100, scale)}"><span>{pct}%</span></span>'
+            f'<span class="bar-tick{crowded}" style="left:{_pct(positions[i], scale)}" title="{pct}% threshold">'
+            f"<span>{pct}%</span></span>"
         )
     at_end = " end" if limit * 100 >= scale * 95 else ""
     parts.append(f'<span class="bar-limit{at_end}" style="left:{_pct(limit, scale)}"><span>100%</span></span>')
@@ -200,21 +233,31 @@ def cumulative_chart(
     fmt: Formatter = usd_short,
     label: str = "Cumulative spend",
     width: int = 600,
+    previous: Sequence[int] | None = None,
 ) -> SafeString:
-    """Draw cumulative spend per day, a dashed forecast to the last day, and the limit."""
+    """Draw cumulative spend per day, a dashed forecast to the last day, and the limit.
+
+    ``previous``, early in a window, is the previous window's cumulative spend by day,
+    drawn faint behind for scale.
+    """
     height = 260
     known = [(i, v) for i, v in enumerate(cumulative) if v is not None]
-    peak = max([v for _, v in known] + [forecast_end or 0, limit or 0, 1])
+    peak = max([v for _, v in known] + [forecast_end or 0, limit or 0, *(previous or []), 1])
     frame = Frame(width, height, left=50, right=width - 12, top=16, bottom=230, days=max(len(days), 2),
                   y_max=nice_ceiling(int(peak * 1.05)))
     body = _axes(frame, days, fmt)
-    if limit:
-        ly = frame.y(limit)
+    labels: list[tuple[float, float, float, float]] = []
+    if previous:
+        points = " ".join(f"{frame.x(i):.1f},{frame.y(v):.1f}" for i, v in enumerate(previous))
+        body.append(f'<polyline points="{points}" fill="none" stroke="{OTHER_COLOUR}" stroke-width="2" '
+                    f'stroke-dasharray="2,3"><title>previous window: {escape(fmt(previous[-1]))} by day '
+                    f"{len(previous)}</title></polyline>")
+    limit_y = frame.y(limit) if limit else None
+    if limit_y is not None:
         body.append(
-            f'<line x1="{frame.left}" y1="{ly:.1f}" x2="{frame.right}" y2="{ly:.1f}" stroke="{OVER}" '
-            f'stroke-width="2"/>'
+            f'<line x1="{frame.left}" y1="{limit_y:.1f}" x2="{frame.right}" y2="{limit_y:.1f}" stroke="{OVER}" '
+            f'stroke-width="2"><title>limit {escape(fmt(limit or 0))}</title></line>'
         )
-        body.append(_text(frame.left + 4, ly - 5, f"limit {fmt(limit)}", fill=OVER, weight="600"))
     if known:
         points = " ".join(f"{frame.x(i):.1f},{frame.y(v):.1f}" for i, v in known)
         area = (
@@ -222,23 +265,34 @@ def cumulative_chart(
         )
         body.append(f'<polygon points="{area}" fill="{SPENT}" fill-opacity="0.12"/>')
         body.append(f'<polyline points="{points}" fill="none" stroke="{SPENT}" stroke-width="2.5"/>')
+        for i, v in known:
+            day = days[i]
+            body.append(f'<circle class="point" cx="{frame.x(i):.1f}" cy="{frame.y(v):.1f}" r="6" fill="{SPENT}" '
+                        f'fill-opacity="0">{_point_title(f"{day:%b} {day.day}: {fmt(v)} so far")}</circle>')
         last_i, last_v = known[-1]
         body.append(f'<circle cx="{frame.x(last_i):.1f}" cy="{frame.y(last_v):.1f}" r="3.5" fill="{SPENT}"/>')
         if forecast_end is not None and last_i < len(days) - 1:
             colour = OVER if limit and forecast_end > limit else INK
             end_x, end_y = frame.x(len(days) - 1), frame.y(forecast_end)
+            text = f"forecast {fmt(forecast_end)}"
             body.append(
                 f'<line x1="{frame.x(last_i):.1f}" y1="{frame.y(last_v):.1f}" x2="{end_x:.1f}" y2="{end_y:.1f}" '
-                f'stroke="{colour}" stroke-width="2" stroke-dasharray="6,4"/>'
+                f'stroke="{colour}" stroke-width="2" stroke-dasharray="6,4">{_point_title(text)}</line>'
             )
             body.append(f'<circle cx="{end_x:.1f}" cy="{end_y:.1f}" r="3" fill="{colour}"/>')
-            body.append(_text(end_x - 4, end_y - 8, f"forecast {fmt(forecast_end)}", anchor="end", fill=colour,
-                              weight="600"))
+            # Above the end point, or below it when the limit line runs just above.
+            fy = end_y - 8 if limit_y is None or not 0 < end_y - limit_y < 22 else end_y + 16
+            body.append(_text(end_x - 4, fy, text, anchor="end", fill=colour, weight="600"))
+            labels.append(_label_box(end_x - 4, fy, text, "end"))
         value_anchor = "start" if frame.x(last_i) < frame.right - 90 else "end"
         # Below the point, unless that would sit on the day labels.
         value_y = frame.y(last_v) + 16 if frame.y(last_v) < frame.bottom - 28 else frame.y(last_v) - 8
-        body.append(_text(frame.x(last_i) + (6 if value_anchor == "start" else -6), value_y,
-                          f"{fmt(last_v)} so far", anchor=value_anchor, fill=SPENT, weight="600"))
+        value_x = frame.x(last_i) + (6 if value_anchor == "start" else -6)
+        text = f"{fmt(last_v)} so far"
+        body.append(_text(value_x, value_y, text, anchor=value_anchor, fill=SPENT, weight="600"))
+        labels.append(_label_box(value_x, value_y, text, value_anchor))
+    if limit_y is not None:
+        body.append(_limit_label(frame, limit_y, f"limit {fmt(limit or 0)}", labels))
     return _svg(width, height, body, label)
 
 
@@ -270,22 +324,32 @@ def stacked_bars(*, days: Sequence[date], series: Sequence[Series], fmt: Formatt
             if value <= 0:
                 continue
             y_top, y_bottom = frame.y(base + value), frame.y(base)
+            day = days[i]
+            title = f"{day:%b} {day.day} · {s.name}: {fmt(value)} (day total {fmt(totals[i])})"
             body.append(
                 f'<rect x="{x:.1f}" y="{y_top:.1f}" width="{bar_w:.1f}" height="{max(y_bottom - y_top, 0.5):.1f}" '
-                f'fill="{s.colour}"/>'
+                f'fill="{s.colour}">{_point_title(title)}</rect>'
             )
             base += value
-    if limit:
-        ly = frame.y(limit)
-        body.append(f'<line x1="{frame.left}" y1="{ly:.1f}" x2="{frame.right}" y2="{ly:.1f}" stroke="{OVER}" '
-                    f'stroke-width="2"/>')
-        body.append(_text(frame.left + 4, ly - 5, f"limit {fmt(limit)}", fill=OVER, weight="600"))
+    labels: list[tuple[float, float, float, float]] = []
     if totals and max(totals) > 0:
         top_i = max(range(len(totals)), key=totals.__getitem__)
         tx = frame.left + top_i * slot + slot / 2
         anchor = "end" if tx > frame.right - 40 else ("start" if tx < frame.left + 40 else "middle")
-        body.append(_text(tx, frame.y(totals[top_i]) - 5, f"peak {fmt(totals[top_i])}", anchor=anchor, fill=INK,
-                          weight="600"))
+        text = f"peak {fmt(totals[top_i])}"
+        ty = frame.y(totals[top_i]) - 5
+        if limit:
+            # The peak's label must not sit on the limit line (nor the limit's label on it).
+            ly = frame.y(limit)
+            if _overlap(_label_box(tx, ty, text, anchor), (frame.left, ly - 1.5, frame.right, ly + 1.5)):
+                ty = ly - 6 if frame.y(totals[top_i]) > ly else ly + 14
+        body.append(_text(tx, ty, text, anchor=anchor, fill=INK, weight="600"))
+        labels.append(_label_box(tx, ty, text, anchor))
+    if limit:
+        ly = frame.y(limit)
+        body.append(f'<line x1="{frame.left}" y1="{ly:.1f}" x2="{frame.right}" y2="{ly:.1f}" stroke="{OVER}" '
+                    f'stroke-width="2">{_point_title(f"limit {fmt(limit)}")}</line>')
+        body.append(_limit_label(frame, ly, f"limit {fmt(limit)}", labels))
     return _svg(width, height, body, label)
 
 

@@ -103,8 +103,11 @@ class BudgetForm(forms.Form):
     thresholds = forms.CharField(
         required=False, initial="50, 80, 100", help_text="Alert at these percentages of the limit.",
     )
-    forecast_alert = forms.BooleanField(required=False, initial=True,
-                                        help_text="Alert when the burn rate will exceed the limit.")
+    forecast_alert = forms.BooleanField(
+        required=False, initial=True,
+        help_text="Alert when the forecast (this budget's usual weekday and hour pattern, or a spike "
+                  "that goes on) ends the window over the limit.",
+    )
     active = forms.BooleanField(required=False, initial=True)
 
     def __init__(self, *args, features, **kwargs):

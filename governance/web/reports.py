@@ -15,7 +15,7 @@ from typing import Any
 from django.db.models import F, Sum
 from django.utils import timezone
 
-from budgets.alerting import window_projections
+from budgets.alerting import spend_outlook, window_forecast
 from budgets.models import Budget, BudgetWindow, Period, Scope
 from budgets.selectors import budget_list, current_window
 from governance.models import Tenant
@@ -73,6 +73,8 @@ class BudgetCard:
     forecast: int | None
     bar: Any
     runs_out_at: datetime | None = None
+    forecast_note: str = ""
+    forecast_alarming: bool = False
 
     @property
     def remaining(self) -> int:
@@ -88,28 +90,13 @@ class BudgetCard:
         if self.spent + self.held >= self.limit:
             return "over"
         crossed = [t for t in self.budget.thresholds if t < 100 and self.used_pct >= t]
-        if crossed or (self.forecast is not None and self.forecast > self.limit):
+        if crossed or self.forecast_alarming:
             return "warn"
         return "ok"
 
     @property
     def fmt(self):
         return charts.usd_short if self.unit == "usd" else charts.tokens_short
-
-
-def _window_forecast(window: BudgetWindow, spent: int, now: datetime) -> int | None:
-    """Project spend to the window's end at the burn rate so far (None for open windows).
-
-    For the tenant's month when no budget is drawn; budgets use the forecast alerts'
-    own projection (``budgets.alerting.window_projections``).
-    """
-    if window.end is None:
-        return None
-    total = int((window.end - window.start).total_seconds() * 1_000_000)
-    elapsed = min(max(int((now - window.start).total_seconds() * 1_000_000), 0), total)
-    if elapsed <= 0:
-        return spent
-    return spent * total // elapsed
 
 
 def budget_card(budget: Budget, *, now: datetime | None = None) -> BudgetCard:
@@ -119,15 +106,18 @@ def budget_card(budget: Budget, *, now: datetime | None = None) -> BudgetCard:
         unit, limit, spent, held = "usd", budget.limit_nano, window.spent_nano, window.reserved_nano
     else:
         unit, limit, spent, held = "tokens", budget.limit_tokens or 0, window.spent_tokens, window.reserved_tokens
-    # The forecast alerts' own projection, so page and alert agree (None while too young to tell).
-    projection = next((p for p in window_projections(window, now=now) if p.unit == unit), None)
+    # The forecast alerts' own, so page and alert agree by construction.
+    forecast_of = window_forecast(window, now=now)
+    projection = next((p for p in forecast_of.outlooks if p.unit == unit), None)
     forecast = projection.projected if projection else None
     fmt = charts.usd_short if unit == "usd" else charts.tokens_short
     bar = charts.budget_bar(
         spent=spent, held=held, limit=limit, thresholds=budget.thresholds, forecast=forecast, fmt=fmt,
     )
     card = BudgetCard(budget, window, unit, limit, spent, held, forecast, bar)
-    card.runs_out_at = projection.reaches_limit_at if projection else None
+    card.runs_out_at = projection.reaches_limit_at if projection and projection.alarming else None
+    card.forecast_note = forecast_of.note
+    card.forecast_alarming = bool(projection and projection.alarming)
     return card
 
 
@@ -172,7 +162,9 @@ def cumulative_chart_for(*, budget: Budget | None, tenant: Tenant, now: datetime
         fmt = charts.usd_short if measure == "cost_nano" else charts.tokens_short
         label = f"Cumulative spend of {budget.name} this {budget.period}"
     days = day_range(first, last - timedelta(days=1))
-    daily = _daily(rollups.filter(day__gte=first, day__lte=today), measure)
+    # Early in a window there is little to draw: the previous window's line gives the scale.
+    previous_days = day_range(_previous_start(first, budget), first - timedelta(days=1))
+    daily = _daily(rollups.filter(day__gte=previous_days[0], day__lte=today), measure)
     cumulative: list[int | None] = []
     running = 0
     for day in days:
@@ -181,21 +173,49 @@ def cumulative_chart_for(*, budget: Budget | None, tenant: Tenant, now: datetime
             continue
         running += daily.get(day, 0)
         cumulative.append(running)
+    previous: list[int | None] | None = None
+    if (today - first).days < EARLY_WINDOW_DAYS:
+        total = 0
+        previous = []
+        for day in previous_days[: len(days)]:
+            total += daily.get(day, 0)
+            previous.append(total)
+        previous = previous if total else None
     if budget is not None:
-        forecast_end = budget_card(budget, now=now).forecast
+        card = budget_card(budget, now=now)
+        forecast_end, note = card.forecast, card.forecast_note
     else:
         start_at = datetime.combine(first, time(0), tzinfo=tenant.tz)
         end_at = datetime.combine(last, time(0), tzinfo=tenant.tz)
-        forecast_end = _window_forecast(BudgetWindow(start=start_at, end=end_at), running, now)
+        month = Budget(tenant=tenant, scope=Scope.TENANT, period=Period.MONTH)
+        outlook = spend_outlook(month, start=start_at, end=end_at, spent=running, limit=0, unit="usd", now=now)
+        forecast_end = outlook.projected if outlook else None
+        note = "Based on the weekday and hour-of-day pattern of the last " + (
+            f"{outlook.weeks} week{'s' if outlook.weeks > 1 else ''}." if outlook else "weeks (needs one)."
+        )
     return {
         "svg": charts.responsive(charts.cumulative_chart, days=days, cumulative=cumulative,
-                                 forecast_end=forecast_end, limit=limit, fmt=fmt, label=label),
+                                 forecast_end=forecast_end, limit=limit, fmt=fmt, label=label,
+                                 previous=previous),
         "spent": running,
         "forecast": forecast_end,
+        "forecast_note": note,
+        "previous": previous is not None,
         "limit": limit,
         "fmt": fmt,
         "label": label,
     }
+
+
+# Until this many days of a window have passed, its chart also draws the previous window.
+EARLY_WINDOW_DAYS = 7
+
+
+def _previous_start(first: date, budget: Budget | None) -> date:
+    """Return the first day of the window before the one starting on ``first``."""
+    if budget is not None and budget.period == Period.WEEK:
+        return first - timedelta(days=7)
+    return (first - timedelta(days=1)).replace(day=1)
 
 
 def daily_chart_for(*, budget: Budget, tenant: Tenant, now: datetime | None = None, days: int = 30):
