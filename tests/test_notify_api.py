@@ -190,6 +190,8 @@ def test_test_send_delivers_and_clears_failing(admin_api, tenant, settings, http
     assert body["delivered"] is True
     assert body["error"] is None
     assert body["channel"]["failing"] is False
+    assert body["channel"]["health"] == "ok"
+    assert body["channel"]["last_delivered_at"] is not None
     assert httpserver.log[0][0].get_json()["text"].startswith("Test alert from Comptroller")
 
 
@@ -207,6 +209,8 @@ def test_test_send_reports_a_dead_webhook(admin_api, tenant, settings, httpserve
     assert body["permanent"] is True
     assert body["error"] == "Slack answered 404: no_service"
     assert body["channel"]["failing"] is True
+    assert body["channel"]["health"] == "failing"
+    assert body["channel"]["failing_since"] is not None
     assert "/services/T1/B1/gone" not in json.dumps(body)
     assert len(httpserver.log) == 1
 

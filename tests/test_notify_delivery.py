@@ -353,3 +353,48 @@ def test_slack_rate_limit_waits_as_long_as_slack_asks(tenant, slack_channel, htt
     notification = Notification.objects.get()
     assert notification.status == NotificationStatus.PENDING
     assert notification.error == "Slack answered 429: rate_limited"
+
+
+# --- channel health ----------------------------------------------------------------------
+
+
+def test_a_slack_channel_answering_500_reads_failing_from_its_first_error_until_one_gets_through(
+    client, tenant, slack_channel, httpserver, django_capture_on_commit_callbacks, celery_disabled
+):
+    from governance.notify.selectors import channel_statuses
+    from tests.test_web_pages import member
+
+    # Given a Slack channel that has never been tried
+    assert slack_channel.health == "never_tried"
+
+    # When Slack answers 500 to the first attempt of seven alerts (retries pending)
+    httpserver.expect_request(SLACK_PATH, method="POST").respond_with_data("internal_error", status=500)
+    with django_capture_on_commit_callbacks(execute=True):
+        ids = [raise_drift(tenant, key=f"drift:{n}").notifications.get().pk for n in range(7)]
+    for pk in ids:
+        services.notification_deliver(notification_id=pk)
+
+    # Then the channel reads "failing" since the first error, with seven deliveries waiting
+    [status] = channel_statuses(tenant=tenant)
+    assert status.health == "failing"
+    assert status.waiting == 7
+    assert "500" in status.last_error
+    first_error = status.since
+    client.force_login(member(tenant, "owner"))
+    page = client.get(f"/t/{tenant.slug}/alerts/channels/{slack_channel.pk.hex}/").content.decode()
+    assert "failing" in page and "7 waiting" in page and "Last error" in page
+    assert ">ok<" not in page
+    dashboard = client.get(f"/t/{tenant.slug}/").content.decode()
+    assert "Alert channel “<a" in dashboard and "is failing" in dashboard
+
+    # When Slack recovers and the next retry goes through
+    httpserver.clear()
+    httpserver.expect_request(SLACK_PATH, method="POST").respond_with_data("ok")
+    Notification.objects.filter(pk=ids[0]).update(next_attempt_at=timezone.now())
+    assert services.notification_deliver(notification_id=ids[0]).status == "sent"
+
+    # Then it reads "ok" again, the error cleared
+    [status] = channel_statuses(tenant=tenant)
+    assert (status.health, status.last_error, status.waiting) == ("ok", "", 6)
+    assert status.since >= first_error
+    assert "is failing" not in client.get(f"/t/{tenant.slug}/").content.decode()

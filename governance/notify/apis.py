@@ -43,6 +43,12 @@ class ChannelOutput(serializers.Serializer):
     alert_kinds = serializers.ListField(child=serializers.CharField())
     enabled = serializers.BooleanField()
     failing = serializers.BooleanField(help_text="A delivery failed permanently; fix the channel or send a test")
+    health = serializers.ChoiceField(
+        choices=["ok", "failing", "never_tried"],
+        help_text="From its deliveries: failing from the first error (retries too) until one gets through",
+    )
+    failing_since = serializers.DateTimeField(allow_null=True)
+    last_delivered_at = serializers.DateTimeField(allow_null=True, help_text="Last alert or test that got through")
     last_error = serializers.CharField()
     last_error_at = serializers.DateTimeField(allow_null=True)
     created_at = serializers.DateTimeField()

@@ -33,6 +33,12 @@ class ChannelKind(models.TextChoices):
     SLACK = "slack", "Slack incoming webhook"
 
 
+class ChannelHealth(models.TextChoices):
+    OK = "ok", "ok"
+    FAILING = "failing", "failing"
+    NEVER_TRIED = "never_tried", "never tried"
+
+
 class AlertChannel(models.Model):
     id = models.UUIDField(primary_key=True, default=uuid.uuid4, editable=False)
     tenant = models.ForeignKey(Tenant, on_delete=models.CASCADE, related_name="alert_channels")
@@ -47,6 +53,9 @@ class AlertChannel(models.Model):
     failing = models.BooleanField(default=False)
     last_error = models.TextField(blank=True)
     last_error_at = models.DateTimeField(null=True, blank=True)
+    # The first error since the last delivery that got through (transient ones too); cleared by a success.
+    failing_since = models.DateTimeField(null=True, blank=True)
+    last_delivered_at = models.DateTimeField(null=True, blank=True, help_text="Last alert or test that got through")
     created_at = models.DateTimeField(auto_now_add=True)
     updated_at = models.DateTimeField(auto_now=True)
 
@@ -88,6 +97,19 @@ class AlertChannel(models.Model):
 
     def receives(self, kind: str) -> bool:
         return self.enabled and kind in (self.alert_kinds or [])
+
+    @property
+    def health(self) -> str:
+        """Return ``ok``, ``failing`` or ``never_tried``, from what its deliveries met.
+
+        Failing from the first error (a Slack 500 being retried counts: nothing got through)
+        until a delivery or a test gets through again.
+        """
+        if self.failing or self.failing_since is not None:
+            return ChannelHealth.FAILING
+        if self.last_delivered_at is not None:
+            return ChannelHealth.OK
+        return ChannelHealth.NEVER_TRIED
 
 
 MAX_EMAIL_ADDRESSES = 20

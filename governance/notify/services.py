@@ -92,9 +92,12 @@ def channel_update(*, channel: AlertChannel, actor: Actor, data: dict[str, Any])
             setattr(channel, name, value)
     channel.full_clean(exclude=["tenant"])
     if (channel.slack_webhook_url, list(channel.email_addresses or [])) != old_target:
+        # A new target has not failed yet (nor been tried).
         channel.failing = False
         channel.last_error = ""
         channel.last_error_at = None
+        channel.failing_since = None
+        channel.last_delivered_at = None
     channel.save()
     after = channel_snapshot(channel)
     audit_update(actor=actor, obj=channel, before=before, after=after)
@@ -133,19 +136,28 @@ def channel_test(*, channel: AlertChannel, actor: Actor) -> TestResult:
 
 
 def _channel_record_success(*, channel: AlertChannel) -> None:
-    # Conditional, so the common case (a healthy channel) writes nothing.
-    AlertChannel.objects.filter(pk=channel.pk).filter(Q(failing=True) | ~Q(last_error="")).update(
-        failing=False, last_error="", last_error_at=None, updated_at=timezone.now()
-    )
-    channel.failing, channel.last_error, channel.last_error_at = False, "", None
+    """Note that something got through: the channel is healthy again."""
+    now = timezone.now()
+    changes: dict[str, Any] = {"last_delivered_at": now}
+    if channel.failing or channel.last_error or channel.failing_since is not None:
+        changes.update(failing=False, last_error="", last_error_at=None, failing_since=None, updated_at=now)
+    AlertChannel.objects.filter(pk=channel.pk).update(**changes)
+    for name, value in changes.items():
+        setattr(channel, name, value)
 
 
 def _channel_record_error(*, channel: AlertChannel, error: str, permanent: bool) -> None:
+    """Note a failed send: failing from the first error on, until something gets through."""
     now = timezone.now()
     changes: dict[str, Any] = {"last_error": error[:2000], "last_error_at": now, "updated_at": now}
     if permanent:
         changes["failing"] = True
     AlertChannel.objects.filter(pk=channel.pk).update(**changes)
+    # Only the first error of a run sets "since"; a conditional update keeps racing workers from moving it.
+    if AlertChannel.objects.filter(pk=channel.pk, failing_since__isnull=True).update(failing_since=now):
+        channel.failing_since = now
+    else:
+        channel.failing_since = channel.failing_since or now
     for name, value in changes.items():
         setattr(channel, name, value)
 

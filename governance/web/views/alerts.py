@@ -14,7 +14,7 @@ from governance import selectors
 from governance.audit import Actor
 from governance.models import Role
 from governance.notify import services
-from governance.notify.selectors import alert_list, channel_get, channel_list
+from governance.notify.selectors import alert_list, channel_get, channel_statuses
 from governance.web import reports
 from governance.web.access import page, tenant_page
 from governance.web.forms import ChannelForm, apply_service_errors
@@ -31,7 +31,7 @@ def _channel_or_404(tenant, channel_hex: str):
 def alert_index(request):
     return page(request, "web/alerts/index.html", {
         "alerts": alert_list(tenant=request.tenant)[:100],
-        "channels": channel_list(tenant=request.tenant),
+        "statuses": channel_statuses(tenant=request.tenant),
     })
 
 
@@ -53,8 +53,10 @@ def channel_create(request):
 @tenant_page()
 def channel_detail(request, channel_hex: str):
     channel = _channel_or_404(request.tenant, channel_hex)
+    [status] = [s for s in channel_statuses(tenant=request.tenant) if s.channel.pk == channel.pk]
     return page(request, "web/alerts/channel_detail.html", {
         "channel": channel,
+        "status": status,
         "deliveries": reports.channel_deliveries(channel=channel),
         "history": selectors.audit_for(tenant=request.tenant, obj=channel)[:50],
     })

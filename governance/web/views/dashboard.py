@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from governance.notify.selectors import channel_statuses
 from governance.web import reports
 from governance.web.access import page, tenant_page
 
@@ -22,6 +23,7 @@ def dashboard(request):
         "by_model": by_model,
         "model_legend": model_legend,
         "alerts": reports.recent_alerts(tenant=tenant),
+        "failing_channels": channel_statuses(tenant=tenant, failing_only=True),
         "reconciliation": reports.reconciliation_status(tenant=tenant),
     }
     return page(request, "web/dashboard.html", context)
