@@ -107,14 +107,13 @@ def test_missing_key_is_401(client, db):
 @pytest.mark.parametrize(
     ("params", "field"),
     [
-        ({}, "start"),
-        ({"start": "2026-11-01"}, "end"),
         ({"start": "yesterday", "end": "2026-11-30"}, "start"),
         ({"start": "2026-11-01", "end": "2026-13-01"}, "end"),
         ({"start": "2026-11-30", "end": "2026-11-01"}, "end"),
-        ({"start": "2023-01-01", "end": "2026-11-01"}, "end"),
+        ({"start": "2023-01-01", "end": "2026-11-01"}, "start"),
         ({"start": "0001-01-01", "end": "0001-01-02"}, "start"),
         ({"start": "9999-12-01", "end": "9999-12-31"}, "start"),
+        ({"start": "1900-01-01"}, "start"),
         ({**PARAMS, "feature": "x" * 64}, "feature"),
         ({**PARAMS, "group_by": "feature"}, "group_by"),
         ({"start": "\x00", "end": "2026-11-01"}, "start"),
@@ -123,6 +122,33 @@ def test_missing_key_is_401(client, db):
 def test_invalid_queries_are_400_naming_the_field(api, params, field):
     error = assert_error(api.get(URL, params), 400, "invalid_request")
     assert field in error["details"]
+
+
+def test_dates_default_to_the_last_30_days(api, tenant, feature):
+    from datetime import timedelta
+
+    from django.utils import timezone
+
+    today = timezone.now().astimezone(tenant.tz).date()
+    rollup(feature, "claude-haiku-4-5-20251001", day=today - timedelta(days=29), calls=1, cost_nano=usd("1"))
+    rollup(feature, "claude-haiku-4-5-20251001", day=today - timedelta(days=30), calls=1, cost_nano=usd("2"))
+    response = api.get(URL)
+    assert response.status_code == 200, response.content
+    body = response.json()
+    assert (body["start"], body["end"]) == ((today - timedelta(days=29)).isoformat(), today.isoformat())
+    assert body["totals"]["spend_usd"] == "1.000000"
+
+
+def test_a_start_in_1900_is_refused_with_a_clear_error(api, tenant):
+    error = assert_error(api.get(URL, {"start": "1900-01-01"}), 400, "invalid_request")
+    assert error["details"] == {"start": ["Must be a day from 2023-01-01 to 2099-12-31."]}
+    summary = assert_error(api.get("/api/v1/usage/summary", {"start": "1900-01-01"}), 400, "invalid_request")
+    assert summary["details"] == error["details"]
+    # A start alone runs to today: more than two years is refused, not silently read.
+    long = assert_error(api.get("/api/v1/usage/summary", {"start": "2023-01-01", "end": "2026-01-01"}), 400,
+                        "invalid_request")
+    assert long["message"] == "Choose at most 731 days (two years); 2023-01-01 to 2026-01-01 is 1,097 days."
+    assert long["details"] == {"start": [long["message"]]}
 
 
 def test_a_feature_with_usage_outside_the_range(api, tenant, feature):
@@ -164,4 +190,4 @@ def test_odd_but_wellformed_queries_never_fail(api, tenant, params):
     response = api.get(URL, params)
     assert response.status_code in (200, 400), response.content
     if response.status_code == 400:
-        assert response.json()["error"]["code"] == "unknown_feature"
+        assert response.json()["error"]["code"] in ("unknown_feature", "invalid_request")

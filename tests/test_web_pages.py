@@ -10,7 +10,9 @@ from django.contrib.auth import get_user_model
 from django.utils import timezone
 
 from budgets.models import Budget
+from governance import services
 from governance.models import ApiKey, AuditEntry, Feature, Membership, Role
+from governance.web.forms import FeatureForm
 from tests.factories import BudgetFactory, FeatureFactory
 from usage.models import NANO, UsageRollup
 
@@ -349,6 +351,44 @@ def test_usage_explorer_filters_and_exports_csv(as_viewer, tenant, feature):
     assert "'=cmd,10,5.000000,1000,500,0,0,0,0,0" in lines  # formula-looking cells are defused
     bad = as_viewer.get("/t/acme/usage/", {"start": "2026-02-01", "end": "2026-01-01"})
     assert "The end must not be before the start." in bad.content.decode()
+    ancient = as_viewer.get("/t/acme/usage/", {"start": "1900-01-01"}).content.decode()
+    assert "Must be a day from 2023-01-01 to 2099-12-31; 1900-01-01 is outside." in ancient
+
+
+def test_the_csv_of_the_default_view_has_its_rows(as_viewer, tenant, feature):
+    # Given usage today, and the explorer opened with no filters
+    rollup(tenant, feature, day=timezone.now().date(), cost_usd=2)
+    page = as_viewer.get("/t/acme/usage/").content.decode()
+    assert 'href="?format=csv"' in page
+
+    # When its "Export CSV" link is followed
+    lines = as_viewer.get("/t/acme/usage/?format=csv").content.decode().splitlines()
+
+    # Then the file has the default view's rows: by day and feature
+    assert lines[0].startswith("day,feature,calls,cost_usd")
+    assert len(lines) == 2 and f",{feature.key},10,2.000000," in lines[1]
+
+
+def test_saving_a_feature_unchanged_changes_nothing(as_admin, tenant):
+    # Given a feature whose default model is an alias, as services send it
+    feature = FeatureFactory(tenant=tenant, key="bot", default_model="claude-sonnet-4-5",
+                             allowed_models=["claude-sonnet-4-5", "claude-haiku-4-5-20251001"])
+    page = as_admin.get("/t/acme/features/bot/").content.decode()
+    assert '<option value="claude-sonnet-4-5" selected>' in page
+    assert '<option value="claude-sonnet-4-5-20250929">' in page  # dated ids are offered too
+
+    # When the form is posted back as it was shown
+    form = FeatureForm(initial=services.feature_snapshot(feature))
+    data = {name: form[name].value() for name in form.fields}
+    data = {k: v for k, v in data.items() if v not in (None, False)}
+    response = as_admin.post("/t/acme/features/bot/", data)
+    assert response.status_code == 302, response.content.decode()[:2000]
+
+    # Then nothing changed, and nothing was audited
+    feature.refresh_from_db()
+    assert feature.default_model == "claude-sonnet-4-5"
+    assert feature.allowed_models == ["claude-sonnet-4-5", "claude-haiku-4-5-20251001"]
+    assert not AuditEntry.objects.filter(object_type="feature", action="update").exists()
 
 
 def test_a_nul_in_a_page_url_is_a_400(as_admin, feature):

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from datetime import timedelta
-
 from django.utils import timezone
 from drf_spectacular.types import OpenApiTypes
 from drf_spectacular.utils import OpenApiParameter, extend_schema, inline_serializer
@@ -16,6 +14,7 @@ from governance.api.fields import DayField, StrictSerializer, nano_to_usd
 from governance.api.ids import public_id
 from governance.selectors import feature_get
 from usage import selectors
+from usage.date_range import RangeError, resolve_range
 from usage.models import ServiceTier, Speed
 from usage.pricing import TokenUsage
 from usage.serializers import UsageEventInput
@@ -122,7 +121,9 @@ class UsageReportApi(TenantAPIView):
 
 
 class SummaryQuery(StrictSerializer):
-    start = DayField(required=False, help_text="First tenant-local day (default: 30 days ago)")
+    start = DayField(
+        required=False, help_text="First tenant-local day (default: 29 days before end); at most 731 days before end"
+    )
     end = DayField(required=False, help_text="Last tenant-local day, inclusive (default: today)")
     group_by = serializers.CharField(required=False, default="feature", help_text="Comma list of: "
                                      + ", ".join(selectors.GROUPS))
@@ -154,8 +155,10 @@ class UsageSummaryApi(TenantAPIView):
     def get(self, request):
         query = self.validate(SummaryQuery, request.query_params.dict())
         today = timezone.now().astimezone(self.tenant.tz).date()
-        end = query.get("end") or today
-        start = query.get("start") or end - timedelta(days=29)
+        try:
+            start, end = resolve_range(start=query.get("start"), end=query.get("end"), today=today)
+        except RangeError as exc:
+            raise ApiError(exc.message, details={exc.field: [exc.message]}) from exc
         feature = None
         if query.get("feature"):
             feature = feature_get(tenant=self.tenant, key=query["feature"])

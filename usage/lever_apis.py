@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from django.utils import timezone
 from drf_spectacular.types import OpenApiTypes
 from drf_spectacular.utils import OpenApiParameter, extend_schema
 from rest_framework import serializers
@@ -11,7 +12,8 @@ from governance.api.base import TenantAPIView
 from governance.api.errors import ApiError
 from governance.api.fields import DayField, StrictSerializer
 from governance.selectors import feature_get
-from usage.levers import LEVERS, MAX_RANGE_DAYS, lever_board
+from usage.date_range import MAX_RANGE_DAYS, RangeError, resolve_range
+from usage.levers import LEVERS, lever_board
 
 
 def usd(help_text: str = "USD as a decimal string", **kwargs) -> serializers.CharField:
@@ -180,16 +182,9 @@ class LeverBoardOutput(serializers.Serializer):
 
 class LeverBoardApi(TenantAPIView):
     class InputSerializer(StrictSerializer):
-        start = DayField(help_text="First tenant-local day, YYYY-MM-DD")
-        end = DayField(help_text="Last tenant-local day (inclusive), YYYY-MM-DD")
+        start = DayField(required=False, help_text="First tenant-local day, YYYY-MM-DD (default: 29 days before end)")
+        end = DayField(required=False, help_text="Last tenant-local day (inclusive), YYYY-MM-DD (default: today)")
         feature = serializers.CharField(required=False, max_length=63, help_text="Limit to one feature key")
-
-        def validate(self, data):
-            if data["end"] < data["start"]:
-                raise serializers.ValidationError({"end": ["Must not be before start."]})
-            if (data["end"] - data["start"]).days >= MAX_RANGE_DAYS:
-                raise serializers.ValidationError({"end": [f"The range is at most {MAX_RANGE_DAYS} days."]})
-            return data
 
     @extend_schema(
         summary="The lever board per feature",
@@ -205,14 +200,21 @@ class LeverBoardApi(TenantAPIView):
             "features sees only those."
         ),
         parameters=[
-            OpenApiParameter("start", OpenApiTypes.DATE, required=True, description="YYYY-MM-DD (inclusive)"),
-            OpenApiParameter("end", OpenApiTypes.DATE, required=True, description="YYYY-MM-DD (inclusive)"),
+            OpenApiParameter("start", OpenApiTypes.DATE, required=False,
+                             description="YYYY-MM-DD (inclusive; default: 29 days before end)"),
+            OpenApiParameter("end", OpenApiTypes.DATE, required=False, description="YYYY-MM-DD (inclusive; default: today)"),
             OpenApiParameter("feature", str, required=False, description="A feature key"),
         ],
         responses=LeverBoardOutput,
     )
     def get(self, request):
         params = self.validate(self.InputSerializer, request.query_params.dict())
+        today = timezone.now().astimezone(self.tenant.tz).date()
+        try:
+            start, end = resolve_range(start=params.get("start"), end=params.get("end"), today=today,
+                                       max_days=MAX_RANGE_DAYS)
+        except RangeError as exc:
+            raise ApiError(exc.message, details={exc.field: [exc.message]}) from exc
         feature = None
         if "feature" in params:
             feature = feature_get(tenant=self.tenant, key=params["feature"])
@@ -225,8 +227,8 @@ class LeverBoardApi(TenantAPIView):
             self.check_feature_access(feature)
         board = lever_board(
             tenant=self.tenant,
-            start=params["start"],
-            end=params["end"],
+            start=start,
+            end=end,
             feature=feature,
             feature_ids=self.policy.key_feature_ids(self.api_key) or None,
         )

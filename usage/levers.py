@@ -88,7 +88,6 @@ CAP_UTILISATION_LOW = 0.25
 STREAMED_SHARE_LOW = 0.5
 LATENCY_WORTH_STREAMING_MS = 1500
 
-MAX_RANGE_DAYS = 731
 
 
 # --- reading the rollups --------------------------------------------------------------

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from datetime import date
 from decimal import Decimal
 
 from django import forms
@@ -12,12 +13,31 @@ from budgets.models import Enforcement, Period, Scope
 from governance.crypto import mask
 from governance.models import FailMode, Feature, KeyRole, Role, slug_validator
 from governance.notify.models import AlertKind, ChannelKind
+from usage.date_range import MAX_RANGE_DAYS, RangeError, resolve_range
 from usage.models import NANO, ServiceTier
 from usage.pricing import is_priced, known_families, priced_models
 
 
-def model_choices() -> list[tuple[str, str]]:
-    return [(row.model, f"{row.display_name} ({row.model})") for row in priced_models() if not row.retired]
+def model_choices(*, keep: tuple[str, ...] = ()) -> list[tuple[str, str]]:
+    """Return the models on sale, each by its aliases and its dated id; ``keep`` is added if missing.
+
+    Features store what services send, often an alias ("claude-sonnet-4-5") and sometimes a
+    dated id; both must be offered, or a saved value would not be selectable and saving the
+    form unchanged would drop it. ``keep`` adds values already saved (a retired model).
+    """
+    choices: list[tuple[str, str]] = []
+    for row in priced_models():
+        if row.retired:
+            continue
+        for alias in row.aliases:
+            choices.append((alias, f"{row.display_name} ({alias}, the latest snapshot)"))
+        choices.append((row.model, f"{row.display_name} ({row.model})"))
+    offered = {value for value, _ in choices}
+    for value in keep:
+        if value and value not in offered:
+            choices.append((value, f"{value} (saved; no longer on sale)" if is_priced(value) else value))
+            offered.add(value)
+    return choices
 
 
 def apply_service_errors(form: forms.Form, exc: ValidationError, *, renames: dict[str, str] | None = None) -> None:
@@ -74,7 +94,8 @@ class FeatureForm(forms.Form):
 
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
-        choices = model_choices()
+        saved = (self.initial.get("default_model") or "", *(self.initial.get("allowed_models") or []))
+        choices = model_choices(keep=tuple(m for m in saved if isinstance(m, str)))
         self.fields["default_model"].choices = [("", "— none —"), *choices]
         self.fields["allowed_models"].choices = choices
 
@@ -197,6 +218,19 @@ class MemberRoleForm(forms.Form):
     role = forms.ChoiceField(choices=Role.choices)
 
 
+def clean_range(form: forms.Form, data: dict, *, today: date, max_days: int = MAX_RANGE_DAYS) -> dict:
+    """Fill in the default dates and refuse ranges no report answers (``usage.date_range``)."""
+    if "start" in form.errors or "end" in form.errors:
+        return data
+    try:
+        data["start"], data["end"] = resolve_range(
+            start=data.get("start"), end=data.get("end"), today=today, max_days=max_days
+        )
+    except RangeError as exc:
+        form.add_error(exc.field, exc.message)
+    return data
+
+
 class UsageFilterForm(forms.Form):
     quiet_optional = True  # every filter is optional; saying so on each is noise
     GROUPS = [("day", "Day"), ("feature", "Feature"), ("model", "Model"), ("service_tier", "Tier")]
@@ -212,19 +246,14 @@ class UsageFilterForm(forms.Form):
     group_by = forms.MultipleChoiceField(choices=GROUPS, required=False, widget=forms.CheckboxSelectMultiple,
                                          initial=["day", "feature"])
 
-    def __init__(self, *args, features, models, **kwargs):
+    def __init__(self, *args, features, models, today, **kwargs):
         super().__init__(*args, **kwargs)
+        self.today = today
         self.fields["feature"].queryset = features
         self.fields["model"].choices = [("", "All models"), *[(m, m) for m in models]]
 
     def clean(self):
-        data = super().clean()
-        start, end = data.get("start"), data.get("end")
-        if start and end and start > end:
-            self.add_error("end", "The end must not be before the start.")
-        if start and end and (end - start).days > 366 * 2:
-            self.add_error("start", "Choose at most two years.")
-        return data
+        return clean_range(self, super().clean(), today=self.today)
 
 
 def _split_list(text: str) -> list[str]:
@@ -334,15 +363,10 @@ class RangeForm(forms.Form):
         queryset=None, required=False, empty_label="All features", to_field_name="key"
     )
 
-    def __init__(self, *args, features, **kwargs):
+    def __init__(self, *args, features, today, **kwargs):
         super().__init__(*args, **kwargs)
+        self.today = today
         self.fields["feature"].queryset = features
 
     def clean(self):
-        data = super().clean()
-        start, end = data.get("start"), data.get("end")
-        if start and end and start > end:
-            self.add_error("end", "The end must not be before the start.")
-        if start and end and (end - start).days > 366:
-            self.add_error("start", "Choose at most a year.")
-        return data
+        return clean_range(self, super().clean(), today=self.today)

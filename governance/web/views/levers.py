@@ -18,13 +18,12 @@ def levers(request):
     tenant = request.tenant
     today = reports.local_today(tenant)
     start, end, feature = today - timedelta(days=DEFAULT_DAYS - 1), today, None
-    form = RangeForm(request.GET or None, features=selectors.feature_list(tenant=tenant),
+    form = RangeForm(request.GET or None, features=selectors.feature_list(tenant=tenant), today=today,
                      initial={"start": start, "end": end})
     board = None
     if not request.GET or form.is_valid():
         if request.GET:
-            start = form.cleaned_data.get("start") or start
-            end = form.cleaned_data.get("end") or end
+            start, end = form.cleaned_data["start"], form.cleaned_data["end"]
             feature = form.cleaned_data.get("feature")
         board = lever_board(tenant=tenant, start=start, end=end, feature=feature)
     return page(request, "web/levers.html", {"form": form, "board": board, "start": start, "end": end})

@@ -15,6 +15,7 @@ from governance.web.access import page, tenant_page
 from governance.web.forms import UsageFilterForm
 
 DEFAULT_DAYS = 30
+DEFAULT_GROUPS = ["day", "feature"]
 CSV_COLUMNS = [
     ("calls", "calls"), ("cost_usd", "cost_usd"), ("input_tokens", "input_tokens"),
     ("output_tokens", "output_tokens"), ("cache_write_5m_tokens", "cache_write_5m_tokens"),
@@ -27,10 +28,14 @@ CSV_COLUMNS = [
 def usage_explorer(request):
     tenant = request.tenant
     today = reports.local_today(tenant)
-    data = request.GET.copy() if request.GET else None
+    query = request.GET.copy()
+    # "format" picks the answer's form, not a filter: the default view's CSV is the default view.
+    as_csv = query.pop("format", [""])[-1] == "csv"
+    data = query if query else None
     form = UsageFilterForm(
         data, features=selectors.feature_list(tenant=tenant), models=reports.models_used(tenant=tenant),
-        initial={"start": today - timedelta(days=DEFAULT_DAYS - 1), "end": today, "group_by": ["day", "feature"]},
+        today=today,
+        initial={"start": today - timedelta(days=DEFAULT_DAYS - 1), "end": today, "group_by": DEFAULT_GROUPS},
     )
     rows, totals, group_by = [], {}, []
     start, end = today - timedelta(days=DEFAULT_DAYS - 1), today
@@ -38,8 +43,7 @@ def usage_explorer(request):
         filters = form.cleaned_data if data is not None else {}
         start = filters.get("start") or start
         end = filters.get("end") or end
-        group_by = filters.get("group_by") if data is not None else ["day", "feature"]
-        as_csv = request.GET.get("format") == "csv"
+        group_by = filters.get("group_by") if data is not None else DEFAULT_GROUPS
         rows, totals = reports.usage_rows(
             tenant=tenant, start=start, end=end, group_by=group_by, feature=filters.get("feature"),
             model=filters.get("model") or "", service_tier=filters.get("service_tier") or "",
@@ -47,7 +51,7 @@ def usage_explorer(request):
             limit=None if as_csv else reports.EXPLORER_MAX_ROWS,
         )
         if as_csv:
-            return _csv(tenant, start, end, group_by, rows)
+            return _csv(tenant, start, end, group_by, rows, totals)
     csv_query = request.GET.copy()
     csv_query["format"] = "csv"
     return page(request, "web/usage.html", {
@@ -56,12 +60,14 @@ def usage_explorer(request):
     })
 
 
-def _csv(tenant, start, end, group_by, rows) -> HttpResponse:
+def _csv(tenant, start, end, group_by, rows, totals) -> HttpResponse:
     response = HttpResponse(content_type="text/csv; charset=utf-8")
     filename = f"usage-{slugify(tenant.slug)}-{start:%Y%m%d}-{end:%Y%m%d}.csv"
     response["Content-Disposition"] = f'attachment; filename="{filename}"'
     writer = csv.writer(response)
     writer.writerow([*group_by, *(header for header, _ in CSV_COLUMNS)])
+    if not group_by:
+        rows = [totals]  # nothing to group by: the one row is the whole range
     for row in rows:
         values = []
         for _, name in CSV_COLUMNS:
