@@ -219,3 +219,73 @@ def test_today_is_the_tenants_local_today(api, tenant):
         body = api.get("/api/v1/reconciliation").json()
     assert body["end"] == "2026-11-21"
     assert body["start"] == (date(2026, 11, 21) - timedelta(days=6)).isoformat()
+
+
+# --- what a connection must look like, and the test button ------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("body", "field", "message"),
+    [
+        ({"admin_key": "abcdefghijk"}, "admin_key", "looks like sk-ant-admin01-"),
+        ({"admin_key": "sk-ant-api03-abcdefghijklmnopqrstuvwxyz"}, "admin_key", "That is a regular API key"),
+        ({"admin_key": KEY, "workspace_ids": ["<script>"]}, "workspace_ids", "is not an Anthropic workspace id"),
+        ({"admin_key": KEY, "feature_mapping": {"workspaces": {"wrkspc_1 OR 1=1": "support-bot"}}},
+         "feature_mapping", "is not an Anthropic workspace id"),
+        ({"admin_key": KEY, "feature_mapping": {"api_keys": {"key-1": "support-bot"}}},
+         "feature_mapping", "is not an Anthropic API key id"),
+    ],
+)
+def test_keys_and_ids_that_cannot_be_anthropics_are_refused(admin_api, feature, body, field, message):
+    error = assert_error(put(admin_api, body), 400, "invalid_request")
+    assert message in json.dumps(error["details"][field], ensure_ascii=False)
+    assert not ProviderConnection.objects.exists()
+
+
+@pytest.fixture
+def stub(httpserver, settings):
+    from usage.provider.stub import StubReports, usage_row
+
+    reports = StubReports()
+    settings.ANTHROPIC_API_BASE_URL = reports.serve(httpserver)
+    return reports, usage_row
+
+
+def test_the_test_calls_the_admin_api_once_and_says_what_it_answered(admin_api, tenant, stub):
+    # Given a connection with the stub's key, and one result in the last hour's bucket
+    reports, usage_row = stub
+    from django.utils import timezone
+
+    hour = timezone.now().replace(minute=0, second=0, microsecond=0) - timedelta(hours=1)
+    reports.usage[hour] = [usage_row(uncached_input_tokens=100)]
+    services.provider_connection_save(tenant=tenant, actor=Actor.system(), admin_key=reports.api_key)
+
+    # When an admin tests it
+    response = admin_api.post(f"{URL}/test")
+
+    # Then Anthropic (the stub) was asked once, and the answer is shown
+    assert response.status_code == 200, response.content
+    body = response.json()
+    assert body["ok"] is True and body["status"] == 200
+    assert body["message"].startswith("Connected: Anthropic answered the usage report for ")
+    assert body["message"].endswith("with 1 result row.")
+    assert len(reports.requests) == 1
+    assert ProviderConnection.objects.get(tenant=tenant).status == ConnectionStatus.PENDING  # sync untouched
+
+
+def test_a_revoked_key_tests_as_refused_with_anthropics_words(admin_api, tenant, stub):
+    reports, _ = stub
+    services.provider_connection_save(tenant=tenant, actor=Actor.system(), admin_key="sk-ant-admin01-revoked-9999")
+    body = admin_api.post(f"{URL}/test").json()
+    assert body["ok"] is False and body["status"] == 401
+    assert "invalid x-api-key" in body["message"]
+    assert len(reports.requests) == 1  # no retries
+
+
+def test_testing_without_a_connection_is_404(admin_api):
+    assert_error(admin_api.post(f"{URL}/test"), 404, "not_found")
+
+
+def test_service_keys_cannot_test(api, tenant):
+    services.provider_connection_save(tenant=tenant, actor=Actor.system(), admin_key=KEY)
+    assert_error(api.post(f"{URL}/test"), 403, "forbidden")

@@ -94,6 +94,44 @@ def test_only_owners_connect_the_provider_and_the_key_is_never_shown(client, ten
     assert connection.admin_key == secret
 
 
+def test_the_provider_form_refuses_what_cannot_be_anthropics(client, tenant, feature):
+    client.force_login(member(tenant, Role.OWNER))
+    for data, message in (
+        ({"admin_key": "abc"}, "looks like sk-ant-admin01-"),
+        ({"admin_key": "sk-ant-api03-abcdefghijklmnop"}, "That is a regular API key (sk-ant-api…)"),
+        ({"admin_key": "sk-ant-admin01-abcdefghijkl", "workspace_ids": "<script>"},
+         "is not an Anthropic workspace id"),
+    ):
+        page = client.post("/t/acme/provider/save/", {**data, "enabled": "on"}).content.decode()
+        assert message in page, page[:3000]
+        assert "<script>" not in page.split("<main")[-1].replace("&lt;script&gt;", "")
+    assert not ProviderConnection.objects.exists()
+
+
+def test_the_test_button_shows_anthropics_answer_and_paused_says_why(client, tenant, httpserver, settings):
+    from usage.provider import services as provider_services
+    from usage.provider.stub import StubReports
+
+    # Given a paused connection holding the stub's key
+    reports = StubReports()
+    settings.ANTHROPIC_API_BASE_URL = reports.serve(httpserver)
+    provider_services.provider_connection_save(tenant=tenant, actor=Actor.system(), admin_key=reports.api_key,
+                                               enabled=False)
+    client.force_login(member(tenant, Role.OWNER))
+    page = client.get("/t/acme/provider/").content.decode()
+    assert "Paused: syncing is switched off for this connection" in page
+    assert "Test connection" in page
+
+    # When the owner presses "Test connection"
+    response = client.post("/t/acme/provider/test/", follow=True)
+
+    # Then the page shows what Anthropic (the stub) answered, after one call
+    assert "Connected: Anthropic answered the usage report for" in response.content.decode()
+    assert len(reports.requests) == 1
+    # and the dashboard's badge says why it is paused
+    assert "Paused: syncing is switched off" in client.get("/t/acme/").content.decode()
+
+
 def test_lever_board_page_shows_each_feature(client, tenant, feature):
     client.force_login(member(tenant, Role.VIEWER))
     rollup(tenant, feature, day=timezone.now().date() - timedelta(days=1), cost_usd=40)

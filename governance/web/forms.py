@@ -16,6 +16,7 @@ from governance.notify.models import AlertKind, ChannelKind
 from usage.date_range import MAX_RANGE_DAYS, RangeError, resolve_range
 from usage.models import NANO, ServiceTier
 from usage.pricing import is_priced, known_families, priced_models
+from usage.provider import checks
 
 
 def model_choices(*, keep: tuple[str, ...] = ()) -> list[tuple[str, str]]:
@@ -326,8 +327,19 @@ class ProviderForm(forms.Form):
                 f"Saved: {mask(connection.admin_key)}. Leave empty to keep it; paste a new key to replace it."
             )
 
+    def clean_admin_key(self) -> str:
+        key = (self.cleaned_data["admin_key"] or "").strip()
+        problem = checks.admin_key_problem(key) if key else None
+        if problem:
+            raise ValidationError(problem)
+        return key
+
     def clean_workspace_ids(self) -> list[str]:
-        return _split_list(self.cleaned_data["workspace_ids"])
+        ids = _split_list(self.cleaned_data["workspace_ids"])
+        problems = [p for p in (checks.workspace_id_problem(w) for w in ids) if p]
+        if problems:
+            raise ValidationError(problems[:5])
+        return ids
 
     def clean_mapping(self) -> dict[str, dict[str, str]]:
         mapping: dict[str, dict[str, str]] = {"api_keys": {}, "workspaces": {}}
@@ -339,12 +351,14 @@ class ProviderForm(forms.Form):
                 raise ValidationError(f"Line {number}: write “apikey_… = feature-key”.")
             if key not in self.feature_keys:
                 raise ValidationError(f"Line {number}: no feature “{key}”.")
-            if provider_id.startswith("apikey_"):
+            if provider_id.startswith("apikey_") and not checks.api_key_id_problem(provider_id):
                 mapping["api_keys"][provider_id] = key
-            elif provider_id.startswith("wrkspc_"):
+            elif provider_id.startswith("wrkspc_") and not checks.workspace_id_problem(provider_id):
                 mapping["workspaces"][provider_id] = key
             else:
-                raise ValidationError(f"Line {number}: ids start with apikey_ or wrkspc_.")
+                raise ValidationError(
+                    f"Line {number}: ids are apikey_… or wrkspc_… followed by letters and digits."
+                )
         return mapping
 
     def service_data(self) -> dict:

@@ -358,6 +358,18 @@ def channel_deliveries(*, channel, limit: int = 50) -> list:
     )
 
 
+def connection_status_reason(connection) -> str:
+    """Return why a connection is not syncing (paused, failing), or "" when it is."""
+    if not connection.enabled:
+        reason = "Paused: syncing is switched off for this connection, so Anthropic is not asked."
+        if connection.last_error:
+            reason += f" The last sync before that failed: {connection.last_error}"
+        return reason + " An owner can test it and switch it on under Provider."
+    if connection.status in ("error", "failing") and connection.last_error:
+        return f"Sync {connection.get_status_display().lower()}: {connection.last_error}"
+    return ""
+
+
 def reconciliation_status(*, tenant: Tenant, days: int = 7, now: datetime | None = None) -> dict[str, Any] | None:
     """Return the provider connection's sync state and the last days' metered vs billed spend."""
     connection = connection_get(tenant=tenant)
@@ -375,6 +387,7 @@ def reconciliation_status(*, tenant: Tenant, days: int = 7, now: datetime | None
         "connection": connection,
         "status": connection.status if connection.enabled else "disabled",
         "status_label": connection.get_status_display() if connection.enabled else "Paused",
+        "status_reason": connection_status_reason(connection),
         "last_synced": max(synced) if synced else None,
         "days": list(reversed(rows)),
     }

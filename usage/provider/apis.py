@@ -15,7 +15,7 @@ from governance.api.errors import ApiError, NotFound
 from governance.api.fields import DayField, StrictSerializer, UsdField
 from governance.crypto import mask
 from governance.models import KeyRole
-from usage.provider import selectors, services
+from usage.provider import checks, selectors, services
 from usage.provider.models import ProviderConnection
 
 MAX_RECONCILIATION_DAYS = 92
@@ -23,15 +23,17 @@ MAX_MAPPINGS = 1000
 
 
 class FeatureMappingField(serializers.DictField):
-    def __init__(self, **kwargs):
+    def __init__(self, *, id_problem, **kwargs):
         super().__init__(child=serializers.SlugField(max_length=63), **kwargs)
+        self.id_problem = id_problem
 
     def to_internal_value(self, data):
         value = super().to_internal_value(data)
         if len(value) > MAX_MAPPINGS:
             raise serializers.ValidationError(f"At most {MAX_MAPPINGS} entries.")
-        if any(not key or len(key) > 200 or "\x00" in key for key in value):
-            raise serializers.ValidationError("Anthropic ids are 1-200 characters, without NUL.")
+        problems = [p for p in (self.id_problem(key) for key in value) if p]
+        if problems:
+            raise serializers.ValidationError(problems[:5])
         return value
 
 
@@ -46,10 +48,12 @@ class SecretField(serializers.CharField):
 
 class FeatureMappingSerializer(StrictSerializer):
     api_keys = FeatureMappingField(
-        required=False, help_text="Anthropic api_key_id → feature key (the finer attribution)."
+        id_problem=checks.api_key_id_problem, required=False,
+        help_text="Anthropic api_key_id (apikey_…) → feature key (the finer attribution).",
     )
     workspaces = FeatureMappingField(
-        required=False, help_text="Anthropic workspace_id → feature key (used when the API key is not mapped)."
+        id_problem=checks.workspace_id_problem, required=False,
+        help_text="Anthropic workspace_id (wrkspc_…) → feature key (used when the API key is not mapped).",
     )
 
 
@@ -76,6 +80,15 @@ class ProviderConnectionApi(TenantAPIView):
         def validate_admin_key(self, value: str) -> str:
             if any(c.isspace() for c in value):
                 raise serializers.ValidationError("An admin key has no whitespace.")
+            problem = checks.admin_key_problem(value)
+            if problem:
+                raise serializers.ValidationError(problem)
+            return value
+
+        def validate_workspace_ids(self, value: list[str]) -> list[str]:
+            problems = [p for p in (checks.workspace_id_problem(w) for w in value) if p]
+            if problems:
+                raise serializers.ValidationError(problems[:5])
             return value
 
     class ProviderConnectionOutputSerializer(serializers.Serializer):
@@ -145,6 +158,35 @@ class ProviderConnectionApi(TenantAPIView):
     def delete(self, request):
         services.provider_connection_delete(connection=self._connection(), actor=self.actor)
         return Response(status=status.HTTP_204_NO_CONTENT)
+
+
+class ProviderConnectionTestApi(TenantAPIView):
+    """Call Anthropic's Admin API once with the saved connection and say what it answered."""
+
+    required_role = KeyRole.ADMIN
+
+    class OutputSerializer(serializers.Serializer):
+        ok = serializers.BooleanField()
+        message = serializers.CharField()
+        status = serializers.IntegerField(allow_null=True, help_text="Anthropic's HTTP status; null if unreachable")
+        duration_ms = serializers.IntegerField()
+
+    @extend_schema(
+        request=None, responses=OutputSerializer, summary="Test the Anthropic connection (admin)",
+        description=(
+            "Reads the last full hour of the usage report once, without retries, and reports the "
+            "answer. Nothing is stored and the sync is not affected."
+        ),
+    )
+    def post(self, request):
+        connection = selectors.connection_get(tenant=self.tenant)
+        if connection is None:
+            raise NotFound("This tenant has no provider connection.")
+        result = checks.connection_test(
+            admin_key=connection.admin_key, base_url=connection.base_url or None,
+            workspace_ids=list(connection.workspace_ids) or None,
+        )
+        return Response(self.OutputSerializer(result).data)
 
 
 class ReconciledModelOutput(serializers.Serializer):

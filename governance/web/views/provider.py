@@ -12,7 +12,7 @@ from governance.models import Role
 from governance.web import reports
 from governance.web.access import page, tenant_page
 from governance.web.forms import ProviderForm, apply_service_errors
-from usage.provider import services
+from usage.provider import checks, services
 from usage.provider.selectors import connection_get, connection_mapping
 
 
@@ -59,7 +59,25 @@ def provider_save(request):
     except services.UnknownFeatures as exc:
         form.add_error("mapping", str(exc))
         return _page(request, connection, form)
-    messages.success(request, "Connection saved; the next sync runs within five minutes.")
+    connection = connection_get(tenant=request.tenant)
+    if connection is not None and not connection.enabled:
+        messages.success(request, "Connection saved. Syncing is paused: tick “Enabled” to start it.")
+    else:
+        messages.success(request, "Connection saved; the next sync runs within five minutes. "
+                                  "“Test connection” asks Anthropic now.")
+    return redirect("web:provider", slug=request.tenant.slug)
+
+
+@tenant_page(Role.OWNER)
+def provider_test(request):
+    """Call the Admin API once with the saved connection and show what it answered."""
+    connection = connection_get(tenant=request.tenant)
+    if request.method == "POST" and connection is not None:
+        result = checks.connection_test(
+            admin_key=connection.admin_key, base_url=connection.base_url or None,
+            workspace_ids=list(connection.workspace_ids) or None,
+        )
+        (messages.success if result.ok else messages.error)(request, f"{result.message} ({result.duration_ms} ms)")
     return redirect("web:provider", slug=request.tenant.slug)
 
 
