@@ -15,7 +15,7 @@ def backfill(apps, schema_editor):
 
 
 class Migration(migrations.Migration):
-    dependencies = [("notify", "0001_initial")]
+    dependencies = [("notify", "0002_unpriced_usage_kind")]
 
     operations = [
         migrations.AddField(
