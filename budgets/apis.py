@@ -10,13 +10,14 @@ from rest_framework.response import Response
 
 from budgets import selectors, services
 from budgets.models import Budget, Enforcement, Hold, HoldState, Period, Scope
+from budgets.policy import TenantPolicy
 from governance.api.base import TenantAPIView
 from governance.api.errors import ApiError, NotFound
 from governance.api.fields import StrictSerializer, UsdField, nano_to_usd, token_count
 from governance.api.ids import parse_public_id, public_id
-from governance.models import Tenant
+from governance.models import ApiKey, Tenant
 from governance.selectors import feature_get
-from usage.models import ServiceTier
+from usage.models import ServiceTier, Speed
 from usage.pricing import TokenUsage
 from usage.serializers import CommitInput, validate_metadata
 
@@ -43,6 +44,14 @@ class AllowanceInput(StrictSerializer):
     cache_write_5m_tokens = token_count(required=False, default=0)
     cache_write_1h_tokens = token_count(required=False, default=0)
     service_tier = serializers.ChoiceField(choices=ServiceTier.choices, default=ServiceTier.STANDARD)
+    inference_geo = serializers.ChoiceField(
+        choices=["global", "us"], default="global", help_text="us: US-only inference (1.1x on newer models)"
+    )
+    speed = serializers.ChoiceField(choices=Speed.choices, default=Speed.STANDARD, help_text="fast: fast mode")
+    max_web_searches = serializers.IntegerField(
+        required=False, min_value=0, max_value=10_000, default=0,
+        help_text="Most web searches the call may make (the web search tool's max_uses)",
+    )
     run_id = serializers.CharField(required=False, allow_blank=True, max_length=200, default="")
     idempotency_key = serializers.CharField(required=False, allow_blank=True, max_length=255, default="")
     ttl_seconds = serializers.IntegerField(required=False, min_value=10, max_value=90000, default=600)
@@ -57,19 +66,39 @@ class AllowanceInput(StrictSerializer):
         return attrs
 
 
+def denial_reason(decision: services.AllowanceDecision) -> str | None:
+    """Return why a call may not go ahead, or None when it may.
+
+    ``budget_exhausted`` only when a refusing window is already full (spent + reserved at
+    its limit); otherwise this one call is bigger than what remains: ``exceeds_remaining``.
+    A repeat of a finished hold says how it finished (``hold_expired`` …).
+    """
+    if decision.granted:
+        return None
+    if decision.state != HoldState.DENIED and decision.decision != "denied":
+        return f"hold_{decision.state}"
+    refusing = [w for w in decision.windows if w.id in decision.binding_ids]
+    return "budget_exhausted" if any(selectors.window_full(w) for w in refusing) else "exceeds_remaining"
+
+
 def allowance_body(decision: services.AllowanceDecision) -> dict:
     granted = decision.granted
+    refusing = [w for w in decision.windows if w.id in decision.binding_ids]
     return {
-        "id": public_id(decision.hold) if granted and decision.hold else None,
+        "id": public_id(decision.hold) if decision.hold else None,
         "granted": granted,
         "decision": decision.decision,
-        "reason": None if granted else "budget_exhausted",
+        "state": decision.state,
+        "reason": denial_reason(decision),
         "model": decision.model,
         "max_tokens": decision.max_tokens,
         "clamped": decision.clamped,
         "reserved_usd": nano_to_usd(decision.amount_nano if granted else 0),
         "reserved_tokens": decision.tokens if granted else 0,
         "requested_usd": nano_to_usd(decision.amount_nano),
+        "requested_tokens": decision.tokens,
+        "remaining_usd": nano_to_usd(selectors.least_remaining(refusing, unit="usd")) if refusing else None,
+        "remaining_tokens": selectors.least_remaining(refusing, unit="tokens") if refusing else None,
         "expires_at": decision.expires_at,
         "retry_after": decision.retry_after,
         "budgets": statuses(decision.windows, decision.binding_ids),
@@ -106,6 +135,9 @@ def hold_body(hold: Hold) -> dict:
         "max_tokens": hold.max_tokens,
         "clamped": hold.clamped,
         "service_tier": hold.service_tier,
+        "inference_geo": hold.inference_geo,
+        "speed": hold.speed,
+        "max_web_searches": hold.max_web_searches,
         "run_id": hold.run_id or None,
         "reserved_usd": nano_to_usd(hold.amount_nano),
         "reserved_tokens": hold.tokens,
@@ -120,18 +152,26 @@ def hold_body(hold: Hold) -> dict:
 
 
 class HoldMixin:
+    policy: TenantPolicy  # provided by TenantAPIView, which every user of the mixin also subclasses
+    api_key: ApiKey
+
     def hold_id(self, hold_id: str):
         pk = parse_public_id(hold_id, "hold")
         if pk is None:
             raise NotFound("No such allowance.")
         return pk
 
+    @property
+    def feature_ids(self) -> frozenset:
+        """The features this key may see holds of (empty: all): another feature's hold is a 404."""
+        return self.policy.key_feature_ids(self.api_key)
+
 
 class AllowanceDetailApi(HoldMixin, TenantAPIView):
     @extend_schema(responses=OpenApiTypes.OBJECT, summary="A hold's current state, amounts and expiry")
     def get(self, request, hold_id: str):
         hold = selectors.hold_get(tenant=self.tenant, hold_id=self.hold_id(hold_id))
-        if hold is None or hold.state == HoldState.DENIED:
+        if hold is None or hold.state == HoldState.DENIED or (self.feature_ids and hold.feature_id not in self.feature_ids):
             raise NotFound("No such allowance.")
         return Response(hold_body(hold))
 
@@ -147,6 +187,7 @@ class AllowanceCommitApi(HoldMixin, TenantAPIView):
             model=data.get("model") or "",
             service_tier=usage.get("service_tier") or "",
             inference_geo=usage.get("inference_geo") or "",
+            speed=Speed.FAST if usage.get("speed") == Speed.FAST else (Speed.STANDARD if usage.get("speed") else ""),
             request_id=data.get("request_id") or "",
             stop_reason=data.get("stop_reason") or "",
             latency_ms=data.get("latency_ms"),
@@ -158,7 +199,7 @@ class AllowanceCommitApi(HoldMixin, TenantAPIView):
         try:
             result = services.hold_commit(
                 tenant=self.tenant, hold_id=pk, api_key=self.api_key, data=commit, fingerprint=fingerprint,
-                policy=self.policy,
+                policy=self.policy, feature_ids=self.feature_ids,
             )
         except services.AllowanceError as exc:
             raise_allowance_error(exc)
@@ -168,6 +209,8 @@ class AllowanceCommitApi(HoldMixin, TenantAPIView):
                 "state": result.hold.state,
                 "model": result.event.model,
                 "cost_usd": nano_to_usd(result.event.cost_nano),
+                "priced": result.event.priced,
+                "off_hold": result.event.off_hold,
                 "released_usd": nano_to_usd(result.released_nano),
                 "usage_event_id": public_id(result.event),
                 "late": result.hold.late,
@@ -180,7 +223,7 @@ class AllowanceReleaseApi(HoldMixin, TenantAPIView):
     @extend_schema(request=None, responses=OpenApiTypes.OBJECT, summary="The call did not happen: drop the hold")
     def post(self, request, hold_id: str):
         try:
-            hold = services.hold_release(tenant=self.tenant, hold_id=self.hold_id(hold_id))
+            hold = services.hold_release(tenant=self.tenant, hold_id=self.hold_id(hold_id), feature_ids=self.feature_ids)
         except services.AllowanceError as exc:
             raise_allowance_error(exc)
         return Response({"id": public_id(hold), "state": hold.state})

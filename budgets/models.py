@@ -7,7 +7,7 @@ import uuid
 from django.db import models
 
 from governance.models import ApiKey, Feature, Tenant
-from usage.models import ServiceTier, UsageEvent
+from usage.models import ServiceTier, Speed, UsageEvent
 
 
 class Scope(models.TextChoices):
@@ -124,10 +124,17 @@ class Hold(models.Model):
     max_tokens = models.PositiveIntegerField()
     clamped = models.BooleanField(default=False)
     service_tier = models.CharField(max_length=10, choices=ServiceTier.choices, default=ServiceTier.STANDARD)
+    inference_geo = models.CharField(max_length=20, default="global", help_text="global or us (1.1x on newer models)")
+    speed = models.CharField(max_length=10, choices=Speed.choices, default=Speed.STANDARD)
+    max_web_searches = models.PositiveIntegerField(default=0)
     input_tokens = models.PositiveIntegerField(default=0)
+    cache_read_tokens = models.PositiveIntegerField(default=0, help_text="Declared part of input_tokens read from cache")
     amount_nano = models.BigIntegerField()
     tokens = models.BigIntegerField()
     window_ids = models.JSONField(default=list, help_text="Windows this hold reserved on")
+    charged_window_ids = models.JSONField(
+        default=list, blank=True, help_text="Windows its commit was charged to (those of the model committed)"
+    )
     state = models.CharField(max_length=10, choices=HoldState.choices, default=HoldState.HELD)
     expires_at = models.DateTimeField()
     idempotency_key = models.CharField(max_length=255, blank=True)

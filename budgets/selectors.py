@@ -54,6 +54,27 @@ def current_window(budget: Budget, *, at: datetime | None = None, run_id: str = 
     return window or BudgetWindow(budget=budget, start=start, end=end, run_id=run_id)
 
 
+def window_full(window: BudgetWindow) -> bool:
+    """Return whether spent + reserved already reach one of the window's limits (nothing more fits)."""
+    budget = window.budget
+    return (
+        (budget.limit_nano is not None and window.spent_nano + window.reserved_nano >= budget.limit_nano)
+        or (budget.limit_tokens is not None and window.spent_tokens + window.reserved_tokens >= budget.limit_tokens)
+    )
+
+
+def least_remaining(windows: Iterable[BudgetWindow], *, unit: str) -> int | None:
+    """Return the smallest amount left under these windows' limits in ``unit`` (usd: nano-USD), or None."""
+    left = []
+    for window in windows:
+        limit = window.budget.limit_nano if unit == "usd" else window.budget.limit_tokens
+        if limit is not None:
+            used = window.spent_nano + window.reserved_nano if unit == "usd" else (
+                window.spent_tokens + window.reserved_tokens)
+            left.append(max(limit - used, 0))
+    return min(left) if left else None
+
+
 def window_status(window: BudgetWindow, *, binding: bool = False) -> dict[str, Any]:
     """Return the contract's budget status object for one window."""
     budget = window.budget

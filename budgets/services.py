@@ -17,18 +17,18 @@ from typing import Any, cast
 
 from django.core.exceptions import ValidationError
 from django.db import IntegrityError, OperationalError, connection, transaction
-from django.db.models import F, Field
+from django.db.models import Field, Q
 from django.forms.models import model_to_dict
 from django.utils import timezone
 
 from budgets import alerting, reserve
 from budgets.models import Budget, BudgetWindow, Enforcement, Hold, HoldState, Period, Scope
-from budgets.periods import window_bounds
+from budgets.periods import EPOCH, window_bounds
 from budgets.policy import TenantPolicy, policy_changed, tenant_policy
 from governance.audit import Actor, audit_record, audit_update, audited_delete
 from governance.models import ApiKey, Feature, Tenant
 from governance.transactions import MAX_ATTEMPTS, is_retryable
-from usage.models import ServiceTier, UsageEvent, UsageSource
+from usage.models import ServiceTier, Speed, UsageEvent, UsageSource
 from usage.pricing import (
     TokenUsage,
     canonical_model,
@@ -38,7 +38,17 @@ from usage.pricing import (
     planned_usage,
     worst_case_nano,
 )
-from usage.services import UsageInput, event_tokens, rollups_add, usage_event_build
+from usage.selectors import ledger_spend
+from usage.services import (
+    RecordedUsage,
+    UsageInput,
+    event_tokens,
+    rollups_add,
+    unpriced_usage_alert,
+    usage_event_build,
+    usage_events_prepare,
+    usage_events_save,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -125,11 +135,30 @@ def budget_create(
     budget_validate(budget)
     budget.save()
     audit_record(tenant=tenant, actor=actor, action="create", obj=budget, after=budget_snapshot(budget))
+    if budget.active:
+        window_open_now(budget)
     return budget
+
+
+def window_open_now(budget: Budget, *, now: datetime | None = None) -> None:
+    """Make sure the budget's current window exists, starting from what the ledger already has.
+
+    So a budget created mid-period shows, and enforces, the spend already made in it. A run
+    budget has no window until its first run.
+    """
+    if budget.scope == Scope.RUN:
+        return
+    key, end = window_key(budget, tenant=budget.tenant, at=now or timezone.now(), run_id="")
+    windows_by_key({key: (budget, end)})
+
+
+# A change to any of these changes which spend a budget counts.
+SHAPE_FIELDS = ("scope", "feature", "model_families", "period", "active")
 
 
 @transaction.atomic
 def budget_update(*, budget: Budget, actor: Actor, data: dict[str, Any]) -> Budget:
+    """Change a budget; when what it counts changed, its open windows start again from the ledger."""
     before = budget_snapshot(budget)
     for name, value in data.items():
         if name in BUDGET_FIELDS:
@@ -138,7 +167,41 @@ def budget_update(*, budget: Budget, actor: Actor, data: dict[str, Any]) -> Budg
     budget.save()
     after = budget_snapshot(budget)
     audit_update(actor=actor, obj=budget, before=before, after=after)
+    if budget.active and any(before[name] != after[name] for name in SHAPE_FIELDS):
+        windows_recount(budget=budget)
+        window_open_now(budget)
     return budget
+
+
+def window_ledger_spend(budget: Budget, *, start: datetime, end: datetime | None, run_id: str) -> tuple[int, int]:
+    """Return the cost and tokens the ledger already holds in ``budget``'s scope for one window."""
+    tz = budget.tenant.tz
+    return ledger_spend(
+        tenant=budget.tenant,
+        first_day=None if start <= EPOCH else start.astimezone(tz).date(),
+        end_day=None if end is None else end.astimezone(tz).date(),
+        feature_id=budget.feature_id if budget.scope != Scope.TENANT else None,
+        families=budget.model_families,
+        run_id=run_id if budget.scope == Scope.RUN else "",
+    )
+
+
+def windows_recount(*, budget: Budget, now: datetime | None = None) -> None:
+    """Set the spent counters of ``budget``'s open windows to what the ledger holds for its scope now.
+
+    Reserved counters stay: they are the live holds on each window, whatever the budget
+    counts. A window of the old period that the new period also starts takes the new end.
+    """
+    now = now or timezone.now()
+    current_start, current_end = window_bounds(budget.period, now, budget.tenant.tz)
+    windows = BudgetWindow.objects.filter(budget=budget).filter(Q(end__isnull=True) | Q(end__gt=now))
+    for window in windows.order_by("id").select_for_update():
+        if window.start == current_start and window.end != current_end:
+            window.end = current_end
+        window.spent_nano, window.spent_tokens = window_ledger_spend(
+            budget, start=window.start, end=window.end, run_id=window.run_id
+        )
+        window.save(update_fields=["end", "spent_nano", "spent_tokens"])
 
 
 @transaction.atomic
@@ -173,9 +236,14 @@ def windows_by_key(wanted: dict[WindowKey, tuple[Budget, datetime | None]]) -> d
     for key, (budget, end) in wanted.items():
         if key not in found:
             _, start, run = key
+            # A budget created mid-period (or a new run's window) counts what was already spent in
+            # its scope: read before this transaction adds any spend of its own.
+            spent, spent_tokens = window_ledger_spend(budget, start=start, end=end, run_id=run)
             try:
                 with transaction.atomic():
-                    found[key] = BudgetWindow.objects.create(budget=budget, start=start, end=end, run_id=run)
+                    found[key] = BudgetWindow.objects.create(
+                        budget=budget, start=start, end=end, run_id=run, spent_nano=spent, spent_tokens=spent_tokens
+                    )
             except IntegrityError:  # created by a concurrent request meanwhile
                 found[key] = BudgetWindow.objects.get(budget=budget, start=start, run_id=run)
     for key, window in found.items():
@@ -188,49 +256,51 @@ def windows_lock(window_ids: list[int]) -> dict[int, BudgetWindow]:
     return {w.id: w for w in BudgetWindow.objects.filter(id__in=window_ids).order_by("id").select_for_update()}
 
 
-def windows_add(window_ids: list[int], *, spent: int = 0, reserved: int = 0, spent_tokens: int = 0,
-                reserved_tokens: int = 0) -> None:
-    """Move every window's counters by the same amounts, in one UPDATE (the windows are locked already)."""
-    if not window_ids:
-        return
-    BudgetWindow.objects.filter(id__in=window_ids).update(
-        spent_nano=F("spent_nano") + spent,
-        reserved_nano=F("reserved_nano") + reserved,
-        spent_tokens=F("spent_tokens") + spent_tokens,
-        reserved_tokens=F("reserved_tokens") + reserved_tokens,
-    )
+Moves = dict[int, tuple[int, int, int, int]]  # window id -> (spent, reserved, spent tokens, reserved tokens)
 
 
 def windows_move(window_ids: list[int], *, spent: int = 0, reserved: int = 0, spent_tokens: int = 0,
                  reserved_tokens: int = 0) -> list[BudgetWindow]:
-    """Lock the windows in ascending id order and move their counters, in one statement.
+    """Move every one of these windows' counters by the same amounts (see ``windows_move_each``)."""
+    return windows_move_each({i: (spent, reserved, spent_tokens, reserved_tokens) for i in window_ids})
+
+
+def windows_move_each(moves: Moves) -> list[BudgetWindow]:
+    """Lock the windows in ascending id order and move each one's counters by its own amounts, in one statement.
 
     Return the windows as they stand afterwards, in id order (without their budgets).
     """
-    if not window_ids:
+    if not moves:
         return []
     table = BudgetWindow._meta.db_table
-    moves = (
-        "spent_nano = spent_nano + %s, reserved_nano = reserved_nano + %s, "
-        "spent_tokens = spent_tokens + %s, reserved_tokens = reserved_tokens + %s"
-    )
-    returning = ", ".join(f'"{c}"' for c in reserve.WINDOW_COLUMNS)
-    ids = sorted(set(window_ids))
+    returning = ", ".join(f'w."{c}"' for c in reserve.WINDOW_COLUMNS)
+    ids = sorted(moves)
+    columns = list(zip(*(moves[i] for i in ids), strict=True))
     if connection.vendor == "postgresql":
         # The CTE takes the row locks in id order (the global lock order) before the update.
         sql = (
-            f"WITH locked AS (SELECT id FROM {table} WHERE id = ANY(%s) ORDER BY id FOR UPDATE) "
-            f"UPDATE {table} SET {moves} WHERE id IN (SELECT id FROM locked) RETURNING {returning}"
+            f"WITH locked AS (SELECT id FROM {table} WHERE id = ANY(%s) ORDER BY id FOR UPDATE), "
+            "m AS (SELECT * FROM unnest(%s::bigint[], %s::bigint[], %s::bigint[], %s::bigint[], %s::bigint[]) "
+            "AS m(id, spent, reserved, spent_tokens, reserved_tokens)) "
+            f"UPDATE {table} w SET spent_nano = w.spent_nano + m.spent, reserved_nano = w.reserved_nano + m.reserved, "
+            "spent_tokens = w.spent_tokens + m.spent_tokens, reserved_tokens = w.reserved_tokens + m.reserved_tokens "
+            f"FROM m WHERE w.id = m.id AND w.id IN (SELECT id FROM locked) RETURNING {returning}"
         )
-        params: list[Any] = [ids, spent, reserved, spent_tokens, reserved_tokens]
+        with connection.cursor() as cursor:
+            cursor.execute(sql, [ids, ids, *(list(c) for c in columns)])
+            rows = cursor.fetchall()
     else:
         # SQLite runs one writer at a time (BEGIN IMMEDIATE): there is no lock order to keep.
-        marks = ", ".join(["%s"] * len(ids))
-        sql = f"UPDATE {table} SET {moves} WHERE id IN ({marks}) RETURNING {returning}"
-        params = [spent, reserved, spent_tokens, reserved_tokens, *ids]
-    with connection.cursor() as cursor:
-        cursor.execute(sql, params)
-        rows = cursor.fetchall()
+        sql = (
+            f"UPDATE {table} SET spent_nano = spent_nano + %s, reserved_nano = reserved_nano + %s, "
+            f"spent_tokens = spent_tokens + %s, reserved_tokens = reserved_tokens + %s WHERE id = %s "
+            f"RETURNING {returning.replace('w.', '')}"
+        )
+        rows = []
+        with connection.cursor() as cursor:
+            for window_id in ids:
+                cursor.execute(sql, [*moves[window_id], window_id])
+                rows.extend(cursor.fetchall())
     windows = [reserve.window_from_row(row) for row in rows]
     if connection.vendor != "postgresql":
         for window in windows:  # SQLite hands back text for datetimes and UUIDs
@@ -249,29 +319,77 @@ def _applicable(budgets: list[Budget], *, feature: Feature, model: str, run_id: 
     return [b for b in budgets if b.applies_to(feature=feature, family=family, run_id=run_id)]
 
 
-def windows_charge_usage(*, tenant: Tenant, events: list[UsageEvent]) -> None:
-    """Add reported usage (no hold) to the spent counters of the windows it falls in."""
-    if not events:
-        return
-    budgets = list(Budget.objects.filter(tenant=tenant, active=True))
-    if not budgets:
-        return
-    wanted: dict[WindowKey, tuple[Budget, datetime | None]] = {}
-    deltas: dict[WindowKey, list[int]] = defaultdict(lambda: [0, 0])
-    for event in events:
-        for budget in budgets:
-            if not budget.applies_to(feature=event.feature, family=event.family, run_id=event.run_id):
-                continue
-            key, end = window_key(budget, tenant=tenant, at=event.occurred_at, run_id=event.run_id)
-            wanted[key] = (budget, end)
-            deltas[key][0] += event.cost_nano
-            deltas[key][1] += event_tokens(event)
-    windows = windows_by_key(wanted)
-    ids = {windows[key].id: key for key in deltas}
-    for window_id in sorted(ids):  # ascending: the global lock order
-        spent, tokens = deltas[ids[window_id]]
-        windows_move([window_id], spent=spent, spent_tokens=tokens)
-    alerting.windows_evaluate_later(sorted(ids))
+def _over_limit(window: BudgetWindow, *, charged_nano: int, charged_tokens: int) -> bool:
+    """Return whether a charge not covered by a hold took an enforcing window past its limit."""
+    budget = window.budget
+    if budget.enforcement == Enforcement.ALERT:
+        return False
+    over_usd = (budget.limit_nano is not None and charged_nano > 0
+                and window.spent_nano + window.reserved_nano > budget.limit_nano)
+    over_tokens = (budget.limit_tokens is not None and charged_tokens > 0
+                   and window.spent_tokens + window.reserved_tokens > budget.limit_tokens)
+    return over_usd or over_tokens
+
+
+def _charged_windows(policy: TenantPolicy, *, tenant: Tenant, event: UsageEvent) -> list[int]:
+    """Return the ids of the windows ``event`` is charged to: every active budget that counts its model."""
+    budgets = [
+        b for b in policy.budgets
+        if b.applies_to(feature=event.feature, family=event.family or None, run_id=event.run_id)
+    ]
+    ids = _window_ids(policy, budgets, tenant=tenant, at=event.occurred_at, run_id=event.run_id)
+    return sorted(ids.values())
+
+
+def usage_report(
+    *, tenant: Tenant, api_key: ApiKey | None, items: list[UsageInput], policy: TenantPolicy | None = None
+) -> list[RecordedUsage]:
+    """Record usage reported without a hold and charge it to the windows of every budget that counts it.
+
+    Always recorded, even over budget: the money was spent. Spend that takes an enforcing
+    budget past its limit is flagged ``off_hold``. A known request_id with the same body
+    is a duplicate; with another body, UsageConflict.
+    """
+    for attempt in range(1, MAX_ATTEMPTS + 1):
+        policy = policy or tenant_policy(tenant.pk)
+        try:
+            with transaction.atomic():
+                results = usage_events_prepare(tenant=tenant, api_key=api_key, items=items, source=UsageSource.REPORT)
+                events = [r.event for r in results if r.created]
+                # Windows first (a new one starts from the ledger as it was), then the counters, then the rows.
+                charges: dict[int, list[UsageEvent]] = defaultdict(list)
+                for event in events:
+                    for window_id in _charged_windows(policy, tenant=tenant, event=event):
+                        charges[window_id].append(event)
+                moves = {
+                    i: (sum(e.cost_nano for e in evs), 0, sum(event_tokens(e) for e in evs), 0)
+                    for i, evs in charges.items()
+                }
+                windows = _with_budgets(windows_move_each(moves), policy)
+                for window in windows:
+                    if _over_limit(window, charged_nano=moves[window.id][0], charged_tokens=moves[window.id][2]):
+                        for event in charges[window.id]:
+                            event.off_hold = True
+                usage_events_save(tenant=tenant, events=events)
+                unpriced_usage_alert(tenant=tenant, events=events)
+                alerting.windows_evaluate_later([w.id for w in windows], windows=windows)
+                return results
+        except StalePolicy:
+            policy_changed(tenant.pk)
+            policy = None
+        except IntegrityError:
+            # A concurrent report of the same request_id won: the retry sees its row. A commit
+            # racing for the request_id is told apart there by its body.
+            if attempt == MAX_ATTEMPTS:
+                raise
+            logger.info("usage report retry %s after a racing request_id", attempt)
+            policy = None
+        except OperationalError as exc:
+            if attempt == MAX_ATTEMPTS or not is_retryable(exc):
+                raise
+            logger.info("usage report retry %s after %s", attempt, type(exc).__name__)
+            policy = None
+    raise AssertionError("unreachable")
 
 
 # --- allowances ------------------------------------------------------------------------
@@ -287,6 +405,9 @@ class AllowanceRequest:
     cache_write_5m_tokens: int = 0
     cache_write_1h_tokens: int = 0
     service_tier: str = ServiceTier.STANDARD
+    inference_geo: str = "global"
+    speed: str = Speed.STANDARD
+    max_web_searches: int = 0
     run_id: str = ""
     idempotency_key: str = ""
     ttl_seconds: int = 600
@@ -314,10 +435,12 @@ class AllowanceDecision:
     hold: Hold | None = None
     expires_at: datetime | None = None
     retry_after: datetime | None = None
+    state: str = HoldState.HELD  # a repeat answers the hold as it is now
 
     @property
     def granted(self) -> bool:
-        return self.decision != "denied"
+        """Return whether the caller may make the call now (a repeat of a finished hold may not)."""
+        return self.decision != "denied" and self.state == HoldState.HELD
 
 
 def feature_for_call(*, tenant: Tenant, api_key: ApiKey | None, key: str, policy: TenantPolicy) -> Feature:
@@ -417,6 +540,23 @@ def _window_ids(policy: TenantPolicy, budgets: list[Budget], *, tenant: Tenant, 
     return {budget_id: policy.window_ids[key] for budget_id, key in keys.items()}
 
 
+def worst_case_usage(req: AllowanceRequest, *, max_tokens: int) -> TokenUsage:
+    """Return the most a call as declared can use: its input, ``max_tokens`` out, every web search allowed.
+
+    Declared cache reads are held as cache writes: a read that misses (the cache expired or
+    was never written) is written again, at the 1-hour rate when the call writes 1-hour
+    entries, else at the 5-minute rate. So a hold bounds the call whether its cache hits or not.
+    """
+    one_hour = req.cache_write_1h_tokens > 0
+    return planned_usage(
+        input_tokens=req.input_tokens,
+        max_tokens=max_tokens,
+        cache_write_5m_tokens=req.cache_write_5m_tokens + (0 if one_hour else req.cache_read_tokens),
+        cache_write_1h_tokens=req.cache_write_1h_tokens + (req.cache_read_tokens if one_hour else 0),
+        web_search_requests=req.max_web_searches,
+    )
+
+
 def _decide(tenant, api_key, feature, req, max_tokens, clamped, fingerprint, policy) -> AllowanceDecision:
     """Price every candidate model, find the windows, then decide under the window locks.
 
@@ -425,28 +565,26 @@ def _decide(tenant, api_key, feature, req, max_tokens, clamped, fingerprint, pol
     downgrade budget, or no fallback models) the whole decision is one statement.
     """
     now = timezone.now()
-    planned = planned_usage(
-        input_tokens=req.input_tokens,
-        max_tokens=max_tokens,
-        cache_read_tokens=req.cache_read_tokens,
-        cache_write_5m_tokens=req.cache_write_5m_tokens,
-        cache_write_1h_tokens=req.cache_write_1h_tokens,
-    )
+    planned = worst_case_usage(req, max_tokens=max_tokens)
     tokens = planned.total_tokens
     budgets = [b for b in policy.budgets if b.scope != Scope.RUN or req.run_id]
     candidates = [req.model]
     if any(b.enforcement == Enforcement.DOWNGRADE for b in budgets):
         candidates += [m for m in feature.fallback_models if is_priced(m) and m != req.model]
     per_candidate = {m: _applicable(budgets, feature=feature, model=m, run_id=req.run_id) for m in candidates}
-    amounts = {m: worst_case_nano(m, planned, service_tier=req.service_tier) for m in candidates}
+    amounts = {
+        m: worst_case_nano(m, planned, service_tier=req.service_tier, inference_geo=req.inference_geo, speed=req.speed)
+        for m in candidates
+    }
     union = {b.pk: b for bs in per_candidate.values() for b in bs}
     id_by_budget = _window_ids(policy, list(union.values()), tenant=tenant, at=now, run_id=req.run_id)
     window_ids = {m: [id_by_budget[b.pk] for b in per_candidate[m]] for m in candidates}
     hold = Hold(
         tenant_id=tenant.pk, feature_id=feature.pk, api_key_id=api_key.pk if api_key else None, run_id=req.run_id,
         requested_model=req.model, model=canonical_model(req.model), decision="granted",
-        max_tokens=max_tokens, clamped=clamped, service_tier=req.service_tier,
-        input_tokens=req.input_tokens, amount_nano=amounts[req.model], tokens=tokens,
+        max_tokens=max_tokens, clamped=clamped, service_tier=req.service_tier, inference_geo=req.inference_geo,
+        speed=req.speed, max_web_searches=req.max_web_searches, input_tokens=req.input_tokens,
+        cache_read_tokens=req.cache_read_tokens, amount_nano=amounts[req.model], tokens=tokens,
         window_ids=window_ids[req.model], expires_at=now + timedelta(seconds=req.ttl_seconds),
         idempotency_key=req.idempotency_key, request_hash=fingerprint, metadata=req.metadata, created_at=now,
     )
@@ -470,7 +608,7 @@ def _decide(tenant, api_key, feature, req, max_tokens, clamped, fingerprint, pol
                 retry_after=_retry_after([w for w in first_windows if w.id in binding]),
             )
         amount = amounts[chosen]
-        windows_add(window_ids[chosen], reserved=amount, reserved_tokens=tokens)
+        windows_move(window_ids[chosen], reserved=amount, reserved_tokens=tokens)
         if chosen != req.model:
             hold.decision, hold.model = "downgraded", canonical_model(chosen)
             hold.amount_nano, hold.window_ids = amount, window_ids[chosen]
@@ -561,11 +699,15 @@ def _replay(tenant: Tenant, idempotency_key: str, fingerprint: str) -> Allowance
     windows = list(BudgetWindow.objects.filter(id__in=hold.window_ids).select_related("budget").order_by("id"))
     denied = hold.state == HoldState.DENIED
     binding = {w.id for w in windows if denied and not _fits(w.budget, w, hold.amount_nano, hold.tokens)}
+    state = hold.state
+    if state == HoldState.HELD and hold.expires_at <= timezone.now():
+        state = HoldState.EXPIRED  # the expiry task has not run yet, but the hold is dead
     return AllowanceDecision(
         decision=hold.decision, model=hold.model, max_tokens=hold.max_tokens, clamped=hold.clamped,
         amount_nano=hold.amount_nano, tokens=hold.tokens, windows=windows, binding_ids=binding,
         hold=None if denied else hold, expires_at=None if denied else hold.expires_at,
         retry_after=_retry_after([w for w in windows if w.id in binding]) if denied else None,
+        state=HoldState.DENIED if denied else state,
     )
 
 
@@ -591,6 +733,7 @@ class CommitData:
     model: str = ""
     service_tier: str = ""
     inference_geo: str = ""
+    speed: str = ""
     request_id: str = ""
     stop_reason: str = ""
     latency_ms: int | None = None
@@ -599,15 +742,21 @@ class CommitData:
     metadata: dict[str, Any] = field(default_factory=dict)
 
 
-def _hold_locked(tenant: Tenant, hold_id) -> Hold:
-    hold = Hold.objects.select_for_update().filter(tenant=tenant, pk=hold_id).exclude(state=HoldState.DENIED).first()
+def _hold_locked(tenant: Tenant, hold_id, feature_ids: frozenset = frozenset()) -> Hold:
+    """Lock and return the tenant's hold; a key restricted to other features sees no such hold."""
+    holds = Hold.objects.select_for_update().filter(tenant=tenant, pk=hold_id).exclude(state=HoldState.DENIED)
+    if feature_ids:
+        holds = holds.filter(feature_id__in=feature_ids)
+    hold = holds.first()
     if hold is None:
         raise AllowanceError("not_found", "No such allowance.")
     return hold
 
 
 def _windows_for(hold: Hold) -> list[BudgetWindow]:
-    return list(BudgetWindow.objects.filter(id__in=hold.window_ids).select_related("budget").order_by("id"))
+    """Return the windows a committed call was charged to, as they stand now."""
+    windows = BudgetWindow.objects.filter(id__in=hold.charged_window_ids).select_related("budget").order_by("id")
+    return list(windows)
 
 
 def _with_budgets(windows: list[BudgetWindow], policy: TenantPolicy) -> list[BudgetWindow]:
@@ -615,7 +764,7 @@ def _with_budgets(windows: list[BudgetWindow], policy: TenantPolicy) -> list[Bud
     known = {b.pk: b for b in policy.budgets}
     missing = {w.budget_id for w in windows} - set(known)
     if missing:
-        known.update((b.pk, b) for b in Budget.objects.filter(pk__in=missing))
+        known.update((b.pk, b) for b in Budget.objects.filter(pk__in=missing).select_related("tenant"))
     for window in windows:
         window.budget = known[window.budget_id]
     return windows
@@ -624,14 +773,20 @@ def _with_budgets(windows: list[BudgetWindow], policy: TenantPolicy) -> list[Bud
 @transaction.atomic
 def hold_commit(
     *, tenant: Tenant, hold_id, api_key: ApiKey | None, data: CommitData, fingerprint: str,
-    policy: TenantPolicy | None = None,
+    policy: TenantPolicy | None = None, feature_ids: frozenset = frozenset(),
 ) -> CommitResult:
-    """Charge a call's actual usage to the windows its hold reserved on, and write it to the ledger.
+    """Record a call's actual usage and charge it to the budgets that count the model it used.
 
-    A commit after expiry is still charged (the money was spent) and marked late.
+    The reservation comes off the windows the hold reserved on; the cost goes on the
+    windows of every budget that counts the committed model (its family, the hold's
+    feature and run) in the period the call was made, which is when its hold was granted.
+    A call that used another model than the one granted is still recorded and charged
+    (the money was spent); where that takes an enforcing budget past its limit, the event
+    is flagged ``off_hold``. A commit after expiry is recorded the same way and marked late.
+    A model with no price is recorded at the hold model's price with ``priced=False``.
     ``policy`` is the tenant's policy when the caller has just checked it is current.
     """
-    hold = _hold_locked(tenant, hold_id)
+    hold = _hold_locked(tenant, hold_id, feature_ids)
     policy = policy or tenant_policy(tenant.pk)
     if hold.state == HoldState.RELEASED:
         raise AllowanceError("conflict", "This allowance was released; it cannot be committed.")
@@ -639,50 +794,68 @@ def hold_commit(
         if hold.commit_hash != fingerprint:
             raise AllowanceError("conflict", "This allowance was already committed with a different body.")
         # A committed hold was given its event; SET_NULL clears it only if the ledger row is deleted.
-        return CommitResult(hold=hold, event=cast(UsageEvent, hold.usage_event), windows=_windows_for(hold))
-    model = data.model or hold.model
-    if not is_priced(model):
-        raise AllowanceError("unknown_model", f"No price is known for model '{model}'.", {"model": model})
-    if data.request_id and UsageEvent.objects.filter(tenant=tenant, request_id=data.request_id).exists():
+        event = cast(UsageEvent, hold.usage_event)
+        return CommitResult(hold=hold, event=event, windows=_windows_for(hold))
+    now = timezone.now()
+    was_held = hold.state == HoldState.HELD and now <= hold.expires_at
+    item = UsageInput(
+        feature=policy.feature_by_id(hold.feature_id) or hold.feature, model=data.model or hold.model,
+        usage=data.usage, service_tier=data.service_tier or hold.service_tier,
+        inference_geo=data.inference_geo or hold.inference_geo, speed=data.speed or hold.speed,
+        request_id=data.request_id, run_id=hold.run_id, occurred_at=hold.created_at,
+        stop_reason=data.stop_reason, latency_ms=data.latency_ms, ttft_ms=data.ttft_ms, streamed=data.streamed,
+        max_tokens=hold.max_tokens, metadata={**hold.metadata, **data.metadata},
+    )
+    event = usage_event_build(tenant=tenant, api_key=api_key, item=item, source=UsageSource.COMMIT,
+                              fallback_model=hold.model)
+    event.body_hash = fingerprint
+    tokens = event_tokens(event)
+    charged = _charged_windows(policy, tenant=tenant, event=event)
+    # The shared rows (windows, then the day's rollup) are locked after the hold, in id order.
+    moves: dict[int, list[int]] = defaultdict(lambda: [0, 0, 0, 0])
+    for window_id in charged:
+        moves[window_id][0] += event.cost_nano
+        moves[window_id][2] += tokens
+    if hold.state == HoldState.HELD:  # an expired hold's reservation is gone already, or goes here
+        for window_id in hold.window_ids:
+            moves[window_id][1] -= hold.amount_nano
+            moves[window_id][3] -= hold.tokens
+    windows = _with_budgets(windows_move_each({i: tuple(m) for i, m in moves.items()}), policy)  # type: ignore[misc]
+    covered = set(hold.window_ids) if was_held else set()
+    event.off_hold = any(
+        _over_limit(
+            w,
+            charged_nano=event.cost_nano - (hold.amount_nano if w.id in covered else 0),
+            charged_tokens=tokens - (hold.tokens if w.id in covered else 0),
+        )
+        for w in windows if w.id in set(charged)
+    )
+    try:
+        with transaction.atomic():
+            event.save(force_insert=True)
+    except IntegrityError:
         raise AllowanceError(
             "conflict", f"Usage for request_id '{data.request_id}' is already recorded.",
             {"request_id": data.request_id},
-        )
-    now = timezone.now()
-    was_held = hold.state == HoldState.HELD
-    item = UsageInput(
-        feature=policy.feature_by_id(hold.feature_id) or hold.feature, model=model, usage=data.usage,
-        service_tier=data.service_tier or hold.service_tier, inference_geo=data.inference_geo,
-        request_id=data.request_id, run_id=hold.run_id, stop_reason=data.stop_reason,
-        latency_ms=data.latency_ms, ttft_ms=data.ttft_ms, streamed=data.streamed,
-        max_tokens=hold.max_tokens, metadata={**hold.metadata, **data.metadata},
-    )
-    event = usage_event_build(tenant=tenant, api_key=api_key, item=item, source=UsageSource.COMMIT)
-    event.save(force_insert=True)
+        ) from None
     hold.state = HoldState.COMMITTED
-    hold.late = not was_held or now > hold.expires_at
+    hold.late = not was_held
     hold.usage_event = event
     hold.commit_hash = fingerprint
     hold.finished_at = now
-    hold.save(update_fields=["state", "late", "usage_event", "commit_hash", "finished_at"])
-    # The shared rows (windows, then the day's rollup) are locked last, so they are held briefly.
-    windows = windows_move(
-        hold.window_ids,
-        spent=event.cost_nano,
-        spent_tokens=event_tokens(event),
-        reserved=-hold.amount_nano if was_held else 0,
-        reserved_tokens=-hold.tokens if was_held else 0,
-    )
-    _with_budgets(windows, policy)
+    hold.charged_window_ids = charged
+    hold.save(update_fields=["state", "late", "usage_event", "commit_hash", "finished_at", "charged_window_ids"])
     rollups_add(tenant=tenant, events=[event])
-    alerting.windows_evaluate_later([w.id for w in windows], windows=windows)
-    return CommitResult(hold=hold, event=event, windows=windows)
+    unpriced_usage_alert(tenant=tenant, events=[event])
+    charged_windows = [w for w in windows if w.id in set(charged)]
+    alerting.windows_evaluate_later([w.id for w in charged_windows], windows=charged_windows)
+    return CommitResult(hold=hold, event=event, windows=charged_windows)
 
 
 @transaction.atomic
-def hold_release(*, tenant: Tenant, hold_id) -> Hold:
+def hold_release(*, tenant: Tenant, hold_id, feature_ids: frozenset = frozenset()) -> Hold:
     """Drop a hold the call did not use; releasing twice is harmless, a committed hold is a conflict."""
-    hold = _hold_locked(tenant, hold_id)
+    hold = _hold_locked(tenant, hold_id, feature_ids)
     if hold.state == HoldState.COMMITTED:
         raise AllowanceError("conflict", "This allowance was already committed.")
     if hold.state in (HoldState.HELD, HoldState.EXPIRED):

@@ -497,8 +497,9 @@ def test_token_budget_forecast(tenant):
 
 
 def test_usage_reported_through_the_ledger_reaches_the_board(tenant):
+    from budgets.services import usage_report
     from usage.pricing import TokenUsage
-    from usage.services import UsageInput, usage_report
+    from usage.services import UsageInput
 
     # Given three Sonnet 4.5 calls reported to the ledger (PRICING.md example 1: $0.0105 each),
     # one of them cut off at max_tokens and streamed

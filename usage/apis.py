@@ -8,6 +8,7 @@ from drf_spectacular.utils import OpenApiParameter, extend_schema, inline_serial
 from rest_framework import serializers, status
 from rest_framework.response import Response
 
+from budgets.services import usage_report
 from governance.api.base import TenantAPIView
 from governance.api.errors import ApiError, Forbidden
 from governance.api.fields import DayField, StrictSerializer, nano_to_usd
@@ -18,7 +19,7 @@ from usage.date_range import RangeError, resolve_range
 from usage.models import ServiceTier, Speed
 from usage.pricing import TokenUsage
 from usage.serializers import UsageEventInput
-from usage.services import UsageInput, usage_report
+from usage.services import UsageConflict, UsageInput
 
 MAX_EVENTS = 1000
 
@@ -27,6 +28,8 @@ class UsageResult(serializers.Serializer):
     request_id = serializers.CharField()
     status = serializers.ChoiceField(choices=["recorded", "duplicate"])
     cost_usd = serializers.CharField()
+    priced = serializers.BooleanField(help_text="False: no price is known for the model; recorded with its tokens")
+    off_hold = serializers.BooleanField(help_text="True: this spend took an enforcing budget past its limit")
     usage_event_id = serializers.CharField()
 
 
@@ -68,7 +71,14 @@ class UsageReportApi(TenantAPIView):
             )
         features: dict[str, object] = {}
         items = [self._item(index, data, features) for index, data in enumerate(serializer.validated_data)]
-        results = usage_report(tenant=self.tenant, api_key=self.api_key, items=items)
+        try:
+            results = usage_report(tenant=self.tenant, api_key=self.api_key, items=items, policy=self.policy)
+        except UsageConflict as exc:
+            index = next(i for i, item in enumerate(items) if item.request_id == exc.request_id)
+            raise ApiError(
+                f"events[{index}]: {exc}", code="conflict", status_code=409,
+                details={"index": index, "request_id": exc.request_id},
+            ) from None
         return Response(
             {
                 "results": [
@@ -77,6 +87,7 @@ class UsageReportApi(TenantAPIView):
                         "status": "recorded" if r.created else "duplicate",
                         "cost_usd": nano_to_usd(r.event.cost_nano),
                         "priced": r.event.priced,
+                        "off_hold": r.event.off_hold,
                         "usage_event_id": public_id(r.event),
                     }
                     for r in results
@@ -108,7 +119,7 @@ class UsageReportApi(TenantAPIView):
             usage=TokenUsage.from_anthropic(usage),
             service_tier=usage.get("service_tier") or ServiceTier.STANDARD,
             inference_geo=usage.get("inference_geo") or "",
-            speed=usage.get("speed") or Speed.STANDARD,
+            speed=Speed.FAST if usage.get("speed") == Speed.FAST else Speed.STANDARD,
             request_id=data["request_id"],
             run_id=data.get("run_id", ""),
             occurred_at=data.get("occurred_at"),

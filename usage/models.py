@@ -125,7 +125,12 @@ class UsageEvent(models.Model):
     priced = models.BooleanField(
         default=True, help_text="False: no price was known for the model; cost is 0 or the hold model's price."
     )
-    off_hold = models.BooleanField(default=False, help_text="Committed although its model budgets refused it.")
+    off_hold = models.BooleanField(
+        default=False, help_text="Spend no hold covered that took an enforcing budget past its limit."
+    )
+    body_hash = models.CharField(
+        max_length=64, blank=True, help_text="Hash of the reported body: a repeat must match it (else 409)."
+    )
     max_tokens = models.PositiveIntegerField(null=True, blank=True, help_text="max_tokens the call carried")
     stop_reason = models.CharField(max_length=40, blank=True)
     latency_ms = models.PositiveIntegerField(null=True, blank=True)
@@ -145,7 +150,11 @@ class UsageEvent(models.Model):
                 name="usage_event_request_unique",
             )
         ]
-        indexes = [models.Index(fields=["tenant", "occurred_at"])]
+        indexes = [
+            models.Index(fields=["tenant", "occurred_at"]),
+            # A run budget's window starts from the spend its run already has.
+            models.Index(fields=["tenant", "run_id"], condition=~models.Q(run_id=""), name="usage_event_run"),
+        ]
 
     def __str__(self) -> str:
         return f"{self.model} {self.occurred_at:%Y-%m-%d %H:%M} {self.request_id}"

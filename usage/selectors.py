@@ -5,11 +5,11 @@ from __future__ import annotations
 from datetime import date
 from typing import Any
 
-from django.db.models import QuerySet, Sum
+from django.db.models import F, QuerySet, Sum
 
 from governance.api.fields import nano_to_usd
 from governance.models import Feature, Tenant
-from usage.models import UsageRollup
+from usage.models import UsageEvent, UsageRollup
 
 GROUPS = {"feature": "feature__key", "model": "model", "day": "day", "service_tier": "service_tier", "family": "family"}
 TOKEN_SUMS = (
@@ -52,3 +52,35 @@ def usage_summary(
         "rows": [render(r, group_by) for r in rows],
         "total": render(totals, []),
     }
+
+
+def _spend(rows: QuerySet) -> tuple[int, int]:
+    tokens = (F("input_tokens") + F("output_tokens") + F("cache_write_5m_tokens") + F("cache_write_1h_tokens")
+              + F("cache_read_tokens"))
+    totals = rows.aggregate(cost=Sum("cost_nano"), tokens=Sum(tokens))
+    return totals["cost"] or 0, totals["tokens"] or 0
+
+
+def ledger_spend(
+    *, tenant: Tenant, first_day: date | None, end_day: date | None, feature_id: Any = None,
+    families: list[str] | None = None, run_id: str = "",
+) -> tuple[int, int]:
+    """Return the cost (nano-USD) and tokens the ledger holds for one budget scope and period.
+
+    The period is the tenant-local days ``first_day`` up to, not including, ``end_day``
+    (either open), read from the daily rollups; a run's spend (``run_id``) is read from the
+    ledger itself, by its run index, as rollups do not keep runs.
+    """
+    if run_id:
+        rows: QuerySet = UsageEvent.objects.filter(tenant=tenant, run_id=run_id)
+    else:
+        rows = UsageRollup.objects.filter(tenant=tenant)
+        if first_day is not None:
+            rows = rows.filter(day__gte=first_day)
+        if end_day is not None:
+            rows = rows.filter(day__lt=end_day)
+    if feature_id is not None:
+        rows = rows.filter(feature_id=feature_id)
+    if families:
+        rows = rows.filter(family__in=families)
+    return _spend(rows)

@@ -9,7 +9,7 @@ from django.utils import timezone
 from rest_framework import serializers
 
 from governance.api.fields import EARLIEST_TIME, StrictSerializer, token_count
-from usage.models import ServiceTier, Speed
+from usage.models import ServiceTier
 from usage.pricing import TokenUsage
 
 METADATA_LIMIT = 4096
@@ -79,7 +79,8 @@ class AnthropicUsageInput(serializers.Serializer):
     server_tool_use = ServerToolUseInput(required=False, allow_null=True)
     service_tier = serializers.ChoiceField(choices=ServiceTier.choices, required=False, allow_null=True)
     inference_geo = serializers.CharField(required=False, allow_null=True, allow_blank=True, max_length=20)
-    speed = serializers.ChoiceField(choices=Speed.choices, required=False, allow_null=True)
+    # Free text, not a choice: a value Anthropic adds later must not make spent money a 400.
+    speed = serializers.CharField(required=False, allow_null=True, allow_blank=True, max_length=20)
 
     def to_token_usage(self, data) -> TokenUsage:
         return TokenUsage.from_anthropic(data)

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import dataclasses
 import functools
+import hashlib
 import json
 import logging
 from collections import defaultdict
@@ -10,11 +12,10 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
-from django.db import IntegrityError, OperationalError, connection, transaction
+from django.db import IntegrityError, connection, transaction
 from django.utils import timezone
 
 from governance.models import ApiKey, Feature, Tenant
-from governance.transactions import MAX_ATTEMPTS, is_retryable
 from usage.models import (
     HISTOGRAM_SIZE,
     ModelPrice,
@@ -22,7 +23,6 @@ from usage.models import (
     Speed,
     UsageEvent,
     UsageRollup,
-    UsageSource,
     histogram_bucket,
 )
 from usage.pricing import TokenUsage, UnknownModel, model_family, price_for, to_nano, usage_cost
@@ -238,36 +238,54 @@ def _rollup_upsert(key: dict[str, Any], family: str, delta: dict[str, Any]) -> N
         cursor.execute(_rollup_upsert_sql(), values)
 
 
-def usage_events_record(
+class UsageConflict(Exception):
+    """A request_id already recorded with a different body (or being recorded by another request)."""
+
+    def __init__(self, request_id: str) -> None:
+        super().__init__(f"Usage for request_id '{request_id}' is already recorded with a different body.")
+        self.request_id = request_id
+
+
+def usage_body_hash(item: UsageInput) -> str:
+    """Return a stable hash of what a report says about a call, to tell a retry from a different call."""
+    body = {
+        "feature": item.feature.key, "model": item.model, "usage": dataclasses.asdict(item.usage),
+        "service_tier": item.service_tier, "inference_geo": item.inference_geo, "speed": item.speed,
+        "run_id": item.run_id, "occurred_at": item.occurred_at.isoformat() if item.occurred_at else None,
+        "stop_reason": item.stop_reason, "latency_ms": item.latency_ms, "ttft_ms": item.ttft_ms,
+        "streamed": item.streamed, "max_tokens": item.max_tokens, "metadata": item.metadata,
+    }
+    return hashlib.sha256(json.dumps(body, sort_keys=True, default=str).encode()).hexdigest()
+
+
+def usage_events_prepare(
     *, tenant: Tenant, api_key: ApiKey | None, items: list[UsageInput], source: str
 ) -> list[RecordedUsage]:
-    """Write new ledger rows and their rollups; a known request_id is a duplicate, not a new row.
+    """Price new ledger rows (unsaved) and find the repeats; a request_id seen with another body is a conflict.
 
-    Call inside a transaction. Raises IntegrityError when a concurrent writer inserted
-    the same request_id first; ``usage_report`` retries on that.
+    A known request_id with the same body is a duplicate, answered with the row already
+    recorded. Save the new rows with ``usage_events_save`` in the same transaction.
     """
     wanted = [item.request_id for item in items if item.request_id]
     existing = {
         e.request_id: e for e in UsageEvent.objects.filter(tenant=tenant, request_id__in=wanted)
     } if wanted else {}
     results: list[RecordedUsage] = []
-    new_events: list[UsageEvent] = []
     seen: dict[str, UsageEvent] = {}
     for item in items:
-        if item.request_id and item.request_id in existing:
-            results.append(RecordedUsage(existing[item.request_id], created=False))
-            continue
-        if item.request_id and item.request_id in seen:
-            results.append(RecordedUsage(seen[item.request_id], created=False))
+        body_hash = usage_body_hash(item)
+        known = existing.get(item.request_id) or seen.get(item.request_id) if item.request_id else None
+        if known is not None:
+            # Rows recorded before bodies were hashed have none to compare: a repeat, as it was then.
+            if known.body_hash and known.body_hash != body_hash:
+                raise UsageConflict(item.request_id)
+            results.append(RecordedUsage(known, created=False))
             continue
         event = usage_event_build(tenant=tenant, api_key=api_key, item=item, source=source)
+        event.body_hash = body_hash
         if item.request_id:
             seen[item.request_id] = event
-        new_events.append(event)
         results.append(RecordedUsage(event, created=True))
-    if new_events:
-        UsageEvent.objects.bulk_create(new_events)
-        rollups_add(tenant=tenant, events=new_events)
     return results
 
 
@@ -299,25 +317,11 @@ def unpriced_usage_alert(*, tenant: Tenant, events: list[UsageEvent]) -> None:
         )
 
 
-def usage_report(*, tenant: Tenant, api_key: ApiKey | None, items: list[UsageInput]) -> list[RecordedUsage]:
-    """Record usage reported without a hold and charge it to the budgets it falls in.
+def usage_events_save(*, tenant: Tenant, events: list[UsageEvent]) -> None:
+    """Insert new ledger rows and add them to their rollups; call inside the transaction that priced them.
 
-    Always recorded, even over budget: the money was spent.
+    Raises IntegrityError when a concurrent writer inserted the same request_id first.
     """
-    from budgets.services import windows_charge_usage
-
-    for attempt in range(1, MAX_ATTEMPTS + 1):
-        try:
-            with transaction.atomic():
-                results = usage_events_record(tenant=tenant, api_key=api_key, items=items, source=UsageSource.REPORT)
-                created = [r.event for r in results if r.created]
-                windows_charge_usage(tenant=tenant, events=created)
-                unpriced_usage_alert(tenant=tenant, events=created)
-                return results
-        except (IntegrityError, OperationalError) as exc:
-            # IntegrityError: a concurrent report of the same request_id won; OperationalError:
-            # a deadlock or serialization failure. Either way the retry sees committed rows.
-            if attempt == MAX_ATTEMPTS or (isinstance(exc, OperationalError) and not is_retryable(exc)):
-                raise
-            logger.info("usage report retry %s after %s", attempt, type(exc).__name__)
-    raise AssertionError("unreachable")
+    if events:
+        UsageEvent.objects.bulk_create(events)
+        rollups_add(tenant=tenant, events=events)

@@ -30,6 +30,7 @@ from django.utils import timezone
 from budgets import alerting
 from budgets import services as budget_services
 from budgets.models import Budget, Enforcement, HoldState, Period, Scope
+from budgets.services import usage_report
 from governance import services
 from governance.audit import Actor
 from governance.models import ApiKey, Feature, KeyRole, Membership, Role, Tenant
@@ -44,7 +45,7 @@ from usage.provider.models import (
     ProviderCostBucket,
     ProviderUsageBucket,
 )
-from usage.services import UsageInput, usage_report
+from usage.services import UsageInput
 
 SLUG = "demo"
 OWNER = "demo@comptroller.local"
