@@ -12,6 +12,8 @@ from __future__ import annotations
 import asyncio
 import gc
 import math
+import subprocess
+import sys
 from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime
 from decimal import Decimal
@@ -321,6 +323,31 @@ def test_a_raw_stream_never_iterated_commits_when_it_is_collected(shop, messages
 
     hold = Hold.objects.get()
     assert hold.state == "committed" and hold.usage_event.metadata["usage_estimated"] in ("input", "output")
+
+
+EXITING_SERVICE = """
+import sys, anthropic
+from comptroller_client import Comptroller, governed
+comptroller = Comptroller(sys.argv[1], sys.argv[2], spool_dir=sys.argv[4], flush_interval=0)
+client = governed(anthropic.Anthropic(api_key="sk-ant-test", base_url=sys.argv[3], max_retries=0),
+                  comptroller, feature="support-bot")
+stream = client.messages.create(model="claude-sonnet-4-5", max_tokens=64, stream=True,
+                                messages=[{"role": "user", "content": "Hello"}])
+first = next(iter(stream))
+print(first.message.id)
+# and the process exits with the stream open and its commit not yet made
+"""
+
+
+def test_a_stream_still_open_when_the_process_exits_is_committed(shop, messages_api, tmp_path):
+    done = subprocess.run(
+        [sys.executable, "-c", EXITING_SERVICE, shop.url, shop.secret, messages_api.base_url, str(tmp_path)],
+        capture_output=True, text=True, timeout=60, check=True,
+    )
+
+    hold = Hold.objects.get()
+    assert hold.state == "committed" and hold.usage_event.request_id == done.stdout.strip()
+    assert hold.usage_event.streamed is True
 
 
 def test_an_async_stream_left_after_break_commits_once_the_loop_is_gone(shop, messages_api, cpt):

@@ -553,6 +553,9 @@ class _Base:
         return len(prepared)
 
     def _enqueue(self, entry: Entry) -> None:
+        if self._closed:
+            logger.error("comptroller: a %s handed over after close() is kept in memory only: %s",
+                         entry["kind"], entry)
         self.spool.put(entry)
         self._start_sender()
 
