@@ -60,6 +60,8 @@ lint: install
 test: lint $(SDK_OLDEST)/.installed
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 	PYTHONPATH=$(SDK_OLDEST) $(BIN)/python -m pytest -q -p no:cacheprovider tests/test_client_e2e.py
+	@# The model-based money test runs on both databases: SQLite's locked transaction too, not only PostgreSQL's statements.
+	@if [ -n "$$DATABASE_URL" ]; then env -u DATABASE_URL -u REDIS_URL $(BIN)/python -m pytest -q -p no:cacheprovider tests/test_money_model.py; fi
 
 clean:
 	rm -rf var staticfiles .pytest_cache
