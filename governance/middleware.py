@@ -7,7 +7,7 @@ import logging
 from django.conf import settings
 from django.core.exceptions import RequestDataTooBig
 from django.db import InterfaceError, OperationalError
-from django.http import HttpResponseBadRequest
+from django.http import HttpResponse, HttpResponseBadRequest
 
 from governance.api.errors import json_error
 from governance.api.parsers import unfit_char
@@ -107,11 +107,15 @@ class ApiErrorMiddleware:
         return json_error(status, "error", "Request failed.")
 
     def process_exception(self, request, exception):
-        if not is_api(request):
-            return None
         if isinstance(exception, (OperationalError, InterfaceError)):
             logger.exception("database error on %s", request.path)
-            return json_error(503, "unavailable", "The database is unreachable; retry shortly.",
-                              headers={"Retry-After": "5"})
+            if is_api(request):
+                return json_error(503, "unavailable", "The database is unreachable; retry shortly.",
+                                  headers={"Retry-After": "5"})
+            # Plain text: a page template would reach for the database again.
+            return HttpResponse("The database is unreachable; retry in a few seconds.", status=503,
+                                content_type="text/plain; charset=utf-8", headers={"Retry-After": "5"})
+        if not is_api(request):
+            return None
         logger.exception("unhandled error on %s", request.path)
         return json_error(500, "internal_error", "Internal error; it has been logged.")

@@ -1,6 +1,6 @@
 """The shared cache (Redis) as an accelerator the API never depends on.
 
-Rate limits, the policy version check, login lockouts and alert marks keep their entries in
+Rate limits, the policy version check and alert marks keep their entries in
 Redis so that every process sees them. None of them decides or records money (that rests on
 PostgreSQL), so a Redis that is down or stalled must not fail a request. ``FallbackRedisCache``
 then answers from a per-process memory cache instead; after a failure it skips Redis for
@@ -58,8 +58,8 @@ class _Outage:
                 self._logged_at = now
         if log:
             logger.warning(
-                "Redis unreachable (%s): rate limits, the policy cache and login lockouts are per-process "
-                "until it is back", self.error,
+                "Redis unreachable (%s): rate limits and the policy cache are per-process until it is back",
+                self.error,
             )
 
     def recovered(self) -> None:

@@ -1,7 +1,7 @@
-"""A stalled PostgreSQL costs a request seconds and a 503 with Retry-After, never a hang.
+"""A stalled or unreachable PostgreSQL costs a request seconds and a 503 with Retry-After, never a hang.
 
-Drives a real gunicorn whose database connection goes through a proxy the test can stall,
-with the timeouts set low (DB_STATEMENT_TIMEOUT=1, DB_CONNECT_TIMEOUT=1).
+The PostgreSQL test drives a real gunicorn whose database connection goes through a proxy
+the test can stall, with the timeouts set low (DB_STATEMENT_TIMEOUT=1, DB_CONNECT_TIMEOUT=1).
 """
 
 from __future__ import annotations
@@ -23,7 +23,6 @@ from tests.faults import TcpProxy, refused_port
 from tests.test_allowances import ASK
 
 ROOT = Path(__file__).resolve().parent.parent
-pytestmark = [pytest.mark.postgres, pytest.mark.django_db(transaction=True)]
 
 
 def admin_connection(dbname: str | None = None) -> psycopg.Connection:
@@ -83,6 +82,8 @@ def assert_unavailable(response: httpx.Response) -> None:
     assert int(response.headers["Retry-After"]) >= 1
 
 
+@pytest.mark.postgres
+@pytest.mark.django_db(transaction=True)
 def test_locks_held_too_long_and_a_silent_server_are_503s_then_it_recovers(server, db_proxy, service_key,
                                                                            feature, tenant):
     BudgetFactory(tenant=tenant, scope="feature", feature=feature, limit_nano=10**12)
@@ -103,3 +104,24 @@ def test_locks_held_too_long_and_a_silent_server_are_503s_then_it_recovers(serve
     assert_unavailable(api.post("/api/v1/allowances", json=ASK))
     db_proxy.restore()
     assert api.post("/api/v1/allowances", json=ASK).status_code == 201
+
+
+def test_a_web_page_is_a_plain_503_when_the_database_is_unreachable(client, tenant, monkeypatch):
+    from django.contrib.auth import get_user_model
+    from django.db import OperationalError
+
+    from governance import selectors
+    from governance.models import Membership, Role
+
+    user = get_user_model().objects.create_user("admin@acme.test", password="pw-123456789")
+    Membership.objects.create(user=user, tenant=tenant, role=Role.ADMIN)
+    client.force_login(user)
+
+    def down(**kwargs):
+        raise OperationalError("connection timeout expired")
+
+    monkeypatch.setattr(selectors, "feature_list", down)
+    response = client.get("/t/acme/features/")
+    assert response.status_code == 503
+    assert response["Retry-After"] == "5"
+    assert b"database is unreachable" in response.content
