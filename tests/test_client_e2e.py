@@ -573,7 +573,29 @@ def test_a_web_search_call_holds_its_searches(shop, messages_api, cpt):
                            tools=[{"type": "web_search_20250305", "name": "web_search", "max_uses": 2}])
     comptroller.flush()
 
-    # The results two searches may add are held as input; a server that prices searches
-    # (max_web_searches, issue 13) holds them too, an older one is asked without the field.
+    # The searches are held, and the results they may add as input
     hold = Hold.objects.get()
-    assert hold.state == "committed" and hold.input_tokens > 2 * 10_000
+    assert hold.state == "committed" and hold.max_web_searches == 2 and hold.input_tokens > 2 * 10_000
+
+
+def test_the_requests_inference_geo_reaches_the_hold(shop, messages_api, cpt):
+    comptroller = cpt()
+    client = governed(sdk(messages_api), comptroller, feature="support-bot")
+
+    client.messages.create(model="claude-sonnet-4-5", max_tokens=64, messages=[ASK],
+                           extra_body={"inference_geo": "us"})
+    comptroller.flush()
+
+    assert Hold.objects.get().inference_geo == "us"
+
+
+def test_a_call_bigger_than_what_remains_is_denied_saying_so(shop, messages_api, cpt):
+    Budget.objects.filter(pk=shop.budget.pk).update(limit_nano=NANO // 100)  # $0.01: room for small calls
+    client = governed(sdk(messages_api), cpt(), feature="support-bot")
+
+    with pytest.raises(BudgetExceeded) as caught:
+        client.messages.create(model="claude-sonnet-4-5", max_tokens=4096, messages=[ASK])
+
+    error = caught.value
+    assert error.reason == "exceeds_remaining" and error.remaining_usd == Decimal("0.01")
+    assert error.requested_usd > error.remaining_usd and messages_api.model_calls == []
