@@ -140,8 +140,9 @@ if REDIS_URL:
     }
 else:
     CACHES = {"default": {"BACKEND": "django.core.cache.backends.locmem.LocMemCache"}}
-    # A broker that needs no server: messages are files in var/broker.
-    CELERY_BROKER_URL = env("CELERY_BROKER_URL", default="filesystem://")
+    # A broker that needs no server: messages are files in var/broker. The host is a
+    # placeholder the transport ignores; without one kombu warns that it is missing.
+    CELERY_BROKER_URL = env("CELERY_BROKER_URL", default="filesystem://localhost//")
     CELERY_BROKER_TRANSPORT_OPTIONS = {
         "data_folder_in": str(VAR_DIR / "broker" / "out"),
         "data_folder_out": str(VAR_DIR / "broker" / "out"),
@@ -274,7 +275,9 @@ LOGGING = {
     "formatters": {"plain": {"format": "%(asctime)s %(levelname)s %(name)s %(message)s"}},
     "handlers": {"console": {"class": "logging.StreamHandler", "formatter": "plain"}},
     "root": {"handlers": ["console"], "level": env("LOG_LEVEL", default="INFO")},
-    "loggers": {"django.request": {"level": "ERROR"}},
+    # "django" without handlers of its own: Django's default console handler would print
+    # each of its lines (the reloader's, for one) a second time beside the root's.
+    "loggers": {"django": {"level": "INFO"}, "django.request": {"level": "ERROR"}},
 }
 
 # --- Accounts: sign-in throttling, invitations, single sign-on, health details -----------

@@ -40,3 +40,25 @@ def test_seed_demo_is_idempotent_and_fills_the_dashboard(db, client, settings, t
     assert "Code review weekly" in html and "Spend per day by model" in html
     assert "No usage in the last 30 days" not in html
     assert "No Anthropic connection" not in html  # a paused demo connection with reconciled days
+
+
+def test_seed_demo_keeps_a_working_service_key_for_the_banner(db, settings, tmp_path):
+    from tests.conftest import make_client
+
+    settings.BASE_DIR = tmp_path
+    out = StringIO()
+    call_command("seed_demo", "--days", "1", stdout=out)
+    key_file = tmp_path / "var" / "demo-service-key.txt"
+    secret = key_file.read_text().strip()
+    assert f"Demo service API key: {secret}" in out.getvalue()
+    assert make_client(secret).get("/api/v1/whoami").json()["role"] == "service"
+
+    call_command("seed_demo", "--days", "1", stdout=StringIO())
+    assert key_file.read_text().strip() == secret  # a second run keeps the key
+
+    key_file.unlink()  # the only copy of the secret is gone: a new key replaces the old
+    call_command("seed_demo", "--days", "1", stdout=StringIO())
+    renewed = key_file.read_text().strip()
+    assert renewed != secret
+    assert make_client(renewed).get("/api/v1/whoami").status_code == 200
+    assert make_client(secret).get("/api/v1/whoami").status_code == 401

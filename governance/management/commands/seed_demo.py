@@ -10,6 +10,7 @@ a deterministic request id) and resets the demo password.
 
 from __future__ import annotations
 
+import hmac
 import random
 import time
 from dataclasses import dataclass
@@ -32,6 +33,7 @@ from budgets import services as budget_services
 from budgets.models import Budget, Enforcement, HoldState, Period, Scope
 from budgets.services import usage_report
 from governance import services
+from governance.api.authentication import hash_secret
 from governance.audit import Actor
 from governance.models import ApiKey, Feature, KeyRole, Membership, Role, Tenant
 from governance.notify import services as notify_services
@@ -120,8 +122,7 @@ class Command(BaseCommand):
             f"Demo tenant '{tenant.slug}': {calls} new calls recorded, {raised} alerts raised "
             f"in {time.monotonic() - started:.1f}s."
         )
-        if secret:
-            self.stdout.write(f"Demo service API key (shown once): {secret}")
+        self.stdout.write(f"Demo service API key: {secret}")
         self.stdout.write(f"Viewer login: {VIEWER} / {PASSWORD}")
         self.stdout.write(f"Owner login: {login}")
 
@@ -196,11 +197,25 @@ class Command(BaseCommand):
                 email_addresses=["ops@demo.comptroller.local", "finance@demo.comptroller.local"],
             )
 
-    def _key(self, tenant: Tenant, actor: Actor) -> str | None:
-        if ApiKey.objects.filter(tenant=tenant, name="Demo services").exists():
-            return None
+    def _key(self, tenant: Tenant, actor: Actor) -> str:
+        """Return the demo service key, kept in var/demo-service-key.txt for `make run`'s banner.
+
+        A key's secret is shown once and only its hash is stored, so the file is the only copy;
+        when it is missing or its key no longer works, the old key is revoked and a new one made.
+        """
+        path = Path(settings.BASE_DIR) / "var" / "demo-service-key.txt"
+        current = ApiKey.objects.filter(tenant=tenant, name="Demo services", revoked_at__isnull=True)
+        if path.exists():
+            secret = path.read_text().strip()
+            if any(hmac.compare_digest(k.secret_hash, hash_secret(secret)) for k in current):
+                return secret
+        for stale in current:
+            services.api_key_revoke(key=stale, actor=actor)
         _, secret = services.api_key_create(tenant=tenant, actor=actor, name="Demo services", role=KeyRole.SERVICE)
-        services.api_key_create(tenant=tenant, actor=actor, name="Terraform (admin)", role=KeyRole.ADMIN)
+        if not ApiKey.objects.filter(tenant=tenant, name="Terraform (admin)").exists():
+            services.api_key_create(tenant=tenant, actor=actor, name="Terraform (admin)", role=KeyRole.ADMIN)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(secret + "\n")
         return secret
 
     # --- usage ---------------------------------------------------------------------------
