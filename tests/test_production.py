@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import re
+from pathlib import Path
+
 import pytest
 from django.test import Client
 
@@ -80,3 +83,30 @@ def test_plain_http_api_is_served_when_api_require_https_is_off(https_site, sett
     response = admin_api.get("/api/v1/whoami")
     assert response.status_code == 200
     assert Client().get("/login/").status_code == 301
+
+
+ROOT = Path(__file__).resolve().parent.parent
+SETTING_READ = re.compile(r"""\benv(?:\.\w+)?\(\s*["']([A-Z][A-Z0-9_]+)["']|os\.environ(?:\.get)?[\[(]\s*["']([A-Z][A-Z0-9_]+)["']""")
+
+
+def test_every_setting_read_from_the_environment_is_in_the_readme_table():
+    readme = (ROOT / "README.md").read_text()
+    table = "\n".join(line for line in readme.splitlines() if line.startswith("| `"))
+    read = set()
+    for source in ("governance/settings.py", "gunicorn.conf.py"):
+        for match in SETTING_READ.finditer((ROOT / source).read_text()):
+            read.add(match.group(1) or match.group(2))
+    read.discard("DJANGO_SETTINGS_MODULE")
+    assert read > {"DATABASE_URL", "API_REQUIRE_HTTPS", "WEB_CONCURRENCY"}
+    missing = sorted(name for name in read if f"`{name}`" not in table)
+    assert not missing, f"settings missing from the README's Configuration table: {missing}"
+
+
+def test_readme_and_docs_link_only_to_files_in_the_repository():
+    pages = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
+    assert {p.name for p in pages} >= {"api.md", "deploy.md", "client.md", "design.md"}
+    for page in pages:
+        text = page.read_text()
+        assert "shared/" not in text and "CONTRACT.md" not in text, page
+        for target in re.findall(r"\]\(([^)#:]+)(?:#[^)]*)?\)", text):
+            assert (page.parent / target).exists(), f"{page.name} links to missing {target}"
