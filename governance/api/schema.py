@@ -65,10 +65,9 @@ CONFLICTS: set[tuple[str, str]] = {
     ("PATCH", "/api/v1/features/{key}"),
     ("DELETE", "/api/v1/features/{key}"),
 }
-NOT_FOUND_WITHOUT_PATH_PARAMETER: set[tuple[str, str]] = {
-    ("GET", "/api/v1/provider-connection"),
-    ("DELETE", "/api/v1/provider-connection"),
-}
+# The provider connection is a singleton: every verb but the PUT that creates it is a 404
+# while the tenant has none.
+NOT_FOUND_WITHOUT_PATH_PARAMETER = re.compile(r"^/api/v1/provider-connection(/|$)")
 
 RETRY_AFTER = {
     "Retry-After": {
@@ -153,7 +152,9 @@ class ComptrollerAutoSchema(AutoSchema):
         if self.method in {"POST", "PUT", "PATCH"}:
             statuses |= {400, 413}
         key = (self.method, self.path)
-        if "{" in self.path or key in NOT_FOUND_WITHOUT_PATH_PARAMETER:
+        if "{" in self.path or (
+            self.method != "PUT" and NOT_FOUND_WITHOUT_PATH_PARAMETER.match(self.path)
+        ):
             statuses.add(404)
         if key in CONFLICTS:
             statuses.add(409)
