@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import cast
+
 from django.core.exceptions import ValidationError as DjangoValidationError
 from drf_spectacular.types import OpenApiTypes
 from drf_spectacular.utils import OpenApiParameter, extend_schema
@@ -12,7 +14,7 @@ from budgets import selectors, services
 from budgets.models import Budget, Enforcement, Hold, HoldState, Period, Scope
 from budgets.policy import TenantPolicy
 from governance.api.base import TenantAPIView
-from governance.api.errors import ApiError, NotFound
+from governance.api.errors import ApiError, Forbidden, NotFound
 from governance.api.fields import StrictSerializer, UsdField, nano_to_usd, token_count
 from governance.api.ids import parse_public_id, public_id
 from governance.models import ApiKey, Tenant
@@ -270,9 +272,20 @@ class BudgetMixin:
     def budget_or_404(self, budget_id: str) -> Budget:
         pk = parse_public_id(budget_id, "budget")
         budget = selectors.budget_get(tenant=self.tenant, budget_id=pk) if pk else None
-        if budget is None:
+        if budget is None or not self.may_see(budget):
             raise NotFound("No such budget.")
         return budget
+
+    def may_see(self, budget: Budget) -> bool:
+        """A feature-restricted key sees its features' budgets and the tenant-wide ones that count them."""
+        allowed = cast(TenantAPIView, self).key_features
+        return not allowed or budget.feature_id is None or budget.feature_id in allowed
+
+    def check_may_change(self, budget: Budget) -> None:
+        """A feature-restricted key changes only budgets of its own features (tenant-wide ones are broader)."""
+        allowed = cast(TenantAPIView, self).key_features
+        if allowed and (budget.feature_id is None or budget.feature_id not in allowed):
+            raise Forbidden("This API key is restricted to some features; it may only change their budgets.")
 
 
 def raise_model_errors(exc: DjangoValidationError):
@@ -289,7 +302,7 @@ class BudgetListApi(BudgetMixin, TenantAPIView):
         operation_id="budgets_list",
     )
     def get(self, request):
-        budgets = selectors.budget_list(tenant=self.tenant)
+        budgets = [b for b in selectors.budget_list(tenant=self.tenant) if self.may_see(b)]
         key = request.query_params.get("feature")
         if key:
             feature = feature_get(tenant=self.tenant, key=key)
@@ -303,6 +316,8 @@ class BudgetListApi(BudgetMixin, TenantAPIView):
     def post(self, request):
         self.require_admin()
         data = self.budget_fields(self.validate(BudgetInput, request.data))
+        feature = data.get("feature")
+        self.check_may_change(Budget(tenant=self.tenant, feature=feature))
         try:
             budget = services.budget_create(tenant=self.tenant, actor=self.actor, **data)
         except DjangoValidationError as exc:
@@ -319,7 +334,10 @@ class BudgetDetailApi(BudgetMixin, TenantAPIView):
     def patch(self, request, budget_id: str):
         self.require_admin()
         budget = self.budget_or_404(budget_id)
+        self.check_may_change(budget)
         data = self.budget_fields(self.validate(BudgetInput, request.data, partial=True))
+        if "feature" in data:
+            self.check_may_change(Budget(tenant=self.tenant, feature=data["feature"]))
         try:
             budget = services.budget_update(budget=budget, actor=self.actor, data=data)
         except DjangoValidationError as exc:
@@ -329,5 +347,7 @@ class BudgetDetailApi(BudgetMixin, TenantAPIView):
     @extend_schema(responses={204: None}, summary="Delete a budget (admin); its windows go with it")
     def delete(self, request, budget_id: str):
         self.require_admin()
-        services.budget_delete(budget=self.budget_or_404(budget_id), actor=self.actor)
+        budget = self.budget_or_404(budget_id)
+        self.check_may_change(budget)
+        services.budget_delete(budget=budget, actor=self.actor)
         return Response(status=status.HTTP_204_NO_CONTENT)

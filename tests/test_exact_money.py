@@ -222,3 +222,31 @@ def test_a_call_bigger_than_what_remains_is_told_so_not_that_the_budget_is_exhau
     window.spent_nano = 5 * NANO
     window.save()
     assert ask(api, input_tokens=10, max_tokens=10).json()["reason"] == "budget_exhausted"
+
+
+def test_a_restricted_admin_key_manages_only_its_own_features(api, admin_api, tenant, feature):
+    other = FeatureFactory(tenant=tenant, key="other")
+    company = admin_api.post("/api/v1/budgets", {"name": "Company", "scope": "tenant", "limit_usd": "100"},
+                             format="json").json()
+    others = admin_api.post("/api/v1/budgets", {"name": "Other", "scope": "feature", "feature": "other",
+                                                "limit_usd": "5"}, format="json").json()
+    key, secret = api_key_create(tenant=tenant, actor=Actor.system(), name="team", role=KeyRole.ADMIN)
+    key.features.set([feature])
+    team = api.__class__()
+    team.credentials(HTTP_AUTHORIZATION=f"Bearer {secret}")
+    # It reads its features, their budgets and the tenant-wide budgets that count them; not the others'
+    assert [f["key"] for f in team.get("/api/v1/features").json()["results"]] == ["support-bot"]
+    assert {b["name"] for b in team.get("/api/v1/budgets").json()["results"]} == {"Company"}
+    assert_error(team.get(f"/api/v1/budgets/{others['id']}"), 404, "not_found")
+    assert_error(team.patch("/api/v1/features/other", {"name": "x"}, format="json"), 403, "forbidden")
+    assert [k["name"] for k in team.get("/api/v1/keys").json()["results"]] == ["team"]  # itself, not the others
+    # It may not change what is broader than itself
+    assert_error(team.patch(f"/api/v1/budgets/{company['id']}", {"limit_usd": "1"}, format="json"), 403, "forbidden")
+    assert_error(team.post("/api/v1/budgets", {"name": "Wide", "scope": "tenant", "limit_usd": "1"}, format="json"),
+                 403, "forbidden")
+    assert_error(team.post("/api/v1/features", {"key": "new", "name": "New"}, format="json"), 403, "forbidden")
+    # and may manage its own feature's budgets
+    mine = team.post("/api/v1/budgets", {"name": "Mine", "scope": "feature", "feature": "support-bot",
+                                         "limit_usd": "2"}, format="json")
+    assert mine.status_code == 201, mine.content
+    assert other.key == "other"

@@ -62,6 +62,16 @@ class TenantAPIView(APIView):
         if not self.api_key.is_admin:
             raise Forbidden("This operation needs an admin API key.")
 
+    @property
+    def key_features(self) -> frozenset:
+        """The feature ids this key is restricted to; empty for a key of the whole tenant."""
+        return self.policy.key_feature_ids(self.api_key)
+
+    def require_whole_tenant(self, what: str) -> None:
+        """Raise 403 for a feature-restricted key acting beyond its features (tenant-wide objects)."""
+        if self.key_features:
+            raise Forbidden(f"This API key is restricted to some features; it may not {what}.")
+
     def check_feature_access(self, feature: Feature) -> None:
         """Raise 403 when this key is restricted to other features."""
         allowed = self.policy.key_feature_ids(self.api_key)

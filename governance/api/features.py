@@ -64,11 +64,14 @@ class FeatureListApi(TenantAPIView):
     )
     def get(self, request):
         features = selectors.feature_list(tenant=self.tenant)
+        if self.key_features:
+            features = features.filter(pk__in=self.key_features)
         return Response({"results": FeatureOutput(features, many=True).data})
 
     @extend_schema(request=FeatureInput, responses={201: FeatureOutput}, summary="Create a feature (admin)")
     def post(self, request):
         self.require_admin()
+        self.require_whole_tenant("create features")
         data = self.validate(FeatureInput, request.data)
         if selectors.feature_get(tenant=self.tenant, key=data["key"]):
             raise Conflict(f"A feature with key '{data['key']}' exists.", details={"key": data["key"]})
@@ -90,6 +93,7 @@ class FeatureDetailApi(TenantAPIView):
     def patch(self, request, key: str):
         self.require_admin()
         feature = feature_or_404(self.tenant, key)
+        self.check_feature_access(feature)
         data = self.validate(FeatureInput, request.data, partial=True)
         if "key" in data and data["key"] != feature.key and selectors.feature_get(tenant=self.tenant, key=data["key"]):
             raise Conflict(f"A feature with key '{data['key']}' exists.", details={"key": data["key"]})
@@ -103,6 +107,7 @@ class FeatureDetailApi(TenantAPIView):
     def delete(self, request, key: str):
         self.require_admin()
         feature = feature_or_404(self.tenant, key)
+        self.check_feature_access(feature)
         try:
             services.feature_delete(feature=feature, actor=self.actor)
         except services.FeatureInUse as exc:

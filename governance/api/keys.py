@@ -44,7 +44,18 @@ class ApiKeyInput(StrictSerializer):
     )
 
 
-class ApiKeyListApi(TenantAPIView):
+class KeyScopeMixin:
+    key_features: frozenset  # provided by TenantAPIView
+
+    def may_see(self, key: ApiKey) -> bool:
+        """A feature-restricted key sees only keys restricted to some of its own features."""
+        if not self.key_features:
+            return True
+        features = {f.pk for f in key.features.all()}
+        return bool(features) and features <= self.key_features
+
+
+class ApiKeyListApi(KeyScopeMixin, TenantAPIView):
     required_role = KeyRole.ADMIN
 
     @extend_schema(
@@ -53,7 +64,8 @@ class ApiKeyListApi(TenantAPIView):
         operation_id="keys_list",
     )
     def get(self, request):
-        return Response({"results": ApiKeyOutput(selectors.api_key_list(tenant=self.tenant), many=True).data})
+        keys = [k for k in selectors.api_key_list(tenant=self.tenant) if self.may_see(k)]
+        return Response({"results": ApiKeyOutput(keys, many=True).data})
 
     @extend_schema(
         request=ApiKeyInput, responses={201: ApiKeyCreated}, summary="Create an API key",
@@ -79,13 +91,13 @@ class ApiKeyListApi(TenantAPIView):
         return Response(body, status=status.HTTP_201_CREATED)
 
 
-class ApiKeyDetailApi(TenantAPIView):
+class ApiKeyDetailApi(KeyScopeMixin, TenantAPIView):
     required_role = KeyRole.ADMIN
 
     def get_key(self, key_id: str) -> ApiKey:
         pk = parse_public_id(key_id, "apikey")
         key = selectors.api_key_get(tenant=self.tenant, key_id=pk) if pk else None
-        if key is None:
+        if key is None or not self.may_see(key):
             raise NotFound("No such API key.")
         return key
 
