@@ -40,9 +40,10 @@ seed: migrate
 run: seed
 	@bash scripts/run.sh $(HOST) $(PORT)
 
-# Production: the runtime dependencies only, into the same .venv.
+# Production: the runtime dependencies only, into the same .venv (the gateway imports the client's
+# metering and estimate modules, so the client package is installed too).
 install-prod: | $(BIN)/activate
-	$(BIN)/pip install --quiet .
+	$(BIN)/pip install --quiet . ./client
 
 # Each deploy, with the production settings in the environment: static files (on every web
 # machine), the database schema (once; safe to repeat), then the deployment checks. Start
@@ -59,7 +60,7 @@ prod-check: install
 
 lint: install
 	$(BIN)/ruff check .
-	$(BIN)/mypy governance budgets usage
+	$(BIN)/mypy governance budgets usage gateway
 	$(BIN)/mypy --config-file client/pyproject.toml client/comptroller_client client/typing_check.py
 
 test: lint $(SDK_OLDEST)/.installed

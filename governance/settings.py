@@ -326,3 +326,25 @@ OIDC_RP_SCOPES = "openid email"
 OIDC_USE_PKCE = True
 OIDC_TIMEOUT = 10
 cast(dict, LOGGING["loggers"])["axes"] = {"level": "WARNING"}  # Axes logs a line per attempt at INFO
+
+# --- The gateway (/anthropic/v1/messages, gateway/): forwarding to ANTHROPIC_API_BASE_URL ----------
+# Seconds to connect to Anthropic; between two bytes of its answer (a call that does not stream
+# sends nothing until it is done, so minutes); to send a request; to wait for a pooled connection.
+GATEWAY_CONNECT_TIMEOUT = env.float("GATEWAY_CONNECT_TIMEOUT", default=10.0)
+GATEWAY_READ_TIMEOUT = env.float("GATEWAY_READ_TIMEOUT", default=600.0)
+GATEWAY_WRITE_TIMEOUT = env.float("GATEWAY_WRITE_TIMEOUT", default=60.0)
+GATEWAY_POOL_TIMEOUT = env.float("GATEWAY_POOL_TIMEOUT", default=10.0)
+# Connections to Anthropic per web process: at most, and kept open between calls.
+GATEWAY_MAX_CONNECTIONS = env.int("GATEWAY_MAX_CONNECTIONS", default=200)
+GATEWAY_MAX_KEEPALIVE = env.int("GATEWAY_MAX_KEEPALIVE", default=50)
+GATEWAY_KEEPALIVE_EXPIRY = env.float("GATEWAY_KEEPALIVE_EXPIRY", default=30.0)
+# Largest request body the gateway takes (Anthropic's own limit for the Messages API is 32 MB).
+GATEWAY_MAX_BODY_BYTES = env.int("GATEWAY_MAX_BODY_BYTES", default=32 * 1024 * 1024)
+# Threads per process for the gateway's database steps (allowance, commit).
+GATEWAY_DB_THREADS = env.int("GATEWAY_DB_THREADS", default=8)
+# "auto": ask Anthropic's count_tokens (free) when a request holds what cannot be sized locally
+# (documents and images by URL or file id, PDFs, ...); "never": hold those at GATEWAY_INPUT_CEILING.
+GATEWAY_COUNT_TOKENS = env.str("GATEWAY_COUNT_TOKENS", default="auto")
+GATEWAY_INPUT_CEILING = env.int("GATEWAY_INPUT_CEILING", default=200_000)
+INSTALLED_APPS += ["gateway"]
+SECURE_REDIRECT_EXEMPT += [r"^anthropic/"]  # plain HTTP gets a 403 there, as under /api/, never a 301

@@ -20,5 +20,6 @@ urlpatterns = [
     path("api/v1/", include("usage.provider.urls")),
     path("api/v1/", include("budgets.urls")),
     path("api/v1/", include("governance.notify.urls")),
+    path("", include("gateway.urls")),
     path("", include("governance.web.urls")),
 ]

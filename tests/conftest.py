@@ -74,6 +74,15 @@ def _fresh_cache():
     yield
 
 
+@pytest.fixture(autouse=True)
+def _gateway_threads_closed():
+    """Close the connections the gateway's database threads opened (a live server's requests)."""
+    yield
+    from gateway import db
+
+    db.shutdown()
+
+
 def make_client(secret: str | None) -> APIClient:
     client = APIClient()
     if secret:

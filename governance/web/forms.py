@@ -307,6 +307,11 @@ class ProviderForm(forms.Form):
         widget=forms.PasswordInput(render_value=False, attrs={"autocomplete": "off"}),
         help_text="sk-ant-admin…; stored encrypted, shown only masked.",
     )
+    inference_api_key = forms.CharField(
+        required=False, label="Anthropic API key for the gateway",
+        widget=forms.PasswordInput(render_value=False, attrs={"autocomplete": "off"}),
+        help_text="sk-ant-api…: what /anthropic/v1/messages calls Anthropic with; stored encrypted.",
+    )
     workspace_ids = forms.CharField(
         required=False, help_text="Only sync these workspaces (wrkspc_…), comma-separated; empty: all.",
     )
@@ -320,12 +325,29 @@ class ProviderForm(forms.Form):
         super().__init__(*args, **kwargs)
         self.connection = connection
         self.feature_keys = set(features)
-        if connection is None:
-            self.fields["admin_key"].required = True
-        else:
-            self.fields["admin_key"].help_text = (
-                f"Saved: {mask(connection.admin_key)}. Leave empty to keep it; paste a new key to replace it."
-            )
+        if connection is not None:
+            if connection.admin_key:
+                self.fields["admin_key"].help_text = (
+                    f"Saved: {mask(connection.admin_key)}. Leave empty to keep it; paste a new key to replace it."
+                )
+            if connection.inference_api_key:
+                self.fields["inference_api_key"].help_text = (
+                    f"Saved: {mask(connection.inference_api_key)}. Leave empty to keep it; paste a new key to "
+                    "replace it."
+                )
+
+    def clean(self):
+        data = super().clean()
+        if self.connection is None and not data.get("admin_key") and not data.get("inference_api_key"):
+            raise ValidationError("Give an Admin API key (usage and cost sync), an API key (the gateway), or both.")
+        return data
+
+    def clean_inference_api_key(self) -> str:
+        key = (self.cleaned_data["inference_api_key"] or "").strip()
+        problem = checks.inference_key_problem(key) if key else None
+        if problem:
+            raise ValidationError(problem)
+        return key
 
     def clean_admin_key(self) -> str:
         key = (self.cleaned_data["admin_key"] or "").strip()
@@ -364,8 +386,9 @@ class ProviderForm(forms.Form):
     def service_data(self) -> dict:
         data = dict(self.cleaned_data)
         data["feature_mapping"] = data.pop("mapping")
-        if not data.get("admin_key"):
-            data["admin_key"] = None  # keep the saved key
+        for name in ("admin_key", "inference_api_key"):
+            if not data.get(name):
+                data[name] = None  # keep the saved key
         return data
 
 

@@ -68,7 +68,17 @@ class ProviderConnectionApi(TenantAPIView):
             write_only=True,
             min_length=8,
             max_length=500,
-            help_text="Anthropic admin key (sk-ant-admin…). Required to create; omit to keep the current one.",
+            help_text="Anthropic admin key (sk-ant-admin…) for the usage and cost sync; omit to keep the current one.",
+        )
+        inference_api_key = SecretField(
+            required=False,
+            write_only=True,
+            allow_blank=True,
+            max_length=500,
+            help_text=(
+                "Anthropic API key (sk-ant-api…) the gateway (/anthropic/v1/messages) calls with; omit to keep "
+                "the current one, \"\" to remove it. Creating a connection needs this or admin_key."
+            ),
         )
         workspace_ids = serializers.ListField(
             child=serializers.CharField(max_length=200), required=False, max_length=100,
@@ -85,6 +95,12 @@ class ProviderConnectionApi(TenantAPIView):
                 raise serializers.ValidationError(problem)
             return value
 
+        def validate_inference_api_key(self, value: str) -> str:
+            problem = checks.inference_key_problem(value) if value else None
+            if problem:
+                raise serializers.ValidationError(problem)
+            return value
+
         def validate_workspace_ids(self, value: list[str]) -> list[str]:
             problems = [p for p in (checks.workspace_id_problem(w) for w in value) if p]
             if problems:
@@ -93,6 +109,9 @@ class ProviderConnectionApi(TenantAPIView):
 
     class ProviderConnectionOutputSerializer(serializers.Serializer):
         admin_key = serializers.SerializerMethodField(help_text="The key, masked: only its last characters.")
+        inference_api_key = serializers.SerializerMethodField(
+            help_text="The gateway's Anthropic API key, masked; \"\" when none is set."
+        )
         base_url = serializers.SerializerMethodField()
         workspace_ids = serializers.ListField(child=serializers.CharField())
         enabled = serializers.BooleanField()
@@ -109,6 +128,9 @@ class ProviderConnectionApi(TenantAPIView):
 
         def get_admin_key(self, obj: ProviderConnection) -> str:
             return mask(obj.admin_key)
+
+        def get_inference_api_key(self, obj: ProviderConnection) -> str:
+            return mask(obj.inference_api_key)
 
         def get_base_url(self, obj: ProviderConnection) -> str:
             return obj.base_url or settings.ANTHROPIC_API_BASE_URL
@@ -142,8 +164,8 @@ class ProviderConnectionApi(TenantAPIView):
     def put(self, request):
         data = self.validate(self.ProviderConnectionInputSerializer, request.data)
         existed = selectors.connection_get(tenant=self.tenant) is not None
-        if not existed and not data.get("admin_key"):
-            raise ApiError("An admin key is needed to create the connection.",
+        if not existed and not data.get("admin_key") and not data.get("inference_api_key"):
+            raise ApiError("An admin key or an inference API key is needed to create the connection.",
                            details={"admin_key": ["This field is required."]})
         try:
             connection = services.provider_connection_save(tenant=self.tenant, actor=self.actor, **data)

@@ -20,6 +20,7 @@ from django.utils import timezone
 from usage.provider.client import AdminApiClient, ProviderError
 
 ADMIN_KEY_RE = re.compile(r"sk-ant-admin\d{2}-[A-Za-z0-9_-]{8,400}")
+INFERENCE_KEY_RE = re.compile(r"sk-ant-[A-Za-z0-9_-]{8,400}")
 WORKSPACE_ID_RE = re.compile(r"wrkspc_[A-Za-z0-9]{1,100}")
 API_KEY_ID_RE = re.compile(r"apikey_[A-Za-z0-9]{1,100}")
 TEST_TIMEOUT_SECONDS = 10.0
@@ -34,6 +35,18 @@ def admin_key_problem(key: str) -> str | None:
         )
     if not ADMIN_KEY_RE.fullmatch(key):
         return "An Anthropic Admin API key looks like sk-ant-admin01-… (letters, digits, - and _)."
+    return None
+
+
+def inference_key_problem(key: str) -> str | None:
+    """Return why ``key`` cannot be the Anthropic API key the gateway calls the Messages API with, or None."""
+    if key.startswith("sk-ant-admin"):
+        return (
+            "That is an Admin API key (sk-ant-admin…), which cannot call the Messages API. The gateway "
+            "needs a regular API key (sk-ant-api…) of the organisation."
+        )
+    if not INFERENCE_KEY_RE.fullmatch(key):
+        return "An Anthropic API key looks like sk-ant-api03-… (letters, digits, - and _)."
     return None
 
 

@@ -23,7 +23,9 @@ class ProviderConnection(models.Model):
     id = models.UUIDField(primary_key=True, default=uuid.uuid4, editable=False)
     tenant = models.OneToOneField(Tenant, on_delete=models.CASCADE, related_name="provider_connection")
     # Never logged, never returned by the API; only governance.crypto.mask() of it is shown.
-    admin_key = EncryptedTextField()
+    admin_key = EncryptedTextField(blank=True)  # blank: no usage and cost sync (a gateway-only connection)
+    # The Anthropic API key the gateway (/anthropic/v1/messages) calls with; blank: no gateway.
+    inference_api_key = EncryptedTextField(blank=True)
     base_url = models.URLField(
         blank=True, help_text="Blank: the ANTHROPIC_API_BASE_URL setting (https://api.anthropic.com)."
     )

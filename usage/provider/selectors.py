@@ -52,7 +52,7 @@ def connection_ids_due(*, now: datetime) -> list:
     A failing connection (rejected key, bad configuration) is tried only hourly, so
     it is not hammered every five minutes; saving a new key makes it due at once.
     """
-    active = ProviderConnection.objects.filter(enabled=True, tenant__active=True)
+    active = ProviderConnection.objects.filter(enabled=True, tenant__active=True).exclude(admin_key="")
     due = active.exclude(status=ConnectionStatus.FAILING) | active.filter(
         status=ConnectionStatus.FAILING, last_attempt_at__lt=now - FAILING_RETRY_AFTER
     )
@@ -61,7 +61,7 @@ def connection_ids_due(*, now: datetime) -> list:
 
 def tenant_ids_to_reconcile() -> list[int]:
     return list(
-        ProviderConnection.objects.filter(tenant__active=True).values_list("tenant_id", flat=True)
+        ProviderConnection.objects.filter(tenant__active=True).exclude(admin_key="").values_list("tenant_id", flat=True)
     )
 
 

@@ -76,6 +76,7 @@ def connection_snapshot(connection: ProviderConnection) -> dict[str, Any]:
     """Return the audited state of a connection; the key only ever masked."""
     return {
         "admin_key": mask(connection.admin_key),
+        "inference_api_key": mask(connection.inference_api_key),
         "base_url": connection.base_url,
         "workspace_ids": list(connection.workspace_ids),
         "enabled": connection.enabled,
@@ -106,6 +107,7 @@ def provider_connection_save(
     tenant: Tenant,
     actor: Actor,
     admin_key: str | None = None,
+    inference_api_key: str | None = None,
     workspace_ids: list[str] | None = None,
     enabled: bool | None = None,
     feature_mapping: dict[str, dict[str, str]] | None = None,
@@ -118,8 +120,8 @@ def provider_connection_save(
     connection = ProviderConnection.objects.select_for_update().filter(tenant=tenant).first()
     creating = connection is None
     if connection is None:
-        if not admin_key:
-            raise ValueError("An admin key is needed to create the connection.")
+        if not admin_key and not inference_api_key:
+            raise ValueError("An admin key or an inference API key is needed to create the connection.")
         connection = ProviderConnection(tenant=tenant)
         before = None
     else:
@@ -128,6 +130,8 @@ def provider_connection_save(
     if admin_key is not None and admin_key != connection.admin_key:
         connection.admin_key = admin_key
         reset = True
+    if inference_api_key is not None:
+        connection.inference_api_key = inference_api_key  # "" removes it: the gateway stops forwarding
     if workspace_ids is not None and list(workspace_ids) != list(connection.workspace_ids):
         connection.workspace_ids = list(workspace_ids)
         reset = True
