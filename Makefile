@@ -27,6 +27,15 @@ $(SDK_OLDEST)/.installed: | $(VENV)/.installed
 	$(BIN)/pip install --quiet --no-deps --target $(SDK_OLDEST) anthropic==$(OLDEST_ANTHROPIC) distro==1.9.0
 	touch $@
 
+# The gateway is tested through the official TypeScript SDK too (tests/test_gateway_js.py), at the
+# version pinned in tests/gateway_js/package-lock.json; npm ci reads npm's cache when it has it.
+GATEWAY_JS := tests/gateway_js
+
+$(GATEWAY_JS)/node_modules/.installed: $(GATEWAY_JS)/package-lock.json
+	@if command -v npm > /dev/null; then \
+		npm ci --prefix $(GATEWAY_JS) --no-audit --no-fund --prefer-offline --loglevel=error && touch $@; \
+	else echo "npm not found: the TypeScript SDK tests will skip"; fi
+
 # Local settings for the embedded default: DEBUG on, a random secret and encryption key.
 .env: | $(VENV)/.installed
 	$(BIN)/python scripts/make_env.py > .env
@@ -63,7 +72,7 @@ lint: install
 	$(BIN)/mypy governance budgets usage gateway
 	$(BIN)/mypy --config-file client/pyproject.toml client/comptroller_client client/typing_check.py
 
-test: lint $(SDK_OLDEST)/.installed
+test: lint $(SDK_OLDEST)/.installed $(GATEWAY_JS)/node_modules/.installed
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 	PYTHONPATH=$(SDK_OLDEST) $(BIN)/python -m pytest -q -p no:cacheprovider tests/test_client_e2e.py
 	@# The model-based money test runs on both databases: SQLite's locked transaction too, not only PostgreSQL's statements.
