@@ -238,7 +238,11 @@ async def _forward(
         return _passthrough(HttpResponse(b"".join(chunks), status=response.status_code), response, reservation)
     streamed = StreamingHttpResponse(MeteredBody(response, meter, settlement), status=response.status_code)
     streamed["X-Accel-Buffering"] = "no"  # a proxy must pass SSE events on as they come
-    return _passthrough(streamed, response, reservation)
+    out = _passthrough(streamed, response, reservation)
+    if response.headers.get("content-length"):
+        # The bytes pass unchanged, so the length holds; the caller has the answer at its last byte.
+        out["Content-Length"] = response.headers["content-length"]
+    return out
 
 
 async def _raw(response: httpx.Response) -> bytes:
@@ -280,9 +284,18 @@ class Settlement:
             await asyncio.shield(db.run(services.call_settle, reservation=self.reservation, metered=metered,
                                         outcome=outcome))
 
+    def settle_after(self, metered: Metered | None, outcome: str) -> None:
+        """Settle on the loop without holding up the caller: the answer's last bytes go out first."""
+        task = asyncio.ensure_future(self.settle(metered, outcome))
+        _settling.add(task)
+        task.add_done_callback(_settling.discard)
+
     def settle_soon(self, metered: Metered | None, outcome: str) -> None:
         if self._claim():
             db.submit(services.call_settle, reservation=self.reservation, metered=metered, outcome=outcome)
+
+
+_settling: set[asyncio.Future] = set()  # settlements under way, kept alive until they finish
 
 
 class MeteredBody:
@@ -314,7 +327,10 @@ class MeteredBody:
         finally:
             with suppress(Exception):
                 await asyncio.shield(self.response.aclose())
-            await self.settlement.settle(self.meter.close(), outcome)
+            if outcome == "complete":
+                self.settlement.settle_after(self.meter.close(), outcome)
+            else:
+                await self.settlement.settle(self.meter.close(), outcome)
 
 
 def _abandoned(response: httpx.Response, meter: MessageMeter, settlement: Settlement,

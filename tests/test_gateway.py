@@ -48,7 +48,7 @@ def test_create_through_the_gateway_is_forwarded_with_the_tenants_key_and_commit
     assert sent["x-api-key"] == UPSTREAM_KEY  # the tenant's key, never the caller's
     assert "cpt_" not in str(sent) and "x-comptroller-feature" not in sent
     assert sent["anthropic-version"] == "2023-06-01" and sent["anthropic-beta"] == "test-beta-1"
-    event = UsageEvent.objects.get(request_id=message.id)
+    event = wait_for(lambda: UsageEvent.objects.filter(request_id=message.id).first())  # committed after the answer
     assert (event.input_tokens, event.output_tokens) == (message.usage.input_tokens, message.usage.output_tokens)
     assert event.feature_id == shop.support.pk and event.streamed is False
     assert event.metadata["gateway"]["decision"] == "granted"
@@ -88,7 +88,7 @@ def test_tool_use_round_trip(shop, upstream, asgi_url):
                                                 "content": "Sunny, 21 °C"}]}],
     )
     assert answer.stop_reason == "tool_use"
-    assert UsageEvent.objects.count() == 2
+    assert wait_for(lambda: UsageEvent.objects.count() == 2)
     first, second = Hold.objects.order_by("created_at")
     assert second.input_tokens > first.input_tokens  # the tool result is part of the worst case
 
@@ -152,7 +152,7 @@ def test_the_async_view_also_serves_under_wsgi_with_a_bearer_key(shop, upstream,
     with client.messages.stream(model="claude-sonnet-4-5", max_tokens=16, messages=[ASK]) as stream:
         streamed = stream.get_final_message()
 
-    assert UsageEvent.objects.filter(request_id__in=[message.id, streamed.id]).count() == 2
+    assert UsageEvent.objects.filter(request_id__in=[message.id, streamed.id]).count() == 2  # WSGI: before the answer
     assert upstream.headers[0]["x-api-key"] == UPSTREAM_KEY and "authorization" not in upstream.headers[0]
 
 
@@ -202,4 +202,5 @@ def test_the_grant_is_what_is_forwarded_and_a_key_for_one_feature_needs_no_heade
     assert upstream.message_calls[-1].body["max_tokens"] == 4096  # the feature's cap
     assert raw.headers["x-comptroller-max-tokens"] == "4096"
     assert raw.headers["x-comptroller-feature"] == "support-bot"
-    assert UsageEvent.objects.get().metadata["gateway"]["clamped"] is True
+    event = wait_for(lambda: UsageEvent.objects.first())
+    assert event.metadata["gateway"]["clamped"] is True

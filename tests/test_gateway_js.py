@@ -59,7 +59,7 @@ def node(asgi_url, shop):
 def test_create(node, shop, upstream):
     result = node("create")
 
-    event = UsageEvent.objects.get(request_id=result["id"])
+    event = wait_for(lambda: UsageEvent.objects.filter(request_id=result["id"]).first())
     assert result["text"].startswith("Budgets are a promise") and result["decision"] == "granted"
     assert result["hold"] == f"hold_{Hold.objects.get().pk.hex}"
     assert (event.input_tokens, event.output_tokens) == (result["usage"]["input_tokens"],
@@ -78,7 +78,7 @@ def test_tool_use(node, shop, upstream):
     result = node("tools")
 
     assert (result["stop"], result["tool"], result["input"]) == ("tool_use", "get_weather", {"city": "Paris"})
-    assert UsageEvent.objects.filter(request_id__in=result["ids"]).count() == 2
+    assert wait_for(lambda: UsageEvent.objects.filter(request_id__in=result["ids"]).count() == 2)
 
 
 def test_a_denial_is_raised_without_retries_and_nothing_is_forwarded(node, shop, upstream):

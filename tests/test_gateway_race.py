@@ -21,6 +21,7 @@ from tests.gateway_support import (
     asgi_url,  # noqa: F401  (fixtures)
     shop,  # noqa: F401
     upstream,  # noqa: F401
+    wait_for,
 )
 from usage.models import UsageEvent
 from usage.services import event_tokens
@@ -52,7 +53,7 @@ def test_racing_calls_through_the_gateway_never_overspend(shop, upstream, asgi_u
     assert statuses == [200] * FITS + [403] * (CALLS - FITS)
     assert all(r.json()["error"]["type"] == "budget_exceeded" for r in responses if r.status_code == 403)
     assert len(upstream.message_calls) == FITS
-    assert Hold.objects.filter(state=HoldState.COMMITTED).count() == FITS
+    assert wait_for(lambda: Hold.objects.filter(state=HoldState.COMMITTED).count() == FITS)  # settled after the answers
     spent = sum(event_tokens(e) for e in UsageEvent.objects.all())
     window = shop.budget.windows.get()
     assert spent == window.spent_tokens == FITS * per_call <= limit
