@@ -204,3 +204,16 @@ def test_the_grant_is_what_is_forwarded_and_a_key_for_one_feature_needs_no_heade
     assert raw.headers["x-comptroller-feature"] == "support-bot"
     event = wait_for(lambda: UsageEvent.objects.first())
     assert event.metadata["gateway"]["clamped"] is True
+
+
+def test_an_idempotency_key_admits_one_call(shop, upstream, asgi_url):
+    client = sdk(asgi_url, shop.secret)
+    once = {"Idempotency-Key": "nightly-report-2026-12-01"}
+
+    client.messages.create(model="claude-sonnet-4-5", max_tokens=16, messages=[ASK], extra_headers=once)
+    with pytest.raises(anthropic.ConflictError) as raised:
+        client.messages.create(model="claude-sonnet-4-5", max_tokens=16, messages=[ASK], extra_headers=once)
+
+    assert "Idempotency-Key was already used" in raised.value.message
+    assert raised.value.response.headers["x-should-retry"] == "false"
+    assert len(upstream.message_calls) == 1 and Hold.objects.count() == 1
