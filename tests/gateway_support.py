@@ -99,7 +99,7 @@ def shop(transactional_db):
 class AsgiServer:
     """uvicorn serving governance.asgi in a thread, on a port the OS chose."""
 
-    def __init__(self) -> None:
+    def __init__(self, **config: Any) -> None:
         import uvicorn
 
         from governance.asgi import application
@@ -108,7 +108,7 @@ class AsgiServer:
         self.socket.bind(("127.0.0.1", 0))
         self.port = self.socket.getsockname()[1]
         config = uvicorn.Config(application, lifespan="off", log_level="warning", access_log=False,
-                                backlog=512, timeout_graceful_shutdown=2)
+                                backlog=512, **{"timeout_graceful_shutdown": 2, **config})
         self.server = uvicorn.Server(config)
         self.thread = threading.Thread(target=self.server.run, kwargs={"sockets": [self.socket]}, daemon=True)
 

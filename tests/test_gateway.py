@@ -217,3 +217,31 @@ def test_an_idempotency_key_admits_one_call(shop, upstream, asgi_url):
     assert "Idempotency-Key was already used" in raised.value.message
     assert raised.value.response.headers["x-should-retry"] == "false"
     assert len(upstream.message_calls) == 1 and Hold.objects.count() == 1
+
+
+def test_a_stream_open_when_the_worker_stops_is_committed(shop, upstream, transactional_db):
+    from tests.gateway_support import AsgiServer
+
+    # Given a worker that cancels open streams shortly after it is told to stop (GatewayWorker)
+    upstream.event_delay = 0.2
+    server = AsgiServer(timeout_graceful_shutdown=0.5).start()
+    body = {"model": "claude-sonnet-4-5", "max_tokens": 64, "stream": True, "messages": [ASK]}
+    headers = {"x-api-key": shop.secret, **FEATURE}
+    try:
+        with httpx.Client(timeout=10) as http, http.stream("POST", f"{server.url}/anthropic/v1/messages",
+                                                           json=body, headers=headers) as response:
+            lines = response.iter_lines()
+            while "content_block_delta" not in next(lines):
+                pass
+            # When it stops with the stream still open
+            server.server.should_exit = True
+            with pytest.raises(httpx.RemoteProtocolError):  # the caller's stream is cut
+                for _ in lines:
+                    pass
+    finally:
+        server.stop()
+
+    # Then what the stream had used is committed before the worker ends
+    hold = Hold.objects.get()
+    assert hold.state == HoldState.COMMITTED, hold.state
+    assert hold.usage_event.metadata["usage_estimated"] == "output"
