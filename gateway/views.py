@@ -145,11 +145,14 @@ async def messages(request: HttpRequest) -> HttpResponseBase:
     """POST /anthropic/v1/messages: ask, forward, meter, commit."""
     started = time.perf_counter()
     _require_post_over_https(request)
+    secret = _secret(request)
+    if not secret:  # as Anthropic does: who is calling before what the call says
+        raise GatewayError(401, "authentication_error",
+                           "Send a Comptroller service key (cpt_…) as x-api-key or as Authorization: Bearer.")
     options = _options(request)
     raw = _body(request)
     body = _json(raw)
     size = services.request_size(body)
-    secret = _secret(request)
     pooled = isinstance(request, ASGIRequest)
     caller, reservation = await _guarded(_open, secret, options, body, size)
     async with upstream.client(pooled=pooled) as http:
