@@ -1,5 +1,7 @@
+from django import forms
 from django.contrib import admin
 
+from budgets.features import FEATURE_FIELDS, feature_models_validate
 from governance.models import ApiKey, AuditEntry, Feature, Invitation, Membership, Tenant
 
 
@@ -16,8 +18,20 @@ class TenantAdmin(admin.ModelAdmin):
     inlines = [MembershipInline]
 
 
+class FeatureAdminForm(forms.ModelForm):
+    class Meta:
+        model = Feature
+        fields = ["tenant", *FEATURE_FIELDS]
+
+    def clean(self):
+        data = super().clean()
+        feature_models_validate(self.instance)  # the catalog's check, as the API and the UI run it
+        return data
+
+
 @admin.register(Feature)
 class FeatureAdmin(admin.ModelAdmin):
+    form = FeatureAdminForm
     list_display = ["key", "tenant", "name", "default_model", "max_tokens_cap", "interactive", "active"]
     list_filter = ["tenant", "active", "interactive"]
     search_fields = ["key", "name"]

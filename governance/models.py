@@ -179,20 +179,13 @@ class Feature(models.Model):
         return f"{self.tenant.slug}/{self.key}"
 
     def clean(self) -> None:
-        from usage.pricing import is_priced
-
+        # Whether the models have prices is checked where the catalog is known (budgets.features).
         errors: dict[str, str] = {}
         for name in ("allowed_models", "fallback_models"):
             value = getattr(self, name)
             if not isinstance(value, list) or not all(isinstance(m, str) for m in value):
                 errors[name] = "Give a list of model ids."
-                continue
-            unknown = [m for m in value if not is_priced(m)]
-            if unknown:
-                errors[name] = f"No price is known for: {', '.join(unknown)}."
-        if self.default_model and not is_priced(self.default_model):
-            errors["default_model"] = f"No price is known for {self.default_model}."
-        elif (
+        if (
             self.default_model
             and isinstance(self.allowed_models, list)
             and self.allowed_models

@@ -11,14 +11,12 @@ from django.conf import settings
 from django.contrib.auth import get_user_model
 from django.core.mail import get_connection, send_mail
 from django.db import transaction
-from django.db.models import ProtectedError
-from django.forms.models import model_to_dict
 from django.template.loader import render_to_string
 from django.urls import reverse
 from django.utils import timezone
 
-from governance.api.authentication import generate_secret, hash_secret
-from governance.audit import Actor, audit_record, audit_update, audited_delete
+from governance.audit import Actor, audit_record, audited_delete
+from governance.keys import generate_secret, hash_secret
 from governance.models import (
     ApiKey,
     Feature,
@@ -32,54 +30,6 @@ from governance.models import (
 
 logger = logging.getLogger(__name__)
 
-FEATURE_FIELDS = (
-    "key", "name", "description", "default_model", "allowed_models", "fallback_models",
-    "max_tokens_cap", "interactive", "fail_mode", "active",
-)
-
-
-class FeatureInUse(Exception):
-    """The feature has recorded usage, so it cannot be deleted; deactivate it instead."""
-
-
-def feature_snapshot(feature: Feature) -> dict[str, Any]:
-    return model_to_dict(feature, fields=FEATURE_FIELDS)
-
-
-@transaction.atomic
-def feature_create(*, tenant: Tenant, actor: Actor, **fields: Any) -> Feature:
-    feature = Feature(tenant=tenant, **{k: v for k, v in fields.items() if k in FEATURE_FIELDS})
-    feature.full_clean(exclude=["tenant"])
-    feature.save()
-    audit_record(tenant=tenant, actor=actor, action="create", obj=feature, after=feature_snapshot(feature))
-    return feature
-
-
-@transaction.atomic
-def feature_update(*, feature: Feature, actor: Actor, data: dict[str, Any]) -> Feature:
-    before = feature_snapshot(feature)
-    for name, value in data.items():
-        if name in FEATURE_FIELDS:
-            setattr(feature, name, value)
-    feature.full_clean(exclude=["tenant"])
-    feature.save()
-    after = feature_snapshot(feature)
-    audit_update(actor=actor, obj=feature, before=before, after=after)
-    return feature
-
-
-@transaction.atomic
-def feature_delete(*, feature: Feature, actor: Actor) -> None:
-    before = feature_snapshot(feature)
-    try:
-        with transaction.atomic():
-            feature.delete()
-    except ProtectedError as exc:
-        raise FeatureInUse(
-            f"Feature '{feature.key}' has recorded usage; deactivate it instead of deleting it."
-        ) from exc
-    feature.pk = before["key"]
-    audit_record(tenant=feature.tenant, actor=actor, action="delete", obj=feature, before=before)
 
 
 def api_key_snapshot(key: ApiKey) -> dict[str, Any]:

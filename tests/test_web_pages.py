@@ -9,8 +9,8 @@ import pytest
 from django.contrib.auth import get_user_model
 from django.utils import timezone
 
+from budgets import features as services
 from budgets.models import Budget
-from governance import services
 from governance.models import ApiKey, AuditEntry, Feature, Membership, Role
 from governance.web.forms import FeatureForm
 from tests.factories import BudgetFactory, FeatureFactory

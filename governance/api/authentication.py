@@ -2,10 +2,8 @@
 
 from __future__ import annotations
 
-import hashlib
 import hmac
 import re
-import secrets
 from datetime import timedelta
 
 from django.utils import timezone
@@ -13,21 +11,11 @@ from drf_spectacular.extensions import OpenApiAuthenticationExtension
 from rest_framework import authentication, exceptions
 
 from budgets.policy import TenantPolicy, tenant_policy
+from governance.keys import KEY_SCHEME, hash_secret
 from governance.models import ApiKey, Tenant
 
-KEY_SCHEME = "cpt"
 _PREFIX = re.compile("[0-9a-f]{1,16}")
 LAST_USED_RESOLUTION = timedelta(minutes=1)
-
-
-def hash_secret(secret: str) -> str:
-    return hashlib.sha256(secret.encode()).hexdigest()
-
-
-def generate_secret() -> tuple[str, str]:
-    """Return a new (prefix, full secret) pair."""
-    prefix = secrets.token_hex(6)
-    return prefix, f"{KEY_SCHEME}_{prefix}_{secrets.token_urlsafe(32)}"
 
 
 # A key's prefix -> its tenant's id; a key never moves to another tenant, so this never goes stale.

@@ -8,7 +8,8 @@ from drf_spectacular.utils import extend_schema, inline_serializer
 from rest_framework import serializers, status
 from rest_framework.response import Response
 
-from governance import selectors, services
+from budgets import features as services
+from governance import selectors
 from governance.api.base import TenantAPIView
 from governance.api.errors import ApiError, Conflict, NotFound
 from governance.api.fields import StrictSerializer

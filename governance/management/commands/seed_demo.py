@@ -29,12 +29,13 @@ from django.db.models.functions import TruncDate
 from django.utils import timezone
 
 from budgets import alerting
+from budgets import features as feature_services
 from budgets import services as budget_services
 from budgets.models import Budget, Enforcement, HoldState, Period, Scope
 from budgets.services import usage_report
 from governance import services
-from governance.api.authentication import hash_secret
 from governance.audit import Actor
+from governance.keys import hash_secret
 from governance.models import ApiKey, Feature, KeyRole, Membership, Role, Tenant
 from governance.notify import services as notify_services
 from governance.notify.models import AlertChannel, ChannelKind
@@ -159,7 +160,7 @@ class Command(BaseCommand):
         for spec in FEATURES:
             feature = Feature.objects.filter(tenant=tenant, key=spec.key).first()
             if feature is None:
-                feature = services.feature_create(
+                feature = feature_services.feature_create(
                     tenant=tenant, actor=actor, key=spec.key, name=spec.name, description=spec.description,
                     default_model=spec.default_model, fallback_models=list(spec.fallback_models),
                     max_tokens_cap=spec.max_tokens_cap, interactive=spec.interactive,

@@ -8,7 +8,8 @@ from django.http import Http404
 from django.shortcuts import redirect
 from django.urls import reverse
 
-from governance import selectors, services
+from budgets import features as services
+from governance import selectors
 from governance.audit import Actor
 from governance.models import Role
 from governance.web.access import page, tenant_page
