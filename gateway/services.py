@@ -14,6 +14,8 @@ from __future__ import annotations
 import dataclasses
 import json
 import logging
+import math
+import time
 import uuid
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -38,7 +40,9 @@ from gateway.errors import GatewayError, invalid
 from governance.api.authentication import LAST_USED_RESOLUTION, key_from_secret
 from governance.api.fields import nano_to_usd
 from governance.api.ids import public_id
+from governance.api.throttling import parse_rate
 from governance.models import ApiKey, Feature
+from governance.shared_cache import count_in_window
 from usage.pricing import TokenUsage
 from usage.provider.models import ProviderConnection
 
@@ -160,6 +164,7 @@ def caller_resolve(*, secret: str, options: CallOptions, need_feature: bool = Tr
         )
     key, policy = found
     _touch(key)
+    _rate_limit(key)
     feature = _feature(key, policy, options.feature) if need_feature else None
     connection = (
         ProviderConnection.objects.filter(tenant_id=key.tenant_id)
@@ -182,6 +187,19 @@ def _touch(key: ApiKey) -> None:
         # At most one write a minute per key, as for the REST API.
         ApiKey.objects.filter(pk=key.pk).update(last_used_at=now)
         key.last_used_at = now
+
+
+def _rate_limit(key: ApiKey) -> None:
+    """Count the call against the key's API_RATE_LIMIT: the same counter as its REST calls."""
+    limit, period = parse_rate(settings.API_RATE_LIMIT)
+    now = time.time()
+    window = int(now // period)
+    if count_in_window(f"rl:{key.pk.hex}:{period}:{window}", period + 1) > limit:
+        wait = max(1, math.ceil((window + 1) * period - now))
+        raise GatewayError(
+            429, "rate_limit_error", f"This Comptroller key is over its rate limit ({settings.API_RATE_LIMIT}); "
+            f"retry in {wait} s.", retry=True, headers={"retry-after": str(wait)},
+        )
 
 
 def _feature(key: ApiKey, policy: TenantPolicy, wanted: str) -> Feature:

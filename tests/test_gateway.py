@@ -245,3 +245,17 @@ def test_a_stream_open_when_the_worker_stops_is_committed(shop, upstream, transa
     hold = Hold.objects.get()
     assert hold.state == HoldState.COMMITTED, hold.state
     assert hold.usage_event.metadata["usage_estimated"] == "output"
+
+
+def test_the_keys_rate_limit_counts_gateway_calls_too(shop, upstream, asgi_url, settings):
+    settings.API_RATE_LIMIT = "2/min"
+    client = sdk(asgi_url, shop.secret)
+
+    for _ in range(2):
+        client.messages.create(model="claude-sonnet-4-5", max_tokens=16, messages=[ASK])
+    with pytest.raises(anthropic.RateLimitError) as raised:
+        client.messages.create(model="claude-sonnet-4-5", max_tokens=16, messages=[ASK])
+
+    assert raised.value.body["error"]["type"] == "rate_limit_error"
+    assert int(raised.value.response.headers["retry-after"]) >= 1
+    assert len(upstream.message_calls) == 2
