@@ -17,6 +17,7 @@ from decimal import Decimal
 import httpx
 
 BASE = os.environ["BOOT_URL"]
+GATEWAY = os.environ.get("GATEWAY_URL", "")
 TLS = {"X-Forwarded-Proto": "https"}
 failures: list[str] = []
 
@@ -92,7 +93,7 @@ def create_tenant_key() -> str:
     return out.strip().splitlines()[-1]
 
 
-def governed_call(client: httpx.Client) -> None:
+def governed_call(client: httpx.Client) -> tuple[dict, dict]:
     admin = {**TLS, "Authorization": f"Bearer {create_tenant_key()}"}
 
     def post(path: str, body: dict, headers: dict, status: int) -> dict:
@@ -134,6 +135,33 @@ def governed_call(client: httpx.Client) -> None:
             break
         time.sleep(0.3)
     check("sent" in deliveries, f"the worker raised the threshold alert and sent it: {deliveries}")
+    return admin, service
+
+
+def gateway_checks(client: httpx.Client, admin: dict, service: dict) -> None:
+    """The gateway's processes (uvicorn workers): Anthropic's error shape, and a governed call's hold."""
+    stored = client.put("/api/v1/provider-connection", json={"inference_api_key": "sk-ant-api03-smoke-00000000"},
+                        headers=admin)
+    check(stored.status_code == 201 and stored.json()["inference_api_key"] == "…0000",
+          f"an admin key stores the gateway's Anthropic key ({stored.status_code})")
+    body = {"model": "claude-sonnet-4-5", "max_tokens": 16, "messages": [{"role": "user", "content": "hi"}]}
+    with httpx.Client(base_url=GATEWAY, timeout=10) as gateway:
+        wait_until_up(gateway)
+        plain = gateway.post("/anthropic/v1/messages", json=body)
+        check(plain.status_code == 403 and plain.json()["error"]["type"] == "permission_error",
+              "the gateway over plain HTTP is a 403 in Anthropic's shape")
+        anonymous = gateway.post("/anthropic/v1/messages", json=body, headers=TLS)
+        check(anonymous.status_code == 401 and anonymous.json()["error"]["type"] == "authentication_error",
+              "the gateway without a key is a 401 in Anthropic's shape")
+        key = service["Authorization"].split()[-1]
+        call = gateway.post("/anthropic/v1/messages", json=body,
+                            headers={**TLS, "x-api-key": key, "x-comptroller-feature": "smoke-bot"})
+    # Anthropic is a closed port here: the call is granted, cannot be sent, and its hold is released.
+    check(call.status_code == 502 and call.headers.get("x-comptroller-decision") == "granted",
+          f"a gateway call is granted, then 502 with Anthropic unreachable ({call.status_code})")
+    hold_id = call.headers.get("x-comptroller-hold", "none")
+    hold = client.get(f"/api/v1/allowances/{hold_id}", headers=service)
+    check(hold.status_code == 200 and hold.json()["state"] == "released", f"its hold {hold_id} is released")
 
 
 def main() -> None:
@@ -141,7 +169,9 @@ def main() -> None:
         wait_until_up(client)
         web_checks(client)
         api_error_checks(client)
-        governed_call(client)
+        admin, service = governed_call(client)
+        if GATEWAY:
+            gateway_checks(client, admin, service)
     if failures:
         sys.exit(f"{len(failures)} production check(s) failed")
 
