@@ -1,55 +1,76 @@
-"""Allowance throughput and latency beside the framework's own ceiling, in one run.
+"""The allowance and the full governed cycle beside the stack's floor for a durable hold, in one run.
 
-Starts gunicorn on PostgreSQL, then drives three loads one after the other with the
-same number of concurrent clients: GET /api/v1/whoami (a trivial authenticated DRF
-view: the ceiling), POST /api/v1/allowances, and a full allowance + commit cycle.
-Every client hits the same tenant and feature budgets: the worst case for row locks.
-The three loads take turns for several rounds and each figure is the median over the
-rounds, so a burst of noise on a shared machine moves one round, not the result; the
-CPU the server and the database spent per request is printed beside the latencies.
+Starts two servers under the same gunicorn settings (the project's gunicorn.conf.py, sync
+workers) on the same PostgreSQL database: the app, and ``bench/floor.py`` (a bare WSGI app
+whose request is one autocommitted statement that locks a counter, checks a limit and
+inserts a hold: what no durable allowance on this stack can beat). Then, in turns over
+several rounds, it drives with the same number of concurrent clients
 
-The load comes from wrk (Debian: ``apt-get install wrk``), a C load generator, so
-the clients take little of the CPU the server needs; one wrk thread per client, each
-with one keep-alive connection.
+- ``floor``: POST the allowance body to the floor app;
+- ``allowance``: POST /api/v1/allowances;
+- ``cycle``: allowance then commit, one connection alternating (a full governed call);
+- ``single``: one client, allowance + commit in a loop, timed per cycle.
+
+Every client hits the same tenant and feature budgets: the worst case for row locks. Each
+figure is the median over the rounds, so a burst of noise on a shared machine moves one
+round, not the result. The figures that matter are ratios taken in one run (allowance ÷
+floor, cycles ÷ allowance), beside the CPU per request of gunicorn (the app's or the
+floor's processes) and of PostgreSQL (the backends serving the bench database).
+
+The load comes from wrk (Debian: ``apt-get install wrk``), a C load generator, so the
+clients take little of the CPU the servers need; one wrk thread per client, each with one
+connection. The single-client loop is Python (http.client), timed around each cycle.
 
     DATABASE_URL=postgres://postgres@127.0.0.1:5432/comptroller_bench \\
-        .venv/bin/python bench/allowance_throughput.py [--clients 16] [--seconds 5] [--rounds 3] [--workers 4]
+        .venv/bin/python bench/allowance_throughput.py [--clients 16] [--seconds 10] [--rounds 3] [--workers 4]
+
+Targets (issue 19): allowance ≥ 0.60 of the floor with p99 < 50 ms at 16 clients; full
+cycles ≥ 0.45 of the allowance rate; single-client allowance + commit ≤ 5 ms at p50.
 """
 
 from __future__ import annotations
 
 import argparse
+import http.client
+import json
 import os
 import re
 import shutil
 import statistics
 import subprocess
 import sys
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from bench.server import PORT, setup_database, start_server
+import environ
+
+from bench.floor import floor_setup
+from bench.server import bench_env, free_port, setup_database, start_server
 
 WRK_DIR = Path(__file__).resolve().parent / "wrk"
-LOADS = [("whoami (ceiling)", "whoami"), ("allowance", "allowance"), ("allowance+commit", "cycle")]
+ASK = {"feature": "bench", "model": "claude-haiku-4-5", "input_tokens": 800, "max_tokens": 256}
+USAGE = {"usage": {"input_tokens": 800, "output_tokens": 120}}
+HOLD_ID = re.compile(rb'"id":\s*"(hold_[0-9a-f]+)"')
 
 
-def cpu_seconds(root_pid: int) -> tuple[float, float]:
-    """Return the CPU seconds used so far by gunicorn (``root_pid`` and its workers) and by PostgreSQL."""
+def cpu_seconds(root_pid: int, database: str) -> tuple[float, float]:
+    """Return the CPU seconds used so far by gunicorn (``root_pid`` and its workers) and by
+    the PostgreSQL backends connected to ``database`` (their process title names it)."""
     tick = os.sysconf("SC_CLK_TCK")
     app = db = 0.0
     for stat in Path("/proc").glob("[0-9]*/stat"):
         try:
             text = stat.read_text()
+            title = (stat.parent / "cmdline").read_bytes() if "postgres" in text[:64] else b""
         except OSError:
             continue  # the process ended meanwhile
-        name = text[text.index("(") + 1:text.rindex(")")]
         fields = text[text.rindex(")") + 2:].split()
         used = (int(fields[11]) + int(fields[12])) / tick  # utime + stime
         if int(stat.parent.name) == root_pid or int(fields[1]) == root_pid:
             app += used
-        elif name.startswith("postgres"):
+        elif title.startswith(b"postgres:") and f" {database} ".encode() in title:
             db += used
     return app, db
 
@@ -77,12 +98,20 @@ def median_result(results: list[Result]) -> Result:
     )
 
 
-def wrk(script: str, secret: str, clients: int, seconds: float, server_pid: int) -> Result:
-    before = cpu_seconds(server_pid)
-    env = {**os.environ, "BENCH_KEY": secret, "BENCH_WRK_DIR": str(WRK_DIR)}
+@dataclass
+class Target:
+    port: int
+    pid: int
+    database: str
+    secret: str
+
+
+def wrk(script: str, target: Target, clients: int, seconds: float) -> Result:
+    before = cpu_seconds(target.pid, target.database)
+    env = {**os.environ, "BENCH_KEY": target.secret, "BENCH_WRK_DIR": str(WRK_DIR)}
     out = subprocess.run(
         ["wrk", f"-t{clients}", f"-c{clients}", f"-d{round(seconds)}s", "--timeout", "10s",
-         "-s", str(WRK_DIR / f"{script}.lua"), f"http://127.0.0.1:{PORT}"],
+         "-s", str(WRK_DIR / f"{script}.lua"), f"http://127.0.0.1:{target.port}"],
         env=env, capture_output=True, text=True, check=True,
     ).stdout
     match = re.search(r"BENCH requests=(\d+) seconds=([\d.]+) failed=(\d+) p50_us=(\d+) p99_us=(\d+)", out)
@@ -91,44 +120,106 @@ def wrk(script: str, secret: str, clients: int, seconds: float, server_pid: int)
     requests, elapsed, failed, p50, p99 = match.groups()
     if int(failed):
         raise SystemExit(f"{script}: {failed} of {requests} requests failed:\n{out}")
-    after = cpu_seconds(server_pid)
+    after = cpu_seconds(target.pid, target.database)
     n = int(requests)
     return Result(n, float(elapsed), int(p50) / 1000, int(p99) / 1000,
+                  (after[0] - before[0]) * 1000 / n, (after[1] - before[1]) * 1000 / n)
+
+
+def single_client(target: Target, seconds: float) -> Result:
+    """One client: allowance, then commit, in a loop; latency per cycle (both requests)."""
+    headers = {"Authorization": f"Bearer {target.secret}", "Content-Type": "application/json"}
+    ask, usage = json.dumps(ASK).encode(), json.dumps(USAGE).encode()
+    conn = http.client.HTTPConnection("127.0.0.1", target.port, timeout=10)
+
+    def post(path: str, body: bytes, expected: int) -> bytes:
+        conn.request("POST", path, body, headers)
+        response = conn.getresponse()
+        data = response.read()
+        if response.status != expected:
+            raise SystemExit(f"single client: {path} answered {response.status}: {data[:300]!r}")
+        return data
+
+    before = cpu_seconds(target.pid, target.database)
+    latencies: list[int] = []
+    start = time.perf_counter()
+    deadline = start + seconds
+    while time.perf_counter() < deadline:
+        t0 = time.perf_counter_ns()
+        match = HOLD_ID.search(post("/api/v1/allowances", ask, 201))
+        if match is None:
+            raise SystemExit("single client: the allowance answered no hold id")
+        post(f"/api/v1/allowances/{match.group(1).decode()}/commit", usage, 200)
+        latencies.append(time.perf_counter_ns() - t0)
+    elapsed = time.perf_counter() - start
+    conn.close()
+    after = cpu_seconds(target.pid, target.database)
+    cuts = statistics.quantiles(latencies, n=100)
+    n = len(latencies)
+    return Result(n, elapsed, cuts[49] / 1e6, cuts[98] / 1e6,
                   (after[0] - before[0]) * 1000 / n, (after[1] - before[1]) * 1000 / n)
 
 
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--clients", type=int, default=16)
-    parser.add_argument("--seconds", type=float, default=5)
+    parser.add_argument("--seconds", type=float, default=10)
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--workers", type=int, default=4)
     parser.add_argument("--threads", type=int, default=1, help="above 1: gthread workers with keep-alive")
+    parser.add_argument("--only", default="", help="comma-separated loads to run (floor,allowance,cycle,single)")
     args = parser.parse_args()
     if shutil.which("wrk") is None:
         raise SystemExit("This benchmark needs wrk: apt-get install wrk")
+    env = bench_env()
+    database = environ.Env.db_url_config(env["DATABASE_URL"])["NAME"]
+    dsn = env["DATABASE_URL"].replace("postgres://", "postgresql://", 1)
     secret = setup_database()
-    server = start_server(args.workers, args.threads)
+    floor_setup(dsn)
+    app_port, floor_port = free_port(), free_port()
+    app = start_server(args.workers, args.threads, port=app_port, quiet=True)
+    floor = start_server(args.workers, args.threads, port=floor_port, app="bench.floor:application",
+                         env={**env, "BENCH_FLOOR_DSN": dsn, "BENCH_KEY": secret}, quiet=True)
+    app_target = Target(app_port, app.pid, database, secret)
+    floor_target = Target(floor_port, floor.pid, database, secret)
+    loads = {
+        "floor": lambda: wrk("allowance", floor_target, args.clients, args.seconds),
+        "allowance": lambda: wrk("allowance", app_target, args.clients, args.seconds),
+        "cycle": lambda: wrk("cycle", app_target, args.clients, args.seconds),
+        "single": lambda: single_client(app_target, args.seconds),
+    }
+    if args.only:
+        loads = {name: run for name, run in loads.items() if name in args.only.split(",")}
     try:
-        wrk("whoami", secret, args.clients, 2, server.pid)  # warm every worker's imports and connections
-        rounds = [
-            {name: wrk(script, secret, args.clients, args.seconds, server.pid) for name, script in LOADS}
-            for _ in range(args.rounds)
-        ]
+        # Warm every worker's imports, connections and prepared statements.
+        wrk("allowance", floor_target, args.clients, 2)
+        wrk("cycle", app_target, args.clients, 2)
+        rounds = [{name: run() for name, run in loads.items()} for _ in range(args.rounds)]
     finally:
-        server.terminate()
-        server.wait()
-    results = {name: median_result([r[name] for r in rounds]) for name, _ in LOADS}
-    ceiling = results["whoami (ceiling)"].rps
-    print(f"gunicorn -w {args.workers}{f' --threads {args.threads}' if args.threads > 1 else ''}, {args.clients} concurrent clients (wrk), {args.rounds} rounds of "
-          f"{args.seconds:.0f} s per load, {os.cpu_count()} CPUs shared by server, database and load")
-    print(f"{'load':<18} {'req/s':>8} {'p50 ms':>8} {'p99 ms':>8} {'vs ceiling':>10} "
-          f"{'app CPU ms/req':>15} {'db CPU ms/req':>14}")
+        for server in (app, floor):
+            server.terminate()
+            server.wait()
+    results = {name: median_result([r[name] for r in rounds]) for name in loads}
+    print(f"gunicorn -w {args.workers}{f' --threads {args.threads}' if args.threads > 1 else ''}, "
+          f"{args.clients} concurrent clients (wrk), {args.rounds} rounds of {args.seconds:.0f} s per load, "
+          f"{os.cpu_count()} CPUs shared by servers, database and load; Redis {'on' if env.get('REDIS_URL') else 'off'}")
+    print(f"{'load':<28} {'per s':>8} {'p50 ms':>8} {'p99 ms':>8} {'app CPU ms':>11} {'db CPU ms':>10}")
+    labels = {
+        "floor": "floor (bare durable hold)", "allowance": "allowance", "cycle": "cycle (requests)",
+        "single": "single client (cycles)",
+    }
     for name, r in results.items():
-        print(f"{name:<18} {r.rps:8.0f} {r.p50_ms:8.1f} {r.p99_ms:8.1f} {r.rps / ceiling:10.0%} "
-              f"{r.app_cpu_ms:15.2f} {r.db_cpu_ms:14.2f}")
-    cycles = results["allowance+commit"].rps / 2
-    print(f"allowance+commit: {cycles:.0f} full cycles/s (two requests each; latencies are per request)")
+        print(f"{labels[name]:<28} {r.rps:8.0f} {r.p50_ms:8.1f} {r.p99_ms:8.1f} {r.app_cpu_ms:11.2f} {r.db_cpu_ms:10.2f}")
+    print("(CPU per request; for the single client, per cycle of two requests)")
+    if "cycle" in results:
+        print(f"full cycles: {results['cycle'].rps / 2:.0f}/s (two requests each; latencies are per request)")
+    if "floor" in results and "allowance" in results:
+        print(f"allowance / floor: {results['allowance'].rps / results['floor'].rps:.2f}  (target >= 0.60, "
+              f"p99 {results['allowance'].p99_ms:.1f} ms, target < 50)")
+    if "cycle" in results and "allowance" in results:
+        print(f"cycles / allowance: {results['cycle'].rps / 2 / results['allowance'].rps:.2f}  (target >= 0.45)")
+    if "single" in results:
+        print(f"single client allowance + commit p50: {results['single'].p50_ms:.1f} ms  (target <= 5)")
 
 
 if __name__ == "__main__":

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import socket
 import subprocess
 import sys
 import time
@@ -62,16 +63,29 @@ def bench_env() -> dict[str, str]:
     return env
 
 
-def start_server(workers: int = 4, threads: int = 1) -> subprocess.Popen:
-    """Start gunicorn: sync workers, or gthread workers (which keep connections alive) when threads > 1."""
-    cmd = [str(ROOT / ".venv/bin/gunicorn"), "governance.wsgi", "-b", f"127.0.0.1:{PORT}",
+def free_port() -> int:
+    """Return a loopback port nothing listens on now (the OS chooses it)."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def start_server(workers: int = 4, threads: int = 1, *, port: int = PORT, app: str = "governance.wsgi",
+                 env: dict[str, str] | None = None, quiet: bool = False) -> subprocess.Popen:
+    """Start gunicorn: sync workers, or gthread workers (which keep connections alive) when threads > 1.
+
+    It runs with the project's gunicorn.conf.py (the production settings) and the options
+    given here; ``quiet`` sends its output (the access log) to /dev/null.
+    """
+    cmd = [str(ROOT / ".venv/bin/gunicorn"), app, "-b", f"127.0.0.1:{port}",
            "-w", str(workers), "--log-level", "warning"]
     if threads > 1:
         cmd += ["--worker-class", "gthread", "--threads", str(threads)]
-    proc = subprocess.Popen(cmd, cwd=ROOT, env=bench_env())
+    out = subprocess.DEVNULL if quiet else None
+    proc = subprocess.Popen(cmd, cwd=ROOT, env=env or bench_env(), stdout=out, stderr=out)
     for _ in range(100):
         try:
-            httpx.get(f"http://127.0.0.1:{PORT}/healthz", timeout=1)
+            httpx.get(f"http://127.0.0.1:{port}/healthz", timeout=1)
             return proc
         except httpx.HTTPError:
             time.sleep(0.1)
