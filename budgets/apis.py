@@ -17,6 +17,7 @@ from governance.api.base import TenantAPIView
 from governance.api.errors import ApiError, Forbidden, NotFound
 from governance.api.fields import StrictSerializer, UsdField, nano_to_usd, token_count
 from governance.api.ids import parse_public_id, public_id
+from governance.api.plain import FastInput, PlainCall, plain_view
 from governance.models import ApiKey, Tenant
 from governance.selectors import feature_get
 from usage.models import ServiceTier, Speed
@@ -116,13 +117,18 @@ class AllowanceApi(TenantAPIView):
     )
     def post(self, request):
         data = self.validate(AllowanceInput, request.data)
-        try:
-            decision = services.allowance_request(
-                tenant=self.tenant, api_key=self.api_key, req=services.AllowanceRequest(**data), policy=self.policy
-            )
-        except services.AllowanceError as exc:
-            raise_allowance_error(exc)
-        return Response(allowance_body(decision), status=201 if decision.granted else 200)
+        body, status_code = allowance_answer(self.tenant, self.api_key, self.policy, data)
+        return Response(body, status=status_code)
+
+
+def allowance_answer(tenant: Tenant, api_key: ApiKey, policy: TenantPolicy, data: dict) -> tuple[dict, int]:
+    try:
+        decision = services.allowance_request(
+            tenant=tenant, api_key=api_key, req=services.AllowanceRequest(**data), policy=policy
+        )
+    except services.AllowanceError as exc:
+        raise_allowance_error(exc)
+    return allowance_body(decision), 201 if decision.granted else 200
 
 
 def hold_body(hold: Hold) -> dict:
@@ -183,42 +189,64 @@ class AllowanceCommitApi(HoldMixin, TenantAPIView):
     def post(self, request, hold_id: str):
         pk = self.hold_id(hold_id)
         data = self.validate(CommitInput, request.data)
-        usage = data["usage"]
-        commit = services.CommitData(
-            usage=TokenUsage.from_anthropic(usage),
-            model=data.get("model") or "",
-            service_tier=usage.get("service_tier") or "",
-            inference_geo=usage.get("inference_geo") or "",
-            speed=Speed.FAST if usage.get("speed") == Speed.FAST else (Speed.STANDARD if usage.get("speed") else ""),
-            request_id=data.get("request_id") or "",
-            stop_reason=data.get("stop_reason") or "",
-            latency_ms=data.get("latency_ms"),
-            ttft_ms=data.get("ttft_ms"),
-            streamed=data.get("streamed"),
-            metadata=data.get("metadata") or {},
+        return Response(commit_answer(self.tenant, self.api_key, self.policy, pk, data, request.data))
+
+
+def commit_answer(tenant: Tenant, api_key: ApiKey, policy: TenantPolicy, pk, data: dict, body) -> dict:
+    usage = data["usage"]
+    commit = services.CommitData(
+        usage=TokenUsage.from_anthropic(usage),
+        model=data.get("model") or "",
+        service_tier=usage.get("service_tier") or "",
+        inference_geo=usage.get("inference_geo") or "",
+        speed=Speed.FAST if usage.get("speed") == Speed.FAST else (Speed.STANDARD if usage.get("speed") else ""),
+        request_id=data.get("request_id") or "",
+        stop_reason=data.get("stop_reason") or "",
+        latency_ms=data.get("latency_ms"),
+        ttft_ms=data.get("ttft_ms"),
+        streamed=data.get("streamed"),
+        metadata=data.get("metadata") or {},
+    )
+    fingerprint = services.AllowanceRequest.fingerprint_of(body)
+    try:
+        result = services.hold_commit(
+            tenant=tenant, hold_id=pk, api_key=api_key, data=commit, fingerprint=fingerprint,
+            policy=policy, feature_ids=policy.key_feature_ids(api_key),
         )
-        fingerprint = services.AllowanceRequest.fingerprint_of(request.data)
-        try:
-            result = services.hold_commit(
-                tenant=self.tenant, hold_id=pk, api_key=self.api_key, data=commit, fingerprint=fingerprint,
-                policy=self.policy, feature_ids=self.feature_ids,
-            )
-        except services.AllowanceError as exc:
-            raise_allowance_error(exc)
-        return Response(
-            {
-                "id": public_id(result.hold),
-                "state": result.hold.state,
-                "model": result.event.model,
-                "cost_usd": nano_to_usd(result.event.cost_nano),
-                "priced": result.event.priced,
-                "off_hold": result.event.off_hold,
-                "released_usd": nano_to_usd(result.released_nano),
-                "usage_event_id": public_id(result.event),
-                "late": result.hold.late,
-                "budgets": statuses(result.windows),
-            }
-        )
+    except services.AllowanceError as exc:
+        raise_allowance_error(exc)
+    return {
+        "id": public_id(result.hold),
+        "state": result.hold.state,
+        "model": result.event.model,
+        "cost_usd": nano_to_usd(result.event.cost_nano),
+        "priced": result.event.priced,
+        "off_hold": result.event.off_hold,
+        "released_usd": nano_to_usd(result.released_nano),
+        "usage_event_id": public_id(result.event),
+        "late": result.hold.late,
+        "budgets": statuses(result.windows),
+    }
+
+
+# The two calls made around every model call, as plain views (governance/api/plain.py).
+ALLOWANCE_INPUT, COMMIT_INPUT = FastInput(AllowanceInput), FastInput(CommitInput)
+
+
+def allowance_plain(call: PlainCall) -> tuple[dict, int]:
+    return allowance_answer(call.tenant, call.api_key, call.policy, call.validate(ALLOWANCE_INPUT))
+
+
+def commit_plain(call: PlainCall, hold_id: str) -> tuple[dict, int]:
+    pk = parse_public_id(hold_id, "hold")
+    if pk is None:
+        raise NotFound("No such allowance.")
+    data = call.validate(COMMIT_INPUT)
+    return commit_answer(call.tenant, call.api_key, call.policy, pk, data, call.data), 200
+
+
+allowance_view = plain_view(AllowanceApi, allowance_plain)
+commit_view = plain_view(AllowanceCommitApi, commit_plain)
 
 
 class AllowanceReleaseApi(HoldMixin, TenantAPIView):

@@ -21,7 +21,7 @@ from django.db.models import Field, Q
 from django.forms.models import model_to_dict
 from django.utils import timezone
 
-from budgets import alerting, reserve
+from budgets import alerting, reserve, settle
 from budgets.models import Budget, BudgetWindow, Enforcement, Hold, HoldState, Period, Scope
 from budgets.periods import EPOCH, window_bounds
 from budgets.policy import TenantPolicy, policy_changed, tenant_policy
@@ -770,7 +770,6 @@ def _with_budgets(windows: list[BudgetWindow], policy: TenantPolicy) -> list[Bud
     return windows
 
 
-@transaction.atomic
 def hold_commit(
     *, tenant: Tenant, hold_id, api_key: ApiKey | None, data: CommitData, fingerprint: str,
     policy: TenantPolicy | None = None, feature_ids: frozenset = frozenset(),
@@ -785,17 +784,93 @@ def hold_commit(
     is flagged ``off_hold``. A commit after expiry is recorded the same way and marked late.
     A model with no price is recorded at the hold model's price with ``priced=False``.
     ``policy`` is the tenant's policy when the caller has just checked it is current.
+
+    On PostgreSQL the locked part is one statement (``budgets.settle``); elsewhere it is
+    a transaction that locks the hold, then the windows.
     """
-    hold = _hold_locked(tenant, hold_id, feature_ids)
-    policy = policy or tenant_policy(tenant.pk)
+    if connection.vendor == "postgresql":
+        return _commit_in_one_statement(tenant, hold_id, api_key, data, fingerprint, policy, feature_ids)
+    with transaction.atomic():
+        hold = _hold_locked(tenant, hold_id, feature_ids)
+        policy = policy or tenant_policy(tenant.pk)
+        finished = _commit_finished(hold, fingerprint)
+        if finished is not None:
+            return finished
+        charge = _commit_charge(tenant, api_key, hold, data, fingerprint, policy)
+        windows = _with_budgets(windows_move_each(charge.moves), policy)
+        event = charge.event
+        event.off_hold = any(
+            _over_limit(w, charged_nano=charge.uncovered[w.id][0], charged_tokens=charge.uncovered[w.id][1])
+            for w in windows if w.id in charge.uncovered
+        )
+        try:
+            with transaction.atomic():
+                event.save(force_insert=True)
+        except IntegrityError:
+            raise _request_id_conflict(data) from None
+        _hold_committed(hold, charge)
+        hold.save(update_fields=["state", "late", "usage_event", "commit_hash", "finished_at", "charged_window_ids"])
+        rollups_add(tenant=tenant, events=[event])
+        return _commit_recorded(tenant, hold, charge, windows)
+
+
+def _commit_in_one_statement(tenant, hold_id, api_key, data, fingerprint, policy, feature_ids) -> CommitResult:
+    """Commit on PostgreSQL: read the hold, price and find the windows, then settle in one statement.
+
+    The statement goes ahead only if the hold is still in the state it was read in; when a
+    racing commit, release or expiry changed it meanwhile, the commit starts again from
+    the hold as it is now.
+    """
+    for _ in range(MAX_ATTEMPTS):
+        hold = settle.hold_read(tenant_id=tenant.pk, hold_id=hold_id)
+        if hold is None or (feature_ids and hold.feature_id not in feature_ids):
+            raise AllowanceError("not_found", "No such allowance.")
+        policy = policy or tenant_policy(tenant.pk)
+        finished = _commit_finished(hold, fingerprint)
+        if finished is not None:
+            return finished
+        charge = _commit_charge(tenant, api_key, hold, data, fingerprint, policy)
+        try:
+            settled = settle.hold_settle(hold, charge.event, moves=charge.moves, uncovered=charge.uncovered,
+                                         late=not charge.was_held, now=charge.now)
+        except IntegrityError:
+            raise _request_id_conflict(data) from None
+        if settled is None:
+            continue  # the hold changed state meanwhile
+        charge.event.off_hold = settled.off_hold
+        _hold_committed(hold, charge)
+        return _commit_recorded(tenant, hold, charge, _with_budgets(settled.windows, policy))
+    raise AllowanceError("unavailable", "The commit could not be recorded under contention; retry shortly.")
+
+
+@dataclass
+class _Charge:
+    """What a commit writes, worked out before any lock is taken."""
+
+    event: UsageEvent
+    charged: list[int]  # the windows the usage is charged to
+    moves: Moves  # every window's counter moves: the charge, and the reservation coming off
+    uncovered: dict[int, tuple[int, int]]  # per charged window, the USD and tokens no live hold covered
+    was_held: bool
+    now: datetime
+
+
+def _commit_finished(hold: Hold, fingerprint: str) -> CommitResult | None:
+    """Answer a commit of a hold that is already finished: a repeat, or a conflict."""
     if hold.state == HoldState.RELEASED:
         raise AllowanceError("conflict", "This allowance was released; it cannot be committed.")
-    if hold.state == HoldState.COMMITTED:
-        if hold.commit_hash != fingerprint:
-            raise AllowanceError("conflict", "This allowance was already committed with a different body.")
-        # A committed hold was given its event; SET_NULL clears it only if the ledger row is deleted.
-        event = cast(UsageEvent, hold.usage_event)
-        return CommitResult(hold=hold, event=event, windows=_windows_for(hold))
+    if hold.state != HoldState.COMMITTED:
+        return None
+    if hold.commit_hash != fingerprint:
+        raise AllowanceError("conflict", "This allowance was already committed with a different body.")
+    # A committed hold was given its event; SET_NULL clears it only if the ledger row is deleted.
+    event = cast(UsageEvent, hold.usage_event)
+    return CommitResult(hold=hold, event=event, windows=_windows_for(hold))
+
+
+def _commit_charge(tenant: Tenant, api_key: ApiKey | None, hold: Hold, data: CommitData, fingerprint: str,
+                   policy: TenantPolicy) -> _Charge:
+    """Price the call as committed and find (or open) the windows it is charged to."""
     now = timezone.now()
     was_held = hold.state == HoldState.HELD and now <= hold.expires_at
     item = UsageInput(
@@ -811,7 +886,6 @@ def hold_commit(
     event.body_hash = fingerprint
     tokens = event_tokens(event)
     charged = _charged_windows(policy, tenant=tenant, event=event)
-    # The shared rows (windows, then the day's rollup) are locked after the hold, in id order.
     moves: dict[int, list[int]] = defaultdict(lambda: [0, 0, 0, 0])
     for window_id in charged:
         moves[window_id][0] += event.cost_nano
@@ -820,36 +894,37 @@ def hold_commit(
         for window_id in hold.window_ids:
             moves[window_id][1] -= hold.amount_nano
             moves[window_id][3] -= hold.tokens
-    windows = _with_budgets(windows_move_each({i: tuple(m) for i, m in moves.items()}), policy)  # type: ignore[misc]
     covered = set(hold.window_ids) if was_held else set()
-    event.off_hold = any(
-        _over_limit(
-            w,
-            charged_nano=event.cost_nano - (hold.amount_nano if w.id in covered else 0),
-            charged_tokens=tokens - (hold.tokens if w.id in covered else 0),
-        )
-        for w in windows if w.id in set(charged)
+    uncovered = {
+        i: (event.cost_nano - (hold.amount_nano if i in covered else 0), tokens - (hold.tokens if i in covered else 0))
+        for i in charged
+    }
+    return _Charge(event=event, charged=charged, moves={i: (m[0], m[1], m[2], m[3]) for i, m in moves.items()},
+                   uncovered=uncovered, was_held=was_held, now=now)
+
+
+def _request_id_conflict(data: CommitData) -> AllowanceError:
+    return AllowanceError(
+        "conflict", f"Usage for request_id '{data.request_id}' is already recorded.",
+        {"request_id": data.request_id},
     )
-    try:
-        with transaction.atomic():
-            event.save(force_insert=True)
-    except IntegrityError:
-        raise AllowanceError(
-            "conflict", f"Usage for request_id '{data.request_id}' is already recorded.",
-            {"request_id": data.request_id},
-        ) from None
+
+
+def _hold_committed(hold: Hold, charge: _Charge) -> None:
     hold.state = HoldState.COMMITTED
-    hold.late = not was_held
-    hold.usage_event = event
-    hold.commit_hash = fingerprint
-    hold.finished_at = now
-    hold.charged_window_ids = charged
-    hold.save(update_fields=["state", "late", "usage_event", "commit_hash", "finished_at", "charged_window_ids"])
-    rollups_add(tenant=tenant, events=[event])
-    unpriced_usage_alert(tenant=tenant, events=[event])
-    charged_windows = [w for w in windows if w.id in set(charged)]
+    hold.late = not charge.was_held
+    hold.usage_event = charge.event
+    hold.commit_hash = charge.event.body_hash
+    hold.finished_at = charge.now
+    hold.charged_window_ids = charge.charged
+
+
+def _commit_recorded(tenant: Tenant, hold: Hold, charge: _Charge, windows: list[BudgetWindow]) -> CommitResult:
+    """Raise what a recorded commit raises (unpriced usage; thresholds, checked once it is committed)."""
+    unpriced_usage_alert(tenant=tenant, events=[charge.event])
+    charged_windows = [w for w in windows if w.id in charge.uncovered]
     alerting.windows_evaluate_later([w.id for w in charged_windows], windows=charged_windows)
-    return CommitResult(hold=hold, event=event, windows=charged_windows)
+    return CommitResult(hold=hold, event=charge.event, windows=charged_windows)
 
 
 @transaction.atomic

@@ -4,13 +4,16 @@ from __future__ import annotations
 
 import threading
 from concurrent.futures import ThreadPoolExecutor
+from datetime import timedelta
 
 import httpx
 import pytest
 from django.db import connection
 from django.db.models import Sum
+from django.utils import timezone
 
 from budgets.models import BudgetWindow
+from budgets.services import holds_expire
 from governance.audit import Actor
 from governance.models import KeyRole
 from governance.services import api_key_create
@@ -164,3 +167,38 @@ def test_racing_requests_with_one_idempotency_key_hold_once(setup):
     assert {r.status_code for r in responses} == {201}
     assert len({r.json()["id"] for r in responses}) == 1
     assert BudgetWindow.objects.get(budget=budget).reserved_nano == HOLD_NANO
+
+
+def test_commits_releases_and_expiry_racing_on_the_same_holds_settle_each_once(setup):
+    # Given holds on a tenant and a feature budget, each committed three times (one body),
+    # released twice and swept by the expiry task, all at once
+    tenant, feature, secret, url = setup
+    budgets = [BudgetFactory(tenant=tenant, scope="tenant", limit_nano=10**12),
+               BudgetFactory(tenant=tenant, scope="feature", feature=feature, period="day", limit_nano=10**12)]
+    holds = [r.json()["id"] for r in race(url, secret, ASK, n=20)]
+    usage = {"usage": {"input_tokens": 1000, "output_tokens": 400}}
+    headers = {"Authorization": f"Bearer {secret}"}
+    calls = [(h, "commit") for h in holds for _ in range(3)] + [(h, "release") for h in holds for _ in range(2)]
+    calls.sort(key=lambda c: hash(c) % 7)
+
+    def call(item):
+        hold, action = item
+        return hold, action, client.post(f"/api/v1/allowances/{hold}/{action}", json=usage if action == "commit" else None)
+
+    with httpx.Client(base_url=url, headers=headers, timeout=60) as client, ThreadPoolExecutor(CLIENTS) as pool:
+        futures = [pool.submit(call, c) for c in calls]
+        holds_expire(now=timezone.now() + timedelta(hours=1))  # meanwhile, the sweep finds them all expired
+        answers = [f.result() for f in futures]
+    # Then each hold ended one way: its commits all answered alike, its releases the other way
+    by_hold: dict[str, dict[str, set[int]]] = {}
+    for hold, action, response in answers:
+        by_hold.setdefault(hold, {"commit": set(), "release": set()})[action].add(response.status_code)
+    for outcome in by_hold.values():
+        assert outcome in ({"commit": {200}, "release": {409}}, {"commit": {409}, "release": {200}}), outcome
+    # And the books balance: nothing held, every committed call spent once on both windows
+    spent = UsageEvent.objects.filter(tenant=tenant).aggregate(s=Sum("cost_nano"))["s"] or 0
+    committed = {hold for hold, action, r in answers if action == "commit" and r.status_code == 200}
+    assert UsageEvent.objects.filter(tenant=tenant).count() == len(committed)
+    for budget in budgets:
+        window = BudgetWindow.objects.get(budget=budget)
+        assert (window.spent_nano, window.reserved_nano) == (spent, 0)
