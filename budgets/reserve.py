@@ -24,13 +24,16 @@ from __future__ import annotations
 import functools
 import json
 import uuid
+from collections.abc import Sequence
 from contextlib import nullcontext
 from datetime import date, datetime
 from functools import cache
-from typing import Any
+from typing import Any, TypeVar
 
 import psycopg
-from django.db import DEFAULT_DB_ALIAS, connection, connections, transaction
+from django.db import DEFAULT_DB_ALIAS, connection, connections, models, transaction
+from django.db.models.base import ModelState
+from django.db.models.signals import post_init, pre_init
 from psycopg.types.json import Jsonb
 
 from budgets.models import Budget, BudgetWindow, Enforcement, Hold, HoldState
@@ -61,7 +64,32 @@ def hot_cursor() -> psycopg.Cursor:
 
 def window_from_row(row) -> BudgetWindow:
     """Return a window from the first len(WINDOW_COLUMNS) values of a raw row."""
-    return BudgetWindow.from_db(connection.alias, WINDOW_COLUMNS, [row[i] for i in _window_order()])
+    return model_from_row(BudgetWindow, [row[i] for i in _window_order()])
+
+
+M = TypeVar("M", bound=models.Model)
+
+
+def model_from_row(model: type[M], values: Sequence[Any]) -> M:
+    """Return the saved instance of ``model`` whose columns, in field order, are ``values``.
+
+    What ``Model.from_db`` returns, built the way unpickling builds an instance: without
+    ``__init__`` and its pre_init and post_init signals (nothing listens to them for the
+    models of the hot paths; when something does, ``from_db`` is used), which are most of
+    the cost of the few instances every allowance and commit makes.
+    """
+    if pre_init.has_listeners(model) or post_init.has_listeners(model):
+        return model.from_db(connection.alias, _attnames(model), values)
+    instance = model.__new__(model)
+    instance.__dict__.update(zip(_attnames(model), values, strict=True))
+    state = instance._state = ModelState()
+    state.adding, state.db = False, connection.alias
+    return instance
+
+
+@cache
+def _attnames(model: type[models.Model]) -> tuple[str, ...]:
+    return tuple(f.attname for f in model._meta.concrete_fields)
 
 
 @cache

@@ -33,7 +33,14 @@ from django.db import connection, models, transaction
 from psycopg.types.json import Jsonb
 
 from budgets.models import Budget, BudgetWindow, Enforcement, Hold, HoldState
-from budgets.reserve import WINDOW_COLUMNS, hot_cursor, int_array, json_param, window_from_row
+from budgets.reserve import (
+    WINDOW_COLUMNS,
+    hot_cursor,
+    int_array,
+    json_param,
+    model_from_row,
+    window_from_row,
+)
 from usage.models import UsageEvent, UsageRollup
 from usage.services import ROLLUP_HISTOGRAMS, rollup_delta
 
@@ -48,8 +55,8 @@ _HISTOGRAM_SUM = (
 
 
 @cache
-def _read_statement() -> tuple[str, tuple[str, ...], frozenset[int]]:
-    """Return the hold's SELECT, its attribute names and the positions of its JSON columns."""
+def _read_statement() -> tuple[str, frozenset[int]]:
+    """Return the hold's SELECT (every column, in field order) and the positions of its JSON columns."""
     fields = Hold._meta.concrete_fields
     columns = ", ".join(f'"{f.column}"' for f in fields)
     sql = (
@@ -57,20 +64,19 @@ def _read_statement() -> tuple[str, tuple[str, ...], frozenset[int]]:
         f"WHERE id = %s AND tenant_id = %s AND state <> '{HoldState.DENIED}'"
     )
     json_at = frozenset(i for i, f in enumerate(fields) if isinstance(f, models.JSONField))
-    return sql, tuple(f.attname for f in fields), json_at
+    return sql, json_at
 
 
 def hold_read(*, tenant_id: int, hold_id) -> Hold | None:
     """Return the tenant's hold (a denial is no hold), read without a lock, or None."""
-    sql, names, json_at = _read_statement()
+    sql, json_at = _read_statement()
     cursor = hot_cursor()
     with connection.wrap_database_errors:
         cursor.execute(sql, (hold_id, tenant_id), prepare=True)
         row = cursor.fetchone()
     if row is None:
         return None
-    values = [json.loads(v) if i in json_at and v is not None else v for i, v in enumerate(row)]
-    return Hold.from_db(connection.alias, names, values)
+    return model_from_row(Hold, [json.loads(v) if i in json_at and v is not None else v for i, v in enumerate(row)])
 
 
 @cache

@@ -14,11 +14,12 @@ urlpatterns = [
     path("admin/", admin.site.urls),
     path("api/schema/", SpectacularAPIView.as_view(), name="schema"),
     path("api/docs/", SpectacularSwaggerView.as_view(url_name="schema"), name="api-docs"),
+    # First: the allowance and its commit, asked around every model call, resolve soonest.
+    path("api/v1/", include("budgets.urls")),
     path("api/v1/", include("governance.api.urls")),
     path("api/v1/", include("usage.urls")),
     path("api/v1/", include("usage.lever_urls")),
     path("api/v1/", include("usage.provider.urls")),
-    path("api/v1/", include("budgets.urls")),
     path("api/v1/", include("governance.notify.urls")),
     path("", include("gateway.urls")),
     path("", include("governance.web.urls")),
