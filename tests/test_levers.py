@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from datetime import UTC, date, datetime
+from datetime import UTC, date, datetime, timedelta
 
 import pytest
 import time_machine
@@ -14,7 +14,7 @@ from usage.levers import histogram_percentile, lever_board, one_tier_down
 from usage.models import HISTOGRAM_SIZE, NANO, UsageRollup, histogram_bucket
 from usage.pricing import model_family
 
-DAY = date(2026, 11, 2)
+DAY = date(2026, 11, 28)  # in the last week of RANGE: levers are judged on it
 RANGE = {"start": date(2026, 11, 1), "end": date(2026, 11, 30)}
 
 
@@ -85,7 +85,7 @@ def test_model_selection_prices_the_same_usage_one_tier_down(tenant):
     # Sonnet 4.5 batch: (10,000 × $3 + 2,000 × $15) × 0.5 = $0.03; Haiku 4.5 batch: (10,000 + 10,000) × $1/M × 0.5 = $0.01
     rollup(feature, "claude-sonnet-4-5-20250929", tier="batch", calls=4, input_tokens=10_000,
            output_tokens=2_000, cost_nano=usd("0.03"))
-    rollup(feature, "claude-sonnet-4-5-20250929", tier="batch", day=date(2026, 11, 3), calls=1,
+    rollup(feature, "claude-sonnet-4-5-20250929", tier="batch", day=date(2026, 11, 29), calls=1,
            output_tokens=0, cost_nano=0)
     # Haiku 4.5 has nothing below it: 1,000 × $1 + 100 × $5 = $0.0015
     rollup(feature, "claude-haiku-4-5-20251001", calls=6, input_tokens=1_000, output_tokens=100,
@@ -141,7 +141,7 @@ def test_cache_share_savings_and_unread_writes(tenant):
     feature = FeatureFactory(tenant=tenant, key="rag")
     rollup(feature, "claude-haiku-4-5-20251001", calls=10, input_tokens=10_000,
            cache_write_5m_tokens=4_000, cache_read_tokens=20_000, cost_nano=1)
-    rollup(feature, "claude-haiku-4-5-20251001", day=date(2026, 11, 3), calls=2,
+    rollup(feature, "claude-haiku-4-5-20251001", day=date(2026, 11, 29), calls=2,
            cache_write_1h_tokens=3_000, cache_read_tokens=1_000, cost_nano=1)
 
     lever = board_feature(lever_board(tenant=tenant, **RANGE), "rag")["levers"]["prompt_caching"]
@@ -155,10 +155,13 @@ def test_cache_share_savings_and_unread_writes(tenant):
     # Day two wrote 3,000 (1 h) and read 1,000: 2,000 tokens never read back, 2,000 × $2 = $0.004
     assert lever["unread_write_tokens"] == 2_000
     assert lever["unread_writes_usd"] == "0.004000"
-    # Not writing them would have saved the premium over plain input: 2,000 × ($2 − $1) = $0.002
-    assert lever["potential_saving_usd"] == "0.002000"
+    # Rollups alone say nothing of the gaps between calls (the ledger has none here): no TTL
+    # advice; and 2,400 cached tokens a call is below what Haiku 4.5 caches at all
+    assert lever["potential_saving_usd"] == "0.000000"
     assert lever["large_input_little_caching"] is False
-    assert "never read back" in lever["recommendation"]
+    assert lever["recommendation"] == (
+        "28,000 cached tokens came from prompts shorter than the model's minimum cacheable length (4,096 tokens)."
+    )
 
 
 def test_unread_writes_split_between_5m_and_1h_in_proportion(tenant):
@@ -172,8 +175,7 @@ def test_unread_writes_split_between_5m_and_1h_in_proportion(tenant):
     # Then 2,000 unread tokens split 1,500 (5 m) / 500 (1 h): 1,500 × $3.75 + 500 × $6 = $0.008625
     assert lever["unread_write_tokens"] == 2_000
     assert lever["unread_writes_usd"] == "0.008625"
-    # Premium over input: 1,500 × $0.75 + 500 × $3 = $0.002625
-    assert lever["potential_saving_usd"] == "0.002625"
+    assert lever["potential_saving_usd"] == "0.000000"  # no gaps measured, no TTL advice
 
 
 def test_large_uncached_input_is_flagged_with_its_potential(tenant):
@@ -186,8 +188,8 @@ def test_large_uncached_input_is_flagged_with_its_potential(tenant):
     assert lever["average_input_tokens_per_call"] == 5_000
     assert lever["cache_read_share"] == 0
     assert lever["large_input_little_caching"] is True
-    # Half of 50,000 tokens read from cache at $0.30 instead of $3: 25,000 × $2.70 = $0.0675
-    assert lever["potential_saving_usd"] == "0.067500"
+    # How much of it is a shared prefix cannot be seen: advice, and no figure claimed
+    assert lever["potential_saving_usd"] == "0.000000"
     assert "cache_control" in lever["recommendation"]
 
 
@@ -241,7 +243,7 @@ def test_truncation_rate_cap_utilisation_and_missing_cap(tenant):
     feature = FeatureFactory(tenant=tenant, key="extract", max_tokens_cap=None)
     rollup(feature, "claude-haiku-4-5-20251001", calls=150, truncations=6, max_tokens_sum=130_000,
            max_tokens_calls=130, output_tokens_capped=30_000, output_tokens=35_000, cost_nano=usd("0.75"))
-    rollup(feature, "claude-haiku-4-5-20251001", day=date(2026, 11, 4), calls=50, truncations=4,
+    rollup(feature, "claude-haiku-4-5-20251001", day=date(2026, 11, 27), calls=50, truncations=4,
            max_tokens_sum=50_000, max_tokens_calls=50, output_tokens_capped=15_000,
            output_tokens=15_000, cost_nano=usd("0.25"))
 
@@ -253,10 +255,10 @@ def test_truncation_rate_cap_utilisation_and_missing_cap(tenant):
     assert lever["cap_utilisation"] == 0.25
     assert lever["calls_without_max_tokens"] == 20
     assert lever["has_cap"] is False
-    # 5% of the $1.00 spent went to cut-off answers
+    # 5% of the $1.00 spent went to cut-off answers: a quality signal, never a saving
     assert lever["truncated_spend_usd"] == "0.050000"
-    assert lever["potential_saving_usd"] == "0.050000"
-    assert "5.0% of calls stopped at max_tokens" in lever["recommendation"]
+    assert lever["potential_saving_usd"] == "0.000000"
+    assert "5.0% of answers were cut off at max_tokens" in lever["recommendation"]
     assert "No max_tokens cap" in lever["recommendation"]
 
 
@@ -280,11 +282,11 @@ def test_latency_percentiles_come_from_the_merged_histograms(tenant):
     rollup(feature, "claude-haiku-4-5-20251001", calls=4, streamed_calls=4,
            latency_histogram=histogram(_250=3), ttft_histogram=histogram(_80=4),
            latency_sum_ms=900, latency_count=3, ttft_sum_ms=320, ttft_count=4, cost_nano=1)
-    rollup(feature, "claude-haiku-4-5-20251001", day=date(2026, 11, 3), calls=6, streamed_calls=2,
+    rollup(feature, "claude-haiku-4-5-20251001", day=date(2026, 11, 29), calls=6, streamed_calls=2,
            latency_histogram=histogram(_260=2, _4000=4, _90000=1), ttft_histogram=histogram(_80=2, _700=4),
            latency_sum_ms=106_520, latency_count=7, ttft_sum_ms=2_960, ttft_count=6, cost_nano=1)
     # and one day whose histograms were never filled (an empty list is all zeros)
-    rollup(feature, "claude-haiku-4-5-20251001", day=date(2026, 11, 4), calls=0, cost_nano=0)
+    rollup(feature, "claude-haiku-4-5-20251001", day=date(2026, 11, 27), calls=0, cost_nano=0)
 
     lever = board_feature(lever_board(tenant=tenant, **RANGE), "chat")["levers"]["latency"]
 
@@ -423,7 +425,7 @@ def test_each_feature_gets_its_own_top_recommendation_ranked_by_saving(tenant):
     # Features are ranked by their best lever's saving
     savings = [f["potential_saving_nano"] for f in board["features"]]
     assert savings == sorted(savings, reverse=True)
-    assert [f["key"] for f in board["features"]][:2] == ["assistant", "doc-qa"]
+    assert [f["key"] for f in board["features"]][:2] == ["assistant", "nightly-report"]
     # Opus 4.1 $2.25 vs Sonnet 5: 50,000 × $2 + 20,000 × $10 = $0.30
     assert board_feature(board, "assistant")["potential_saving_usd"] == "1.950000"
     # Each feature's own list puts its top recommendation first
@@ -504,7 +506,7 @@ def test_usage_reported_through_the_ledger_reaches_the_board(tenant):
     # Given three Sonnet 4.5 calls reported to the ledger (PRICING.md example 1: $0.0105 each),
     # one of them cut off at max_tokens and streamed
     feature = FeatureFactory(tenant=tenant, key="ledger", max_tokens_cap=1024)
-    at = datetime(2026, 11, 2, 12, tzinfo=UTC)
+    at = datetime(2026, 11, 28, 12, tzinfo=UTC)
     usage = TokenUsage(input_tokens=1_000, output_tokens=500)
     usage_report(tenant=tenant, api_key=None, items=[
         UsageInput(feature=feature, model="claude-sonnet-4-5", usage=usage, request_id="r1", occurred_at=at,
@@ -533,22 +535,24 @@ def test_usage_reported_through_the_ledger_reaches_the_board(tenant):
     assert latency["streamed_share"] == 0.3333
 
 
-def test_a_material_same_answer_saving_comes_before_a_smaller_model(tenant):
-    # Given Sonnet 4.5 calls of 5,000 uncached input tokens: one tier down saves more than caching
+def test_uncached_input_gets_advice_but_no_invented_figure(tenant):
+    # Given Sonnet 4.5 calls of 5,000 uncached input tokens
     feature = FeatureFactory(tenant=tenant, key="rag", max_tokens_cap=1024)
     # 100 × (5,000 × $3 + 100 × $15) = $1.65; Haiku 4.5: 100 × (5,000 × $1 + 100 × $5) = $0.55
     rollup(feature, "claude-sonnet-4-5-20250929", calls=100, input_tokens=500_000, output_tokens=10_000,
            cost_nano=usd("1.65"))
 
-    row = board_feature(lever_board(tenant=tenant, **RANGE), "rag")
+    board = lever_board(tenant=tenant, **RANGE)
+    row = board_feature(board, "rag")
 
-    # Then caching (same model, same answers: half of 500,000 tokens at $2.70 less = $0.675,
-    # over 5% of spend) is recommended before the model change that saves $1.10 if it passes evals
+    # Then how much of the input repeats cannot be seen: caching is advice without a figure, and
+    # the only figure is the smaller model's, a what-if
     assert [(r["lever"], r["potential_saving_usd"]) for r in row["recommendations"]] == [
-        ("prompt_caching", "0.675000"),
         ("model_selection", "1.100000"),
+        ("prompt_caching", "0.000000"),
     ]
-    assert row["potential_saving_usd"] == "0.675000"
+    assert row["recommendations"][0]["text"].startswith("What if: Claude Haiku 4.5 instead of Claude Sonnet 4.5")
+    assert (board["totals"]["firm_saving_usd"], board["totals"]["what_if_saving_usd"]) == ("0.000000", "1.100000")
 
 
 def test_an_immaterial_same_answer_saving_does_not_hide_a_smaller_model(tenant):
@@ -575,7 +579,8 @@ def test_caching_is_only_suggested_above_the_models_minimum_prompt(tenant, model
     rollup(feature, model, calls=10, input_tokens=10 * tokens_per_call, cost_nano=usd("0.1"))
     lever = board_feature(lever_board(tenant=tenant, **RANGE), "short-prompts")["levers"]["prompt_caching"]
     assert lever["large_input_little_caching"] is flagged
-    assert (lever["potential_saving_nano"] > 0) is flagged
+    assert (lever["recommendation"] is not None) is flagged
+    assert lever["potential_saving_nano"] == 0  # no prefix measured, no figure
 
 
 @time_machine.travel(datetime(2026, 11, 11, tzinfo=UTC), tick=False)
@@ -595,3 +600,125 @@ def test_a_tenant_budget_on_pace_to_overrun_is_called_out(tenant):
     # $40 + (40 + 14.40) / (24 + 14.40) × $48 (budgets.forecast)
     assert status["forecast_usd"] == "108.000000"
     assert board["budget_recommendation"].startswith("On pace to spend $108.00 against the $100.00 budget 'Company'")
+
+
+# --- the levers as the issue "Alerts, budgets and the lever board that tell the truth" checks them ---
+
+
+def test_caching_with_20_minute_gaps_recommends_1_hour_writes_with_its_net_figure(tenant):
+    from usage.pricing import TokenUsage
+    from usage.services import UsageInput, usage_report
+
+    # Given a week of Sonnet 4.5 calls every 20 minutes, each writing its 5,000-token prefix to a
+    # 5-minute cache that has always expired by the next call
+    feature = FeatureFactory(tenant=tenant, key="review", max_tokens_cap=1024)
+    first = datetime(2026, 11, 24, tzinfo=UTC)
+    items = [
+        UsageInput(feature=feature, model="claude-sonnet-4-5", request_id=f"r{n}",
+                   occurred_at=first + timedelta(minutes=20 * n),
+                   usage=TokenUsage(input_tokens=500, cache_write_5m_tokens=5_000, output_tokens=100))
+        for n in range(7 * 24 * 3)
+    ]
+    usage_report(tenant=tenant, api_key=None, items=items)
+
+    board = lever_board(tenant=tenant, **RANGE)
+    row = board_feature(board, "review")
+    lever = row["levers"]["prompt_caching"]
+
+    # Then: 504 calls × 5,000 tokens = 2,520,000 prefix tokens. Now all 5-minute writes:
+    # 2.52M × $3.75 = $9.45. With 1-hour writes 503 calls come within the hour and read
+    # (503 × 5,000 × $0.30 = $0.7545), the first writes (5,000 × $6 = $0.03): $0.7845.
+    assert lever["cached_prefix_tokens_per_call"] == 5_000
+    assert lever["gaps"] == {"sampled_calls": 504, "median_seconds": 1200, "within_5m_share": 0.0,
+                             "within_1h_share": round(503 / 504, 4)}
+    assert lever["prefix_cost_usd"] == {"current": "9.450000", "none": "7.560000", "5m": "9.450000",
+                                        "1h": "0.784500"}
+    assert lever["recommended_ttl"] == "1h"
+    assert lever["potential_saving_usd"] == "8.665500"
+    assert lever["recommendation"].startswith('Use 1-hour cache writes (cache_control ttl "1h"): calls come a '
+                                              "median 20 min apart")
+    assert "save $8.67" in lever["recommendation"]
+    assert "minimum cacheable length (1,024 tokens)" in lever["basis"]
+    # A measured figure is firm, and it comes before the smaller model's what-if
+    assert row["recommendation"]["lever"] == "prompt_caching"
+    assert board["totals"]["firm_saving_usd"] == "8.665500"
+
+
+def test_caching_that_already_fits_its_gaps_is_left_alone(tenant):
+    from usage.pricing import TokenUsage
+    from usage.services import UsageInput, usage_report
+
+    # Given calls every 2 minutes reading a 5-minute cache (one write at the start)
+    feature = FeatureFactory(tenant=tenant, key="chat")
+    first = datetime(2026, 11, 30, 9, tzinfo=UTC)
+    items = [
+        UsageInput(feature=feature, model="claude-sonnet-4-5", request_id=f"c{n}",
+                   occurred_at=first + timedelta(minutes=2 * n),
+                   usage=TokenUsage(input_tokens=200, output_tokens=100,
+                                    **({"cache_write_5m_tokens": 5_000} if n == 0 else {"cache_read_tokens": 5_000})))
+        for n in range(100)
+    ]
+    usage_report(tenant=tenant, api_key=None, items=items)
+
+    lever = board_feature(lever_board(tenant=tenant, **RANGE), "chat")["levers"]["prompt_caching"]
+
+    # Then 5-minute writes are already the cheapest: nothing to recommend
+    assert lever["current_ttl"] == "5m"
+    assert lever["recommended_ttl"] is None
+    assert lever["potential_saving_nano"] == 0
+    assert lever["recommendation"] is None
+
+
+def test_a_feature_moved_to_batch_three_weeks_ago_shows_batch_as_pulled(tenant):
+    # Given a latency-tolerant feature on the standard tier until Nov 9, on batch since Nov 10
+    feature = FeatureFactory(tenant=tenant, key="digest", interactive=False)
+    for day in range(1, 31):
+        tier = "standard" if day < 10 else "batch"
+        rollup(feature, "claude-sonnet-4-5-20250929", tier=tier, day=date(2026, 11, day), calls=10,
+               input_tokens=200_000, cost_nano=usd("0.6") if tier == "standard" else usd("0.3"))
+
+    lever = board_feature(lever_board(tenant=tenant, **RANGE), "digest")["levers"]["batch"]
+
+    # Then the last week is all batch: nothing to advise, and the lever reads as pulled, with
+    # what 21 days at half price saved: 21 × $0.30 = $6.30
+    assert lever["recommendation"] is None
+    assert lever["potential_saving_nano"] == 0
+    assert lever["pulled"]["on"] == "2026-11-10"
+    assert lever["pulled"]["saved_since_usd"] == "6.300000"
+    assert lever["pulled"]["text"] == (
+        "Pulled on Nov 10: runs on the batch tier since, which saved $6.30 against the standard tier."
+    )
+
+
+def test_a_feature_moved_to_haiku_shows_the_model_lever_as_pulled(tenant):
+    # Given a feature on Sonnet 4.5 until Nov 9 and on Haiku 4.5 since (a million input tokens a day)
+    feature = FeatureFactory(tenant=tenant, key="classifier")
+    for day in range(1, 31):
+        model = "claude-sonnet-4-5-20250929" if day < 10 else "claude-haiku-4-5-20251001"
+        rollup(feature, model, day=date(2026, 11, day), calls=100, input_tokens=1_000_000,
+               cost_nano=usd("3") if day < 10 else usd("1"))
+
+    lever = board_feature(lever_board(tenant=tenant, **RANGE), "classifier")["levers"]["model_selection"]
+
+    # Then it is not told to try a smaller model; the move shows as pulled: 21 days × ($3 − $1)
+    assert lever["recommendation"] is None
+    assert lever["pulled"]["on"] == "2026-11-10"
+    assert lever["pulled"]["from_model"] == "claude-sonnet-4-5-20250929"
+    assert lever["pulled"]["saved_since_usd"] == "42.000000"
+
+
+def test_truncation_is_never_counted_as_a_saving(tenant):
+    # Given a feature whose answers are cut off a third of the time
+    feature = FeatureFactory(tenant=tenant, key="cut", max_tokens_cap=256)
+    rollup(feature, "claude-haiku-4-5-20251001", calls=30, truncations=10, output_tokens=7_680,
+           max_tokens_sum=7_680, max_tokens_calls=30, output_tokens_capped=7_680, cost_nano=usd("0.5"))
+
+    board = lever_board(tenant=tenant, **RANGE)
+    row = board_feature(board, "cut")
+
+    # Then it says so, as a quality signal, and no saving appears anywhere
+    lever = row["levers"]["max_tokens"]
+    assert "33% of answers were cut off at max_tokens" in lever["recommendation"]
+    assert lever["potential_saving_nano"] == 0
+    assert row["potential_saving_nano"] == 0
+    assert board["totals"]["potential_saving_nano"] == board["totals"]["firm_saving_nano"] == 0

@@ -49,7 +49,7 @@ def test_service_key_reads_the_whole_board(api, tenant):
     assert response.status_code == 200, response.content
     body = response.json()
     assert [f["key"] for f in body["features"]] == [
-        "assistant", "doc-qa", "nightly-report", "extract", "chat",
+        "assistant", "nightly-report", "doc-qa", "extract", "chat",
     ]
     assistant = body["features"][0]
     assert assistant["recommendation"]["lever"] == "model_selection"

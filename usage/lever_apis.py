@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from django.utils import timezone
 from drf_spectacular.types import OpenApiTypes
-from drf_spectacular.utils import OpenApiParameter, extend_schema
+from drf_spectacular.utils import OpenApiParameter, extend_schema, inline_serializer
 from rest_framework import serializers
 from rest_framework.response import Response
 
@@ -75,8 +75,16 @@ class LeverModelSpendOutput(serializers.Serializer):
 
 
 class LeverBaseOutput(serializers.Serializer):
-    potential_saving_usd = usd("What this lever could save over the range")
+    potential_saving_usd = usd("What this lever could save, measured on the last 7 days of the range")
     recommendation = serializers.CharField(allow_null=True)
+    basis = serializers.CharField(help_text="What the figures rest on, in words")
+
+
+class LeverPulledOutput(serializers.Serializer):
+    on = serializers.CharField(help_text="The first day the lever was pulled, YYYY-MM-DD")
+    from_model = serializers.CharField(required=False, help_text="Model selection: the model moved off")
+    saved_since_usd = usd("What it saved from that day to the end of the range")
+    text = serializers.CharField()
 
 
 class LeverModelSelectionOutput(LeverBaseOutput):
@@ -84,6 +92,8 @@ class LeverModelSelectionOutput(LeverBaseOutput):
     by_model = LeverModelSpendOutput(many=True)
     one_tier_down_cost_usd = usd()
     potential_note = serializers.CharField()
+    what_if = serializers.BooleanField(help_text="True: holds only if the smaller model's answers are good enough")
+    pulled = LeverPulledOutput(allow_null=True, help_text="Set when the feature moved to a lower tier in the range")
 
 
 class LeverPromptCachingOutput(LeverBaseOutput):
@@ -98,6 +108,20 @@ class LeverPromptCachingOutput(LeverBaseOutput):
     unread_write_tokens = serializers.IntegerField(help_text="Cache writes a day's reads never covered")
     unread_writes_usd = usd("Spent on those writes")
     large_input_little_caching = serializers.BooleanField()
+    cached_prefix_tokens_per_call = serializers.IntegerField(help_text="Cache reads and writes per call")
+    min_cacheable_tokens = serializers.IntegerField(help_text="The shortest prefix the model caches")
+    gaps = inline_serializer("LeverCallGaps", {
+        "sampled_calls": serializers.IntegerField(),
+        "median_seconds": serializers.IntegerField(allow_null=True),
+        "within_5m_share": serializers.FloatField(allow_null=True),
+        "within_1h_share": serializers.FloatField(allow_null=True),
+    }, help_text="Gaps between the latest calls (ledger), against the 5-minute and 1-hour lifetimes")
+    prefix_cost_usd = serializers.DictField(
+        child=serializers.CharField(),
+        help_text="The cached prefix's cost now (current) and uncached (none), with 5-minute and 1-hour writes",
+    )
+    current_ttl = serializers.CharField(allow_null=True)
+    recommended_ttl = serializers.CharField(allow_null=True, help_text="5m, 1h or none; null: keep as is")
 
 
 class LeverBatchOutput(LeverBaseOutput):
@@ -106,6 +130,7 @@ class LeverBatchOutput(LeverBaseOutput):
     batch_share = ratio("Share of spend on the batch tier")
     standard_spend_usd = usd()
     movable_spend_usd = usd("Standard-tier spend of a latency-tolerant feature")
+    pulled = LeverPulledOutput(allow_null=True, help_text="Set when the feature moved to the batch tier in the range")
 
 
 class LeverMaxTokensOutput(LeverBaseOutput):
@@ -156,6 +181,8 @@ class LeverFeatureBoardOutput(serializers.Serializer):
     max_tokens_cap = serializers.IntegerField(allow_null=True)
     calls = serializers.IntegerField()
     spend_usd = usd()
+    recent_calls = serializers.IntegerField(help_text="Calls in the last 7 days of the range")
+    recent_spend_usd = usd("Spend in the last 7 days of the range, on which the levers are judged")
     potential_saving_usd = usd("The top recommendation's potential saving")
     recommendation = LeverRecommendationOutput(allow_null=True)
     recommendations = LeverRecommendationOutput(many=True)
@@ -166,11 +193,14 @@ class LeverTotalsOutput(serializers.Serializer):
     calls = serializers.IntegerField()
     spend_usd = usd()
     potential_saving_usd = usd("Sum of each feature's top recommendation")
+    firm_saving_usd = usd("Measured savings (batch, caching at the gaps seen), each feature's best")
+    what_if_saving_usd = usd("A smaller model's savings, if its answers are good enough")
 
 
 class LeverBoardOutput(serializers.Serializer):
     start = serializers.DateField()
     end = serializers.DateField()
+    recent_start = serializers.DateField(help_text="Levers are judged from this day to end (the last 7 days)")
     feature = serializers.CharField(allow_null=True)
     totals = LeverTotalsOutput()
     budgets = LeverBudgetStatusOutput(many=True, help_text="Tenant-wide budgets")
@@ -189,15 +219,19 @@ class LeverBoardApi(TenantAPIView):
     @extend_schema(
         summary="The lever board per feature",
         description=(
-            "Per feature over the tenant-local days start..end: spend by model family and one tier "
-            "down, cache-read share and savings, batch share and potential, truncation rate and "
-            "max_tokens utilisation, ttft and latency percentiles of interactive features, budget "
-            "forecasts, and a plain-language recommendation per lever. Recommendations are ranked "
-            "by potential saving, except that a lever keeping the model and its answers (caching, "
-            "batch, max_tokens) saving at least 5% of the feature's spend comes before a smaller "
-            "model, whose saving holds only if it passes your evals. Features are ranked by their "
-            "top recommendation's saving. Computed from daily rollups. A key restricted to some "
-            "features sees only those."
+            "Per feature over the tenant-local days start..end (default: the last 30 days): spend in "
+            "the range, and each lever judged on its last 7 days, so a lever already pulled shows as "
+            "pulled (batch tier, a lower model tier) with what it saved since. Model tier: one tier down "
+            "in today's lineup, a what-if that holds only if the smaller model's answers are good "
+            "enough. Prompt caching: the cached prefix actually seen, the gaps between the latest calls "
+            "against the 5-minute and 1-hour lifetimes, the write premium and the model's minimum "
+            "cacheable length; recommended only where the net saving is positive, naming the TTL. "
+            "max_tokens: truncation is a quality signal, never a saving. Totals separate measured "
+            "savings (firm_saving_usd: batch, caching) from what-ifs (what_if_saving_usd). Every lever "
+            "has a basis: what its figures rest on. Recommendations are ranked by potential saving, "
+            "except that a lever keeping the model and its answers saving at least 5% of the "
+            "feature's spend comes first. Computed from daily rollups (gaps from the ledger). A key "
+            "restricted to some features sees only those."
         ),
         parameters=[
             OpenApiParameter("start", OpenApiTypes.DATE, required=False,

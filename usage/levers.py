@@ -17,8 +17,9 @@ import copy
 from collections import defaultdict
 from collections.abc import Collection
 from dataclasses import dataclass, field
-from datetime import UTC, date, datetime, time
+from datetime import UTC, date, datetime, time, timedelta
 from decimal import Decimal
+from itertools import pairwise
 from typing import Any
 
 from django.db.models import BigIntegerField, Case, F, FloatField, IntegerField, Sum, Value, When
@@ -37,6 +38,7 @@ from usage.models import (
     NANO,
     ModelPrice,
     ServiceTier,
+    UsageEvent,
     UsageRollup,
 )
 from usage.pricing import (
@@ -58,27 +60,51 @@ LATENCY = "latency"
 BUDGET = "budget"
 LEVERS = (MODEL_SELECTION, PROMPT_CACHING, BATCH, BUDGET, MAX_TOKENS, LATENCY)
 
-LOWER_FAMILY = {"opus": "sonnet", "sonnet": "haiku"}
+# Tiers of today's lineup, strongest first; "one tier down" is the next family below.
+FAMILY_TIER = {"mythos": 4, "fable": 4, "opus": 3, "sonnet": 2, "haiku": 1}
+LOWER_FAMILY = {"fable": "opus", "mythos": "opus", "opus": "sonnet", "sonnet": "haiku"}
+# Each lever is judged on the last days of the range: a lever pulled last week is pulled.
+RECENT_DAYS = 7
+# A lever counts as pulled when a day with most spend the old way is followed only by days
+# with at least this share the new way.
+PULLED_SHARE = Decimal("0.9")
+# Gaps between calls are measured on at most this many of the latest calls of a feature.
+GAP_SAMPLE = 2000
+CACHE_TTLS = (("5m", 300), ("1h", 3600))
+# Firm figures are measured (batch, caching); what-ifs hold only if the answers stay good.
+FIRM_LEVERS = ("prompt_caching", "batch")
+WHAT_IF_LEVERS = ("model_selection",)
 # Levers that change neither the model nor its answers, so need no evals to pull.
 SAME_ANSWER_LEVERS = (PROMPT_CACHING, BATCH, MAX_TOKENS)
 # "Material": at least a twentieth of the feature's spend over the range.
 MATERIAL_SHARE_DENOMINATOR = 20
 
 # Claude does not cache a prefix shorter than the model's minimum (Anthropic's prompt
-# caching docs), so below it caching is no lever. Models not listed: 1,024.
+# caching docs), so below it caching is no lever. Listed models as documented; the 5.x
+# Opus-class models 512; other models not listed: 1,024.
 MIN_CACHEABLE_TOKENS = {
+    "claude-opus-4-7": 4096,
     "claude-opus-4-6": 4096,
     "claude-opus-4-5-20251101": 4096,
+    "claude-sonnet-4-6": 2048,
     "claude-haiku-4-5-20251001": 4096,
+    "claude-haiku-5-5": 4096,
     "claude-3-5-haiku-20241022": 2048,
     "claude-3-haiku-20240307": 2048,
 }
 DEFAULT_MIN_CACHEABLE_TOKENS = 1024
+OPUS_CLASS_5_MIN_CACHEABLE_TOKENS = 512
+
+
+def min_cacheable_tokens(price: ModelPrice) -> int:
+    """Return the shortest prefix the model caches."""
+    if price.model in MIN_CACHEABLE_TOKENS:
+        return MIN_CACHEABLE_TOKENS[price.model]
+    if FAMILY_TIER.get(price.family, 0) >= FAMILY_TIER["opus"] and price.generation >= 5:
+        return OPUS_CLASS_5_MIN_CACHEABLE_TOKENS
+    return DEFAULT_MIN_CACHEABLE_TOKENS
 # "Little caching": under a fifth of the input is read from cache.
 LITTLE_CACHING_SHARE = 0.2
-# How much of an uncached large prompt we assume is a stable, cacheable prefix
-# (system prompt, tools, documents). A guess, stated in the recommendation.
-REUSABLE_PREFIX_SHARE = Decimal("0.5")
 # Above this share of calls stopping at max_tokens, truncation deserves attention.
 TRUNCATION_RATE_HIGH = 0.02
 # Below this share of the held max_tokens actually used, holds tie up budget for nothing.
@@ -182,10 +208,10 @@ def histogram_percentile(counts: list[int], fraction: float) -> int | None:
 
 
 def one_tier_down(model: str) -> ModelPrice | None:
-    """Return the model one tier down (PRICING.md): opus → sonnet → haiku.
+    """Return the model one tier down in today's lineup: fable/mythos → opus → sonnet → haiku.
 
     Same generation where the lower family has one, else the newest of the lower
-    family; models still on sale are preferred to retired ones.
+    family; only models still on sale (a retired model is no advice).
     """
     try:
         price = price_for(model)
@@ -194,14 +220,22 @@ def one_tier_down(model: str) -> ModelPrice | None:
     lower = LOWER_FAMILY.get(price.family)
     if lower is None:
         return None
-    candidates = [row for row in priced_models() if row.family == lower]
-    on_sale = [row for row in candidates if not row.retired] or candidates
+    on_sale = [row for row in priced_models() if row.family == lower and not row.retired]
     if not on_sale:
         return None
     same_generation = [row for row in on_sale if row.generation == price.generation]
     if same_generation:
         return same_generation[0]
     return max(on_sale, key=lambda row: row.generation)
+
+
+def _generation_major(model: str | None) -> int | None:
+    if model is None:
+        return None
+    try:
+        return int(price_for(model).generation)
+    except UnknownModel:
+        return None
 
 
 def _display_name(model: str) -> str:
@@ -266,6 +300,17 @@ class _FeatureSums:
     batch_spend_nano: int = 0
     standard_spend_nano: int = 0
     batch_saving: Decimal = Decimal(0)
+    # The cached prefix (reads and writes) and what it would cost each way, for the TTL choice.
+    prefix_tokens: int = 0
+    prefix_calls: int = 0
+    prefix_current: Decimal = Decimal(0)
+    prefix_at_input: Decimal = Decimal(0)
+    prefix_at_read: Decimal = Decimal(0)
+    prefix_at_w5: Decimal = Decimal(0)
+    prefix_at_w1: Decimal = Decimal(0)
+    prefix_below_minimum: int = 0  # cached tokens of calls whose prefix is shorter than the model caches
+    min_cacheable: int = 0  # of the model with the most spend
+    top_model_spend: int = -1
 
 
 def _accumulate(sums: _FeatureSums, row: dict[str, Any], at: datetime) -> None:
@@ -315,8 +360,26 @@ def _accumulate(sums: _FeatureSums, row: dict[str, Any], at: datetime) -> None:
         - usage.cache_write_5m_tokens * (w5_rate - input_rate)
         - usage.cache_write_1h_tokens * (w1_rate - input_rate)
     ) * factor / MTOK
+    minimum = min_cacheable_tokens(price)
+    if spend > sums.top_model_spend:
+        sums.top_model_spend, sums.min_cacheable = spend, minimum
+    cached = usage.cache_read_tokens + usage.cache_write_5m_tokens + usage.cache_write_1h_tokens
+    if cached and calls:
+        if cached < calls * minimum:
+            sums.prefix_below_minimum += cached
+        else:
+            sums.prefix_tokens += cached
+            sums.prefix_calls += calls
+            sums.prefix_current += (
+                usage.cache_read_tokens * read_rate + usage.cache_write_5m_tokens * w5_rate
+                + usage.cache_write_1h_tokens * w1_rate
+            ) * factor / MTOK
+            sums.prefix_at_input += cached * input_rate * factor / MTOK
+            sums.prefix_at_read += cached * read_rate * factor / MTOK
+            sums.prefix_at_w5 += cached * w5_rate * factor / MTOK
+            sums.prefix_at_w1 += cached * w1_rate * factor / MTOK
     # Only calls long enough to cache at all can gain from it.
-    if calls and usage.total_input >= calls * MIN_CACHEABLE_TOKENS.get(price.model, DEFAULT_MIN_CACHEABLE_TOKENS):
+    if calls and usage.total_input >= calls * minimum:
         sums.cacheable_input_tokens += usage.total_input
         sums.full_cache_potential += usage.input_tokens * (input_rate - read_rate) * factor / MTOK
 
@@ -364,7 +427,7 @@ def _ratio(part: int, whole: int) -> float | None:
 # --- levers ---------------------------------------------------------------------------
 
 
-def _model_selection(sums: _FeatureSums) -> dict[str, Any]:
+def _model_selection(sums: _FeatureSums, pulled: dict[str, Any] | None) -> dict[str, Any]:
     by_model = []
     lower_total = 0
     saving_total = 0
@@ -402,10 +465,15 @@ def _model_selection(sums: _FeatureSums) -> dict[str, Any]:
         saving, line = biggest
         share = saving / line.spend_nano if line.spend_nano else 0
         recommendation = (
-            f"Try {line.lower_display} instead of {line.display}: the same usage would have cost "
+            f"What if: {line.lower_display} instead of {line.display}: the same usage would have cost "
             f"{_usd_text(line.spend_nano - saving)} instead of {_usd_text(line.spend_nano)} "
             f"(save {_usd_text(saving)}, {_pct_text(share)}), if the smaller model passes your evals."
         )
+        if _generation_major(line.model) != _generation_major(line.lower_model):
+            recommendation += (
+                " A model of another generation may count the same text as a different number of tokens "
+                "(a newer tokenizer): the figure prices today's token counts."
+            )
     return {
         "by_family": by_family,
         "by_model": by_model,
@@ -415,10 +483,55 @@ def _model_selection(sums: _FeatureSums) -> dict[str, Any]:
         "potential_saving_nano": saving_total,
         "potential_note": "potential, if the smaller model passes your evals",
         "recommendation": recommendation,
+        "what_if": True,
+        "pulled": pulled,
+        "basis": (
+            f"Last {RECENT_DAYS} days: each model's token counts priced at the base rates of the model one "
+            f"tier down in today's lineup (fable/mythos → opus → sonnet → haiku, same generation where there "
+            f"is one). A what-if: it holds only if the smaller model's answers are good enough."
+        ),
     }
 
 
-def _prompt_caching(sums: _FeatureSums) -> dict[str, Any]:
+@dataclass(frozen=True)
+class CallGaps:
+    """How far apart a feature's latest calls came: what a 5-minute or a 1-hour cache would catch."""
+
+    sampled: int  # calls looked at (the oldest has no known predecessor: counted a miss)
+    within: dict[str, int]  # TTL name -> calls that came within that long of the previous one
+    median_seconds: int | None
+
+    def share(self, ttl: str) -> Decimal:
+        return Decimal(self.within[ttl]) / self.sampled if self.sampled else Decimal(0)
+
+
+def call_gaps(*, tenant: Tenant, feature_ids: Collection, start: datetime, end: datetime) -> dict[Any, CallGaps]:
+    """Return the gaps between each feature's latest calls (at most ``GAP_SAMPLE``) from ``start`` to ``end``.
+
+    Read from the ledger: the only place that knows when each call happened.
+    """
+    found = {}
+    for feature_id in feature_ids:
+        times = list(
+            UsageEvent.objects.filter(tenant=tenant, feature_id=feature_id, occurred_at__gte=start,
+                                      occurred_at__lt=end)
+            .order_by("-occurred_at").values_list("occurred_at", flat=True)[:GAP_SAMPLE]
+        )
+        if not times:
+            continue
+        gaps = sorted(int((newer - older).total_seconds()) for newer, older in pairwise(times))
+        within = {name: sum(1 for g in gaps if g <= seconds) for name, seconds in CACHE_TTLS}
+        found[feature_id] = CallGaps(len(times), within, gaps[len(gaps) // 2] if gaps else None)
+    return found
+
+
+def _minutes_text(seconds: int | None) -> str:
+    if seconds is None:
+        return "—"
+    return f"{seconds // 60} min" if seconds >= 120 else f"{seconds} s"
+
+
+def _prompt_caching(sums: _FeatureSums, gaps: CallGaps | None) -> dict[str, Any]:
     t = sums.tokens
     total_input = (
         t["input_tokens"] + t["cache_write_5m_tokens"] + t["cache_write_1h_tokens"] + t["cache_read_tokens"]
@@ -426,25 +539,68 @@ def _prompt_caching(sums: _FeatureSums) -> dict[str, Any]:
     read_share = _ratio(t["cache_read_tokens"], total_input)
     avg_input = total_input // sums.calls if sums.calls else 0
     little_caching = sums.cacheable_input_tokens > 0 and (read_share or 0) < LITTLE_CACHING_SHARE
-    prefix_potential = to_nano(sums.full_cache_potential * REUSABLE_PREFIX_SHARE) if little_caching else 0
-    premium = max(to_nano(sums.unread_write_premium), 0)
-    potential = prefix_potential + premium
     unread_spend = to_nano(sums.unread_write_spend)
+    prefix = sums.prefix_tokens // sums.prefix_calls if sums.prefix_calls else 0
+    current_ttl = "1h" if t["cache_write_1h_tokens"] > t["cache_write_5m_tokens"] else "5m"
 
+    costs: dict[str, int] = {}
+    recommended = None
+    potential = 0
     texts = []
-    if little_caching and prefix_potential > 0:
-        texts.append(
-            f"Calls send {avg_input:,} input tokens on average and only {_pct_text(read_share or 0)} "
-            f"is read from cache: mark the stable prefix (system prompt, tools, documents) with "
-            f"cache_control. If half of the input were a cached prefix, you would save about "
-            f"{_usd_text(prefix_potential)}."
+    if sums.prefix_tokens and gaps is not None and gaps.sampled:
+        # What the prefix these calls cache would cost with each TTL at the gaps measured:
+        # a call within the TTL of the previous one reads (0.1x input), any other writes
+        # (1.25x for 5 minutes, 2x for an hour); uncached, every call pays full input.
+        costs = {
+            "current": to_nano(sums.prefix_current),
+            "none": to_nano(sums.prefix_at_input),
+            "5m": to_nano(sums.prefix_at_read * gaps.share("5m") + sums.prefix_at_w5 * (1 - gaps.share("5m"))),
+            "1h": to_nano(sums.prefix_at_read * gaps.share("1h") + sums.prefix_at_w1 * (1 - gaps.share("1h"))),
+        }
+        best = min(("1h", "5m", "none"), key=lambda name: costs[name])
+        saving = costs["current"] - costs[best]
+        if best != current_ttl and saving > 0:
+            recommended, potential = best, saving
+            catch = (
+                f"calls come a median {_minutes_text(gaps.median_seconds)} apart: "
+                f"{_pct_text(float(gaps.share('5m')))} within 5 minutes of the previous one, "
+                f"{_pct_text(float(gaps.share('1h')))} within an hour"
+            )
+            if best == "none":
+                texts.append(
+                    f"Caching costs more than it saves here ({catch}): every write pays the premium and "
+                    f"few are read. Sent uncached, the {prefix:,}-token prefix would cost "
+                    f"{_usd_text(costs['none'])} instead of {_usd_text(costs['current'])}: save {_usd_text(saving)}."
+                )
+            else:
+                label = "1-hour" if best == "1h" else "5-minute"
+                texts.append(
+                    f"Use {label} cache writes (cache_control ttl \"{best}\"): {catch}. The {prefix:,}-token "
+                    f"cached prefix would cost {_usd_text(costs[best])} instead of {_usd_text(costs['current'])}: "
+                    f"save {_usd_text(saving)}."
+                )
+    elif little_caching:
+        # Nothing cached: how long a shared prefix is cannot be seen from token counts, so no figure.
+        timing = (
+            f": {_pct_text(float(gaps.share('1h')))} of calls come within an hour of the previous one, "
+            f"{_pct_text(float(gaps.share('5m')))} within 5 minutes" if gaps is not None and gaps.sampled else ""
         )
-    if premium > 0:
         texts.append(
-            f"{sums.unread_write_tokens:,} tokens written to cache were never read back "
-            f"({_usd_text(unread_spend)} of writes): only cache prompts that repeat within the "
-            f"cache lifetime, and prefer 5-minute to 1-hour writes."
+            f"Calls send {avg_input:,} input tokens on average and little is read from cache. If they share a "
+            f"stable prefix (system prompt, tools, documents) of at least {sums.min_cacheable:,} tokens, mark it "
+            f"with cache_control{timing}. The board measures the saving once the cache is read."
         )
+    if sums.prefix_below_minimum:
+        texts.append(
+            f"{sums.prefix_below_minimum:,} cached tokens came from prompts shorter than the model's minimum "
+            f"cacheable length ({sums.min_cacheable:,} tokens)."
+        )
+    basis = (
+        f"Last {RECENT_DAYS} days. Measured: the cached prefix ({prefix:,} tokens a call, cache reads and writes), "
+        f"the gaps between the latest {gaps.sampled if gaps else 0:,} calls against the 5-minute and 1-hour "
+        f"lifetimes, the model's rates (writes 1.25x input for 5 minutes and 2x for an hour, reads as priced) "
+        f"and its minimum cacheable length ({sums.min_cacheable:,} tokens)."
+    )
     return {
         "input_tokens": t["input_tokens"],
         "cache_write_5m_tokens": t["cache_write_5m_tokens"],
@@ -459,13 +615,25 @@ def _prompt_caching(sums: _FeatureSums) -> dict[str, Any]:
         "unread_writes_usd": nano_to_usd(unread_spend),
         "unread_writes_nano": unread_spend,
         "large_input_little_caching": little_caching,
+        "cached_prefix_tokens_per_call": prefix,
+        "min_cacheable_tokens": sums.min_cacheable,
+        "gaps": {
+            "sampled_calls": gaps.sampled if gaps else 0,
+            "median_seconds": gaps.median_seconds if gaps else None,
+            "within_5m_share": round(float(gaps.share("5m")), 4) if gaps else None,
+            "within_1h_share": round(float(gaps.share("1h")), 4) if gaps else None,
+        },
+        "prefix_cost_usd": {name: nano_to_usd(value) for name, value in costs.items()},
+        "current_ttl": current_ttl if sums.prefix_tokens else None,
+        "recommended_ttl": recommended,
         "potential_saving_usd": nano_to_usd(potential),
         "potential_saving_nano": potential,
         "recommendation": " ".join(texts) or None,
+        "basis": basis,
     }
 
 
-def _batch(sums: _FeatureSums, feature: Feature) -> dict[str, Any]:
+def _batch(sums: _FeatureSums, feature: Feature, pulled: dict[str, Any] | None) -> dict[str, Any]:
     movable = 0 if feature.interactive else sums.standard_spend_nano
     potential = 0 if feature.interactive else to_nano(sums.batch_saving)
     recommendation = None
@@ -487,6 +655,11 @@ def _batch(sums: _FeatureSums, feature: Feature) -> dict[str, Any]:
         "potential_saving_usd": nano_to_usd(potential),
         "potential_saving_nano": potential,
         "recommendation": recommendation,
+        "pulled": pulled,
+        "basis": (
+            f"Last {RECENT_DAYS} days: standard-tier spend of a feature marked latency tolerant, priced at "
+            f"the model's batch factor (0.5x); web search is not discounted."
+        ),
     }
 
 
@@ -498,19 +671,21 @@ def _max_tokens(sums: _FeatureSums, feature: Feature) -> dict[str, Any]:
     # Cut-off answers are usually retried or thrown away: their share of spend is at stake.
     truncated_spend = sums.spend_nano * truncations // calls if calls else 0
     texts = []
+    # Truncation is a quality signal, not a saving: raising a cap costs more per call and
+    # changes the answers, so no money figure is claimed for it.
     potential = 0
     if rate is not None and rate >= TRUNCATION_RATE_HIGH:
-        potential = truncated_spend
         texts.append(
-            f"{_pct_text(rate)} of calls stopped at max_tokens (about {_usd_text(truncated_spend)} "
-            f"spent on cut-off answers): raise max_tokens or ask for shorter output."
+            f"{_pct_text(rate)} of answers were cut off at max_tokens: check they are still useful; "
+            f"raising max_tokens makes those calls longer and dearer, asking for shorter answers does not."
         )
     if feature.max_tokens_cap is None:
         texts.append("No max_tokens cap is set: set one as a guard against runaway output.")
     if utilisation is not None and utilisation < CAP_UTILISATION_LOW and not texts:
+        held = t["max_tokens_sum"] // max(t["max_tokens_calls"], 1)
         texts.append(
-            f"Answers use only {_pct_text(utilisation)} of the max_tokens they hold: lower "
-            f"max_tokens so holds stop tying up budget."
+            f"Answers use only {_pct_text(utilisation)} of the {held:,} max_tokens a call holds: a lower "
+            f"max_tokens frees budget that holds tie up (it saves nothing on the bill)."
         )
     return {
         "calls": calls,
@@ -527,6 +702,10 @@ def _max_tokens(sums: _FeatureSums, feature: Feature) -> dict[str, Any]:
         "potential_saving_usd": nano_to_usd(potential),
         "potential_saving_nano": potential,
         "recommendation": " ".join(texts) or None,
+        "basis": (
+            f"Last {RECENT_DAYS} days: calls that stopped with stop_reason = max_tokens over all calls, "
+            f"and output tokens over the max_tokens they carried. Never counted as a saving."
+        ),
     }
 
 
@@ -564,6 +743,10 @@ def _latency(sums: _FeatureSums, feature: Feature, histograms) -> dict[str, Any]
         "potential_saving_usd": nano_to_usd(0),
         "potential_saving_nano": 0,
         "recommendation": recommendation,
+        "basis": (
+            f"Last {RECENT_DAYS} days: commits' ttft_ms and latency_ms, percentiles interpolated in fixed "
+            f"histogram buckets. Streaming changes when text appears, not the bill."
+        ),
     }
 
 
@@ -609,6 +792,128 @@ def _budget(rows: list[dict[str, Any]]) -> dict[str, Any]:
         "potential_saving_usd": nano_to_usd(0),
         "potential_saving_nano": 0,
         "recommendation": recommendation,
+        "basis": (
+            "The current window's counters, and the forecast the alerts use: the budget's usual weekday "
+            "and hour-of-day pattern of the last 1-4 weeks, scaled to how this window runs."
+        ),
+    }
+
+
+# --- levers already pulled -------------------------------------------------------------
+
+
+def _daily(rollups) -> dict[Any, dict[date, list[dict[str, Any]]]]:
+    """Return each feature's rollup sums by day and model × tier, over the whole range."""
+    sums = {f"total_{name}": Sum(name) for name in UsageRollup.SUM_FIELDS}
+    rows = rollups.order_by().values("feature_id", "day", "model", "family", "service_tier").annotate(**sums)
+    by_feature: dict[Any, dict[date, list[dict[str, Any]]]] = defaultdict(lambda: defaultdict(list))
+    for row in rows:
+        clean = {name.removeprefix("total_"): value for name, value in row.items()}
+        by_feature[row["feature_id"]][row["day"]].append(clean)
+    return by_feature
+
+
+def _switch_day(days: dict[date, list[dict[str, Any]]], *, old, new) -> date | None:
+    """Return the first day after the last day spent mostly the ``old`` way, if every later day is ``new``.
+
+    ``old`` and ``new`` take a day's rows and return the spend done that way.
+    """
+    ordered = sorted(d for d, rows in days.items() if sum(r["cost_nano"] or 0 for r in rows) > 0)
+    last_old = None
+    for day in ordered:
+        total = sum(r["cost_nano"] or 0 for r in days[day])
+        if old(days[day]) * 2 >= total:
+            last_old = day
+    if last_old is None:
+        return None
+    later = [d for d in ordered if d > last_old]
+    if not later:
+        return None
+    for day in later:
+        total = sum(r["cost_nano"] or 0 for r in days[day])
+        if Decimal(new(days[day])) < PULLED_SHARE * total:
+            return None
+    return later[0]
+
+
+def _batch_pulled(days: dict[date, list[dict[str, Any]]]) -> dict[str, Any] | None:
+    """Return when a feature moved to the batch tier and what that saved since, or None."""
+
+    def on(tier):
+        return lambda rows: sum(r["cost_nano"] or 0 for r in rows if r["service_tier"] == tier)
+
+    switched = _switch_day(days, old=on(ServiceTier.STANDARD), new=on(ServiceTier.BATCH))
+    if switched is None:
+        return None
+    saved = Decimal(0)
+    for day, rows in days.items():
+        for r in rows:
+            if day >= switched and r["service_tier"] == ServiceTier.BATCH:
+                try:
+                    factor = Decimal(price_for(r["model"]).batch_factor)
+                except UnknownModel:
+                    continue
+                # The standard tier would have cost cost / factor: the difference was saved.
+                saved += Decimal(r["cost_nano"] or 0) * (1 - factor) / factor
+    return {
+        "on": switched.isoformat(),
+        "saved_since_usd": nano_to_usd(int(saved)),
+        "saved_since_nano": int(saved),
+        "text": f"Pulled on {switched:%b} {switched.day}: runs on the batch tier since, "
+                f"which saved {_usd_text(int(saved))} against the standard tier.",
+    }
+
+
+def _model_pulled(days: dict[date, list[dict[str, Any]]], at: datetime) -> dict[str, Any] | None:
+    """Return when a feature moved to a lower tier of model and what that saved since, or None."""
+    recent = sorted(days)[-RECENT_DAYS:]
+    family_spend: dict[str, int] = defaultdict(int)
+    for day in recent:
+        for r in days[day]:
+            family_spend[r["family"]] += r["cost_nano"] or 0
+    if not family_spend:
+        return None
+    family = max(family_spend, key=family_spend.__getitem__)
+    tier = FAMILY_TIER.get(family)
+    if tier is None:
+        return None
+
+    def higher(rows):
+        return sum(r["cost_nano"] or 0 for r in rows if FAMILY_TIER.get(r["family"], 0) > tier)
+
+    def lower_or_same(rows):
+        return sum(r["cost_nano"] or 0 for r in rows if FAMILY_TIER.get(r["family"], 0) <= tier)
+
+    switched = _switch_day(days, old=higher, new=lower_or_same)
+    if switched is None:
+        return None
+    before: dict[str, int] = defaultdict(int)
+    for day, rows in days.items():
+        if day < switched:
+            for r in rows:
+                if FAMILY_TIER.get(r["family"], 0) > tier:
+                    before[r["model"]] += r["cost_nano"] or 0
+    old_model = max(before, key=before.__getitem__)
+    saved = Decimal(0)
+    try:
+        old_price = _base_rates(price_for(old_model, at=at))
+    except UnknownModel:
+        return None
+    for day, rows in days.items():
+        if day >= switched:
+            for r in rows:
+                if FAMILY_TIER.get(r["family"], 0) <= tier:
+                    saved += usage_cost(old_price, _usage(r), service_tier=r["service_tier"]) * NANO - (
+                        r["cost_nano"] or 0
+                    )
+    saved_nano = max(int(saved), 0)
+    return {
+        "on": switched.isoformat(),
+        "from_model": old_model,
+        "saved_since_usd": nano_to_usd(saved_nano),
+        "saved_since_nano": saved_nano,
+        "text": f"Pulled on {switched:%b} {switched.day}: moved off {_display_name(old_model)}, which saved "
+                f"{_usd_text(saved_nano)} since (the same usage at its prices).",
     }
 
 
@@ -715,16 +1020,30 @@ def lever_board(
         raise ValueError("feature belongs to another tenant")
     scope = {feature.pk} if feature is not None else feature_ids
     rollups = _rollups(tenant=tenant, start=start, end=end, feature_ids=scope)
+    # Levers are judged on the last week of the range: what is pulled is pulled.
+    recent_start = max(start, end - timedelta(days=RECENT_DAYS - 1))
+    recent_rollups = rollups.filter(day__gte=recent_start)
     # What-ifs are priced with the price table in effect at the end of the range.
     at = datetime.combine(end, time.max, tzinfo=tenant.tz)
 
-    by_feature: dict[Any, _FeatureSums] = defaultdict(_FeatureSums)
+    in_range: dict[Any, _FeatureSums] = defaultdict(_FeatureSums)
     for row in _grouped_sums(rollups):
+        sums = in_range[row["feature_id"]]
+        sums.calls += row["calls"] or 0
+        sums.spend_nano += row["cost_nano"] or 0
+    by_feature: dict[Any, _FeatureSums] = defaultdict(_FeatureSums)
+    for row in _grouped_sums(recent_rollups):
         _accumulate(by_feature[row["feature_id"]], row, at)
+    daily = _daily(rollups)
 
-    wanted = set(by_feature) | ({feature.pk} if feature is not None else set())
+    wanted = set(in_range) | ({feature.pk} if feature is not None else set())
     features = {f.pk: f for f in Feature.objects.filter(tenant=tenant, pk__in=list(wanted))}
-    histograms = _merged_histograms(rollups, [pk for pk, f in features.items() if f.interactive])
+    histograms = _merged_histograms(recent_rollups, [pk for pk, f in features.items() if f.interactive])
+    gaps = call_gaps(
+        tenant=tenant, feature_ids=[pk for pk in features if pk in by_feature],
+        start=datetime.combine(recent_start, time(0), tzinfo=tenant.tz),
+        end=datetime.combine(end + timedelta(days=1), time(0), tzinfo=tenant.tz),
+    )
 
     now = timezone.now()
     budgets = list(Budget.objects.filter(tenant=tenant, active=True).select_related("tenant"))
@@ -739,10 +1058,12 @@ def lever_board(
     rows: list[dict[str, Any]] = []
     for pk, feat in features.items():
         sums = by_feature.get(pk) or _FeatureSums()
+        whole = in_range.get(pk) or _FeatureSums()
+        days = daily.get(pk, {})
         levers = {
-            MODEL_SELECTION: _model_selection(sums),
-            PROMPT_CACHING: _prompt_caching(sums),
-            BATCH: _batch(sums, feat),
+            MODEL_SELECTION: _model_selection(sums, _model_pulled(days, at) if days else None),
+            PROMPT_CACHING: _prompt_caching(sums, gaps.get(pk)),
+            BATCH: _batch(sums, feat, _batch_pulled(days) if days else None),
             MAX_TOKENS: _max_tokens(sums, feat),
             LATENCY: _latency(sums, feat, histograms.get(pk)),
             BUDGET: _budget(feature_budgets.get(pk, [])),
@@ -750,17 +1071,26 @@ def lever_board(
         recommendations = _ranked(levers, spend_nano=sums.spend_nano)
         best = recommendations[0] if recommendations else None
         best_nano = best["potential_saving_nano"] if best else 0
+        firm = max((r["potential_saving_nano"] for r in recommendations if r["lever"] in FIRM_LEVERS), default=0)
+        what_if = max(
+            (r["potential_saving_nano"] for r in recommendations if r["lever"] in WHAT_IF_LEVERS), default=0
+        )
         rows.append(
             {
                 "key": feat.key,
                 "name": feat.name,
                 "interactive": feat.interactive,
                 "max_tokens_cap": feat.max_tokens_cap,
-                "calls": sums.calls,
-                "spend_usd": nano_to_usd(sums.spend_nano),
-                "spend_nano": sums.spend_nano,
+                "calls": whole.calls,
+                "spend_usd": nano_to_usd(whole.spend_nano),
+                "spend_nano": whole.spend_nano,
+                "recent_calls": sums.calls,
+                "recent_spend_usd": nano_to_usd(sums.spend_nano),
+                "recent_spend_nano": sums.spend_nano,
                 "potential_saving_usd": nano_to_usd(best_nano),
                 "potential_saving_nano": best_nano,
+                "firm_saving_nano": firm,
+                "what_if_saving_nano": what_if,
                 "recommendation": best,
                 "recommendations": recommendations,
                 "levers": levers,
@@ -770,16 +1100,26 @@ def lever_board(
 
     spend = sum(r["spend_nano"] for r in rows)
     potential = sum(r["potential_saving_nano"] for r in rows)
+    firm = sum(r["firm_saving_nano"] for r in rows)
+    what_if = sum(r["what_if_saving_nano"] for r in rows)
     return {
         "start": start.isoformat(),
         "end": end.isoformat(),
+        "recent_start": recent_start.isoformat(),
         "feature": feature.key if feature is not None else None,
         "totals": {
             "calls": sum(r["calls"] for r in rows),
             "spend_usd": nano_to_usd(spend),
             "spend_nano": spend,
+            "recent_spend_nano": sum(r["recent_spend_nano"] for r in rows),
             "potential_saving_usd": nano_to_usd(potential),
             "potential_saving_nano": potential,
+            # Measured over the last week, if the calls stay as they are (batch, caching) …
+            "firm_saving_usd": nano_to_usd(firm),
+            "firm_saving_nano": firm,
+            # … and what a smaller model would save, if its answers are good enough.
+            "what_if_saving_usd": nano_to_usd(what_if),
+            "what_if_saving_nano": what_if,
         },
         "budgets": tenant_budgets,
         "budget_recommendation": _budget(tenant_budgets)["recommendation"],

@@ -313,8 +313,10 @@ class Command(BaseCommand):
             # A few of the hardest reviews go to Fable 5.1.
             feature=feature, model="claude-fable-5-1" if rng.random() < 0.05 else "claude-opus-5-5",
             usage=TokenUsage(
+                # The 4,000-token review guide goes to a 5-minute cache, gone by the next review
+                # some 20 minutes later: every call pays the write premium (the caching lever).
                 input_tokens=int(rng.uniform(5000, 30000)), output_tokens=output,
-                cache_read_tokens=int(rng.uniform(0, 4000)),
+                cache_write_5m_tokens=4000,
             ),
             stop_reason="max_tokens" if output >= 4096 else "end_turn", max_tokens=4096,
             latency_ms=latency, ttft_ms=int(rng.uniform(900, 2600)), streamed=True,
