@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from datetime import date, timedelta
 
 from governance.web import charts
@@ -48,3 +49,32 @@ def test_responsive_draws_a_wide_and_a_narrow_chart():
     assert html.count("<svg") == 2
     assert 'viewBox="0 0 600 260"' in html and 'viewBox="0 0 340 260"' in html
     assert "limit $50" in html and "forecast $40" in html and "$23 so far" in html
+
+
+def test_every_bar_and_point_shows_its_value_on_hover():
+    days = [date(2026, 11, 1) + timedelta(days=i) for i in range(3)]
+    bars = charts.stacked_bars(days=days, series=[charts.Series("Support", "#000", [NANO, 2 * NANO, 0])])
+    assert "<title>Nov 2 · Support: $2 (day total $2)</title>" in bars
+    line = charts.cumulative_chart(days=days, cumulative=[NANO, 3 * NANO, None], forecast_end=5 * NANO)
+    assert "<title>Nov 1: $1 so far</title>" in line and "<title>Nov 2: $3 so far</title>" in line
+
+
+def test_the_peak_label_never_sits_on_the_limit_line():
+    # Given a tallest bar just under the limit, where both labels would share a line
+    days = [date(2026, 11, 1) + timedelta(days=i) for i in range(30)]
+    values = [NANO] * 30
+    values[2] = 99 * NANO
+    svg = charts.stacked_bars(days=days, series=[charts.Series("x", "#000", values)], limit=100 * NANO)
+    # Then the two labels' boxes do not overlap
+    label = r'<text x="([\d.]+)" y="([\d.]+)" font-size="11" text-anchor="(\w+)"[^>]*>((?:peak|limit)[^<]*)<'
+    boxes = [charts._label_box(float(m[1]), float(m[2]), m[4], m[3]) for m in re.finditer(label, svg)]
+    assert len(boxes) == 2
+    assert not charts._overlap(boxes[0], boxes[1])
+
+
+def test_crowded_threshold_labels_are_marked_for_phones():
+    # 80 % and 90 % sit a tenth of the bar apart: too close on a 300 px phone bar
+    html = charts.budget_bar(spent=0, held=0, limit=100, thresholds=[50, 80, 90, 100])
+    assert '<span class="bar-tick" style="left:50.00%"' in html
+    assert '<span class="bar-tick crowded" style="left:80.00%"' in html
+    assert '<span class="bar-tick crowded" style="left:90.00%"' in html

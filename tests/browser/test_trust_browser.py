@@ -6,6 +6,8 @@ the local Admin API stub) and a failing alert channel.
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 from django.utils import timezone
 
@@ -57,7 +59,7 @@ def test_the_csv_of_the_default_view_has_rows(live_server, new_page, acme):
         page.get_by_role("link", name="Export CSV").click()
 
     # Then the file has the default view's rows
-    lines = open(download.value.path(), encoding="utf-8").read().splitlines()
+    lines = Path(download.value.path()).read_text(encoding="utf-8").splitlines()
     assert lines[0].startswith("day,feature,calls,cost_usd")
     assert len(lines) == 2 and ",bot,10,2.000000," in lines[1]
 
