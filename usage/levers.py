@@ -88,7 +88,6 @@ MIN_CACHEABLE_TOKENS = {
     "claude-opus-4-5-20251101": 4096,
     "claude-sonnet-4-6": 2048,
     "claude-haiku-4-5-20251001": 4096,
-    "claude-haiku-5-5": 4096,
     "claude-3-5-haiku-20241022": 2048,
     "claude-3-haiku-20240307": 2048,
 }
