@@ -54,6 +54,7 @@ SPIKE_MIN_CALLS = 20
 # … where a day may run a quarter above or below its usual pace by chance.
 DAY_SPREAD = (1, 4)
 HOUR = timedelta(hours=1)
+RUNNING_FROM = date(2000, 1, 3)  # a Monday: running totals count weeks from it
 UNITS = ("usd", "tokens")
 
 
@@ -77,6 +78,9 @@ class Profile:
     tokens: tuple[int, ...]
     per_call_nano: int
     per_call_tokens: int
+    # Running sums of the series over the week (169 entries, from 0), for ``usual``.
+    nano_sums: tuple[int, ...] = ()
+    tokens_sums: tuple[int, ...] = ()
 
     def series(self, unit: str) -> tuple[int, ...]:
         return self.nano if unit == "usd" else self.tokens
@@ -85,24 +89,31 @@ class Profile:
         """Return the mean spend of one call (at least 1)."""
         return max(self.per_call_nano if unit == "usd" else self.per_call_tokens, 1)
 
-    def slot(self, at: datetime) -> int:
-        local = at.astimezone(self.tz)
-        return local.weekday() * 24 + local.hour
-
     def usual(self, unit: str, start: datetime, end: datetime) -> int:
-        """Return the usual spend from ``start`` to ``end`` (hours cut short count pro rata)."""
+        """Return the usual spend from ``start`` to ``end`` (hours cut short count pro rata).
+
+        The difference of two running totals (``_running``), so a month costs what an hour does:
+        the beat evaluates every live window each minute.
+        """
         if end <= start:
             return 0
+        # Wall-clock time: the hour repeated when clocks go back counts once, so a span inside
+        # it could come out below zero.
+        return max(self._running(unit, end) - self._running(unit, start), 0) // 3600
+
+    def _running(self, unit: str, at: datetime) -> int:
+        """Return the usual spend from a fixed Monday to the local wall-clock time ``at``, × 3600."""
         series = self.series(unit)
-        total = 0  # in units × seconds, divided once at the end
-        at = start
-        while at < end:
-            # Hours are UTC hours here; every zone in use is a whole number of hours from UTC
-            # except a few (India, Nepal …), whose hour slots are then half an hour off.
-            stop = min(at.replace(minute=0, second=0, microsecond=0) + HOUR, end)
-            total += series[self.slot(at)] * int((stop - at).total_seconds())
-            at = stop
-        return total // 3600
+        cumulative = self._cumulative(unit)
+        local = at.astimezone(self.tz)
+        monday = local.date() - timedelta(days=local.weekday())
+        weeks = (monday - RUNNING_FROM).days // 7
+        slot = local.weekday() * 24 + local.hour
+        into = local.minute * 60 + local.second
+        return (weeks * cumulative[-1] + cumulative[slot]) * 3600 + series[slot] * into
+
+    def _cumulative(self, unit: str) -> tuple[int, ...]:
+        return self.nano_sums if unit == "usd" else self.tokens_sums
 
 
 def history_bounds(*, today: date, tz: ZoneInfo) -> tuple[datetime, datetime]:
@@ -166,7 +177,16 @@ def profile_build(hours: Iterable[HourlySpend], *, today: date, tz: ZoneInfo) ->
     return Profile(
         weeks=weeks, tz=tz, nano=tables["usd"], tokens=tables["tokens"],
         per_call_nano=spend // calls if calls else 0, per_call_tokens=tokens // calls if calls else 0,
+        nano_sums=_running_sums(tables["usd"]), tokens_sums=_running_sums(tables["tokens"]),
     )
+
+
+def _running_sums(series: tuple[int, ...]) -> tuple[int, ...]:
+    total, sums = 0, [0]
+    for value in series:
+        total += value
+        sums.append(total)
+    return tuple(sums)
 
 
 @dataclass(frozen=True)

@@ -172,7 +172,7 @@ def budget_profile(budget: Budget, *, now: datetime) -> Profile | None:
     # reused primary key (a test database rolled back) from reading another tenant's entry.
     tenant = budget.tenant
     key = (
-        f"forecast:profile:v1:{tenant.pk}:{tenant.created_at.timestamp()}:{budget.feature_id}:{families}:"
+        f"forecast:profile:v2:{tenant.pk}:{tenant.created_at.timestamp()}:{budget.feature_id}:{families}:"
         f"{tenant.timezone}:{today}"
     )
     cached = _cache_get(key)
