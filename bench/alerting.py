@@ -6,6 +6,9 @@
 2. ``budgets_evaluate`` (the every-minute beat task) over WINDOWS live monthly windows,
    first when every due alert already exists (steady state), then when a tenth are
    newly past a threshold (alerts recorded, no channels so nothing is sent).
+3. The same sweep with forecasts on, over four weeks of hourly history: the first sweep of
+   the day reads each budget's profile from the ledger (one query per set of budgets
+   counting the same calls), later ones find it cached.
 
 Run by hand (not in CI), on PostgreSQL:
 
@@ -23,7 +26,7 @@ import os
 import statistics
 import sys
 import time
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
@@ -83,6 +86,33 @@ def main() -> None:
     t = time.perf_counter()
     raised = budgets_evaluate(now=NOW)
     print(f"sweep, a tenth newly past 80 %:      {raised} alerts in {time.perf_counter() - t:.2f} s")
+
+    # Forecasts: four weeks of history, one call an hour, then every budget forecasting.
+    from django.core.cache import cache
+
+    from governance.models import Feature
+    from usage.models import UsageEvent
+
+    feature = Feature.objects.create(tenant=tenant, key="bench", name="Bench")
+    UsageEvent.objects.bulk_create(
+        UsageEvent(tenant=tenant, feature=feature, model="claude-sonnet-4-5-20250929", family="sonnet",
+                   input_tokens=1000, output_tokens=100, cost_nano=10**8, source="report",
+                   occurred_at=datetime(2026, 10, 12, tzinfo=UTC) + timedelta(hours=h))
+        for h in range(24 * 30)
+    )
+    Budget.objects.filter(tenant=tenant).update(forecast_alert=True)
+    # The threshold alerts above read the (then empty) profile; a new day reads it again.
+    from budgets.selectors import forget_profiles
+
+    cache.clear()
+    forget_profiles()
+    t = time.perf_counter()
+    raised = budgets_evaluate(now=NOW)
+    print(f"sweep with forecasts, profile read:  {raised} alerts in {time.perf_counter() - t:.2f} s")
+    t = time.perf_counter()
+    raised = budgets_evaluate(now=NOW)
+    print(f"sweep with forecasts, steady state:  {raised} alerts in {time.perf_counter() - t:.2f} s")
+    UsageEvent.objects.filter(tenant=tenant).delete()
 
     pair = [windows[-1].pk, windows[-2].pk]
     samples = []

@@ -53,7 +53,6 @@ SPIKE_SIGMAS = 3
 SPIKE_MIN_CALLS = 20
 # … where a day may run a quarter above or below its usual pace by chance.
 DAY_SPREAD = (1, 4)
-HOUR = timedelta(hours=1)
 RUNNING_FROM = date(2000, 1, 3)  # a Monday: running totals count weeks from it
 UNITS = ("usd", "tokens")
 
@@ -297,16 +296,25 @@ def _is_spike(recent: int, usual: int, *, per_call: int) -> bool:
 
 def _reaches_limit(unit: str, *, spent: int, limit: int, now: datetime, end: datetime, profile: Profile,
                    level: tuple[int, int], recent: int, recent_start: datetime) -> datetime | None:
-    """Return when the projection meets the limit, walking the rest of the window hour by hour."""
-    at, total = now, spent
+    """Return when the projection meets the limit (to the second), or None if it does not by the end.
+
+    Spend projected to a moment only grows with it, so the first second it reaches the limit
+    is found by halving: some twenty steps, each two running totals.
+    """
     span_s = max(int((now - recent_start).total_seconds()), 1)
-    while at < end:
-        stop = min(at.replace(minute=0, second=0, microsecond=0) + HOUR, end)
-        usual = profile.usual(unit, at, stop)
-        seconds = int((stop - at).total_seconds())
-        step = usual * level[0] // level[1] if level[1] else recent * seconds // span_s
-        if step > 0 and total + step >= limit:
-            return at + timedelta(seconds=seconds * (limit - total) / step)
-        total += step
-        at = stop
-    return None
+
+    def projected(seconds: int) -> int:
+        if level[1]:
+            return spent + profile.usual(unit, now, now + timedelta(seconds=seconds)) * level[0] // level[1]
+        return spent + recent * seconds // span_s
+
+    low, high = 0, int((end - now).total_seconds())
+    if projected(high) < limit:
+        return None
+    while low < high:
+        middle = (low + high) // 2
+        if projected(middle) >= limit:
+            high = middle
+        else:
+            low = middle + 1
+    return now + timedelta(seconds=low)

@@ -175,8 +175,11 @@ def budget_profile(budget: Budget, *, now: datetime) -> Profile | None:
         f"forecast:profile:v2:{tenant.pk}:{tenant.created_at.timestamp()}:{budget.feature_id}:{families}:"
         f"{tenant.timezone}:{today}"
     )
+    if key in _profiles:
+        return _profiles[key]
     cached = _cache_get(key)
     if cached is not None:
+        _remember(key, cached or None)
         return cached or None
     start, end = history_bounds(today=today, tz=tz)
     rows = (
@@ -192,7 +195,25 @@ def budget_profile(budget: Budget, *, now: datetime) -> Profile | None:
         today=today, tz=tz,
     )
     _cache_set(key, profile or False)
+    _remember(key, profile)
     return profile
+
+
+# The sweep asks for the same few profiles once per window each minute: a process keeps the
+# latest it read (keys name the day, so yesterday's are never read again).
+_profiles: dict[str, Profile | None] = {}
+PROFILES_KEPT = 5000
+
+
+def _remember(key: str, profile: Profile | None) -> None:
+    if len(_profiles) >= PROFILES_KEPT:
+        _profiles.clear()
+    _profiles[key] = profile
+
+
+def forget_profiles() -> None:
+    """Drop the profiles this process keeps (tests whose history changes under them)."""
+    _profiles.clear()
 
 
 def budget_spend_since(budget: Budget, *, unit: str, since: datetime, now: datetime) -> int:

@@ -70,7 +70,10 @@ def _fresh_cache():
     """
     from django.core.cache import cache
 
+    from budgets.selectors import forget_profiles
+
     cache.clear()
+    forget_profiles()
     yield
 
 
