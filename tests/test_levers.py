@@ -606,8 +606,9 @@ def test_a_tenant_budget_on_pace_to_overrun_is_called_out(tenant):
 
 
 def test_caching_with_20_minute_gaps_recommends_1_hour_writes_with_its_net_figure(tenant):
+    from budgets.services import usage_report
     from usage.pricing import TokenUsage
-    from usage.services import UsageInput, usage_report
+    from usage.services import UsageInput
 
     # Given a week of Sonnet 4.5 calls every 20 minutes, each writing its 5,000-token prefix to a
     # 5-minute cache that has always expired by the next call
@@ -645,8 +646,9 @@ def test_caching_with_20_minute_gaps_recommends_1_hour_writes_with_its_net_figur
 
 
 def test_caching_that_already_fits_its_gaps_is_left_alone(tenant):
+    from budgets.services import usage_report
     from usage.pricing import TokenUsage
-    from usage.services import UsageInput, usage_report
+    from usage.services import UsageInput
 
     # Given calls every 2 minutes reading a 5-minute cache (one write at the start)
     feature = FeatureFactory(tenant=tenant, key="chat")
