@@ -259,3 +259,36 @@ def test_the_keys_rate_limit_counts_gateway_calls_too(shop, upstream, asgi_url, 
     assert raised.value.body["error"]["type"] == "rate_limit_error"
     assert int(raised.value.response.headers["retry-after"]) >= 1
     assert len(upstream.message_calls) == 2
+
+
+def test_what_cannot_be_sized_locally_is_counted_upstream_before_the_allowance(shop, upstream, asgi_url):
+    from tests.client_stubs import DOCUMENT_TOKENS
+
+    client = sdk(asgi_url, shop.secret)
+    document = {"role": "user", "content": [
+        {"type": "document", "source": {"type": "url", "url": "https://example.com/report.pdf"}},
+        {"type": "text", "text": "Summarise this report."}]}
+
+    raw = client.messages.with_raw_response.create(model="claude-sonnet-4-5", max_tokens=64, messages=[document])
+
+    assert [c.path for c in upstream.calls] == ["/v1/messages/count_tokens", "/v1/messages"]
+    assert upstream.headers[0]["x-api-key"] == UPSTREAM_KEY
+    assert raw.headers["x-comptroller-input-basis"] == "count_tokens"
+    assert Hold.objects.get().input_tokens >= DOCUMENT_TOKENS  # the document's weight, not a guess
+
+
+def test_a_downgrade_budget_sends_the_cheaper_model(shop, upstream, asgi_url):
+    shop.support.fallback_models = ["claude-haiku-4-5"]
+    shop.support.save()
+    Budget.objects.create(tenant=shop.tenant, name="Sonnet guard", scope="feature", feature=shop.support,
+                          period="day", limit_nano=NANO // 100, enforcement="downgrade")  # $0.01
+    client = sdk(asgi_url, shop.secret)
+
+    raw = client.messages.with_raw_response.create(model="claude-sonnet-4-5", max_tokens=1000, messages=[ASK])
+
+    forwarded = upstream.message_calls[-1].body["model"]
+    assert forwarded.startswith("claude-haiku-4-5")  # the catalog's id for the fallback
+    assert raw.headers["x-comptroller-decision"] == "downgraded" and raw.headers["x-comptroller-model"] == forwarded
+    event = wait_for(lambda: UsageEvent.objects.first())
+    assert event.model.startswith("claude-haiku-4-5")
+    assert event.metadata["gateway"]["requested_model"] == "claude-sonnet-4-5"
