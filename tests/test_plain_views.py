@@ -155,3 +155,16 @@ def test_an_invalid_plain_body_gets_the_serializers_words(api, feature):
     assert error["details"] == {"colour": ["Unknown field."]}
     error = assert_error(post(api, "/api/v1/allowances", {**ASK, "max_tokens": "many"}), 400, "invalid_request")
     assert error["details"] == {"max_tokens": ["A valid integer is required."]}
+
+
+def test_the_hot_statements_stay_short_enough_for_psycopg_to_keep_them_parsed():
+    # psycopg re-parses (about 0.1 ms a call) a statement longer than this or with more parameters
+    import re
+
+    from psycopg import _queries
+
+    from budgets import reserve, settle
+
+    for sql in (reserve._statement(), settle._settle_statement(), settle._read_statement()[0]):
+        assert len(sql.encode()) <= _queries.MAX_CACHED_STATEMENT_LENGTH, "shorten it: see budgets/settle.py"
+        assert len(set(re.findall(r"%\((\w+)\)s", sql))) <= _queries.MAX_CACHED_STATEMENT_PARAMS
