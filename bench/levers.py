@@ -149,10 +149,10 @@ def main(argv: list[str] | None = None) -> int:
     from django.test import Client
     from django.test.utils import CaptureQueriesContext
 
+    from budgets.levers import lever_board
     from governance.audit import Actor
     from governance.models import KeyRole, Tenant
     from governance.services import api_key_create
-    from usage.levers import lever_board
     from usage.models import UsageRollup
 
     engine = settings.DATABASES["default"]["ENGINE"]

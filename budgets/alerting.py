@@ -24,8 +24,8 @@ Each alert is claimed by a dedup key (unique per tenant), so racing evaluators r
   and hour-of-day pattern, scaled to this window, or a spike assumed to go on) ends the
   window above its limit.
 
-Commits and usage reports call ``windows_evaluate_later`` inside their transaction; after it
-commits, a cheap check decides whether a threshold may have been crossed, and only then is
+Commits and usage reports announce the windows they charged (``budgets.signals``) inside
+their transaction; after it commits, a cheap check decides whether a threshold may have been crossed, and only then is
 evaluation enqueued. The beat task ``budgets_evaluate`` re-checks every live window each
 minute, so a lost task (broker down) only delays an alert, and it computes forecasts.
 """
@@ -34,7 +34,6 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Iterable
-from dataclasses import dataclass
 from datetime import datetime, timedelta
 from decimal import ROUND_HALF_UP, Decimal
 from typing import Any, cast
@@ -43,10 +42,23 @@ from zoneinfo import ZoneInfo
 from django.core.cache import cache
 from django.db import transaction
 from django.db.models import Q
+from django.dispatch import receiver
 from django.utils import timezone
 
-from budgets.forecast import Outlook, outlook
 from budgets.models import Budget, BudgetWindow, Period, Scope
+from budgets.projections import (
+    Measure,
+    Projection,
+    WindowForecast,
+    measures_of,
+    window_forecast,
+    window_measures,
+    window_projections,
+)
+from budgets.signals import windows_charged, windows_refused
+from governance.notify.alerts import alert_raise
+from governance.notify.models import Alert
+from governance import queue
 from usage.models import NANO
 
 logger = logging.getLogger(__name__)
@@ -58,7 +70,17 @@ RUN_ACTIVE_WITHIN = timedelta(hours=24)
 SWEEP_CHUNK = 500
 
 
-# --- Hook points called by the allowance services -------------------------------------------
+# --- What the budget layer announces (budgets.signals) ---------------------------------------
+
+
+@receiver(windows_charged, dispatch_uid="alerting.windows_charged")
+def _windows_charged(sender, *, windows: list[BudgetWindow], **kwargs) -> None:
+    windows_evaluate_later([w.id for w in windows], windows=windows)
+
+
+@receiver(windows_refused, dispatch_uid="alerting.windows_refused")
+def _windows_refused(sender, *, window_ids: list[int], **kwargs) -> None:
+    window_denied(window_ids)
 
 
 def windows_evaluate_later(window_ids: list[int], *, windows: list[BudgetWindow] | None = None) -> None:
@@ -101,9 +123,6 @@ def _evaluate_if_crossed(window_ids: list[int], rows: Iterable[tuple[Any, ...]] 
     in one query, or none when the caller has them, and asks about alerts only when a
     threshold is crossed.
     """
-    from governance.notify.models import Alert
-    from governance.notify.tasks import enqueue_window_evaluation
-
     if rows is None:
         rows = (
             BudgetWindow.objects.filter(pk__in=window_ids, budget__active=True)
@@ -122,7 +141,7 @@ def _evaluate_if_crossed(window_ids: list[int], rows: Iterable[tuple[Any, ...]] 
     ) in rows:
         if not window_is_open(start, end, now=now):
             continue
-        measures = _measures(spent_nano, limit_nano, spent_tokens, limit_tokens)
+        measures = measures_of(spent_nano, limit_nano, spent_tokens, limit_tokens)
         threshold = _highest_crossed(thresholds, measures)
         if threshold is not None:
             key = _threshold_key(window_pk=pk, budget_pk=budget_id, scope=scope, tz=tz, percent=threshold, now=now)
@@ -141,44 +160,15 @@ def _evaluate_if_crossed(window_ids: list[int], rows: Iterable[tuple[Any, ...]] 
         enqueue_window_evaluation(pending)
 
 
+def enqueue_window_evaluation(window_ids: list[int]) -> None:
+    ids = sorted(set(window_ids))
+    if not queue.enqueue("budgets.tasks.evaluate_windows", [ids]):
+        # Without a broker, evaluate here: recording an alert is a few queries, and it stops
+        # every later commit on the window from trying again. Deliveries wait for the sweep.
+        windows_evaluate(window_ids=ids)
+
+
 # --- Arithmetic --------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class Measure:
-    """One limited quantity of a window: USD (in nano-USD) or tokens."""
-
-    unit: str  # "usd" or "tokens"
-    spent: int
-    limit: int
-
-    def crossed(self, percent: int) -> bool:
-        # Exact integer comparison: spent / limit >= percent / 100. Nothing spent crosses nothing.
-        return self.spent > 0 and self.spent * 100 >= percent * self.limit
-
-    @property
-    def reached(self) -> bool:
-        return self.spent >= self.limit
-
-    @property
-    def percent(self) -> Decimal | None:
-        if self.limit <= 0:
-            return None
-        return (Decimal(self.spent) * 100 / Decimal(self.limit)).quantize(Decimal("0.1"), ROUND_HALF_UP)
-
-
-def _measures(spent_nano: int, limit_nano: int | None, spent_tokens: int, limit_tokens: int | None) -> list[Measure]:
-    measures = []
-    if limit_nano is not None:
-        measures.append(Measure("usd", spent_nano, limit_nano))
-    if limit_tokens is not None:
-        measures.append(Measure("tokens", spent_tokens, limit_tokens))
-    return measures
-
-
-def window_measures(window: BudgetWindow) -> list[Measure]:
-    budget = window.budget
-    return _measures(window.spent_nano, budget.limit_nano, window.spent_tokens, budget.limit_tokens)
 
 
 def _valid_thresholds(values) -> list[int]:
@@ -198,74 +188,6 @@ def _highest_crossed(thresholds, measures: list[Measure]) -> int | None:
 
 def highest_threshold_crossed(window: BudgetWindow) -> int | None:
     return _highest_crossed(window.budget.thresholds, window_measures(window))
-
-
-Projection = Outlook
-
-
-def window_projections(window: BudgetWindow, *, now: datetime) -> list[Outlook]:
-    """Return the forecast of each measure at the window's end (``budgets.forecast``).
-
-    Empty for windows without an end (total, run), for windows not under way, with less
-    than a week of history, and while too little of the window has passed to tell.
-    """
-    return window_forecast(window, now=now).outlooks
-
-
-def spend_outlook(budget: Budget, *, start: datetime, end: datetime, spent: int, limit: int, unit: str,
-                  now: datetime, profile=None) -> Outlook | None:
-    """Return the forecast of spend in ``start``..``end`` for the calls ``budget`` counts."""
-    from budgets.selectors import budget_profile, budget_spend_since
-
-    profile = profile or budget_profile(budget, now=now)
-
-    def recent_spend(since: datetime) -> int:
-        return budget_spend_since(budget, unit=unit, since=since, now=now)
-
-    return outlook(unit=unit, spent=spent, limit=limit, start=start, end=end, now=now, profile=profile,
-                   recent_spend=recent_spend)
-
-
-@dataclass(frozen=True)
-class WindowForecast:
-    outlooks: list[Outlook]
-    note: str  # the model behind the figure, or why there is none, for people
-
-
-def window_forecast(window: BudgetWindow, *, now: datetime) -> WindowForecast:
-    """Return the window's forecast with a sentence saying what it rests on."""
-    from budgets.selectors import budget_profile
-
-    budget = window.budget
-    if window.end is None:
-        return WindowForecast([], "No forecast: this window has no end.")
-    if not window.start < now < window.end:
-        return WindowForecast([], "No forecast: the window is not under way.")
-    profile = budget_profile(budget, now=now)
-    if profile is None:
-        return WindowForecast([], "No forecast yet: it needs a week of this budget's history.")
-    outlooks = []
-    for m in window_measures(window):
-        o = spend_outlook(budget, start=window.start, end=window.end, spent=m.spent, limit=m.limit, unit=m.unit,
-                          now=now, profile=profile)
-        if o is not None:
-            outlooks.append(o)
-    weeks = f"the last {profile.weeks} week{'s' if profile.weeks > 1 else ''}"
-    if not outlooks:
-        return WindowForecast([], f"No forecast: nothing is usually spent in this window (pattern of {weeks}).")
-    if not all(o.settled for o in outlooks) and not any(o.basis == "spike" for o in outlooks):
-        return WindowForecast(outlooks, (
-            f"Early in the window: mostly the usual weekday and hour-of-day pattern of {weeks}; "
-            f"no alert until a tenth of the usual spend is in."
-        ))
-    if any(o.basis == "spike" for o in outlooks):
-        spike = next(o for o in outlooks if o.basis == "spike")
-        ratio = f"{spike.recent / spike.recent_usual:.1f}×" if spike.recent_usual else "well above"
-        return WindowForecast(outlooks, (
-            f"The last two hours ran at {ratio} the usual rate; the forecast assumes that goes on "
-            f"(weekday and hour-of-day pattern of {weeks})."
-        ))
-    return WindowForecast(outlooks, f"Based on the weekday and hour-of-day pattern of {weeks}.")
 
 
 # --- Evaluation ----------------------------------------------------------------------------------
@@ -339,8 +261,6 @@ def _windows_with_budgets():
 
 
 def _evaluate(windows: list[BudgetWindow], *, now: datetime, forecasts: bool) -> int:
-    from governance.notify.models import Alert
-
     candidates: dict[tuple[int, str], tuple[str, BudgetWindow, object]] = {}
     for window in windows:
         if not window_is_open(window.start, window.end, now=now):
@@ -542,9 +462,7 @@ def _data(window: BudgetWindow, facts: dict, **extra) -> dict:
 
 
 def _raise(window: BudgetWindow, *, kind: str, key: str, title: str, body: str, data: dict, threshold=None):
-    from governance.notify.services import alert_record
-
-    return alert_record(
+    return alert_raise(
         tenant=window.budget.tenant,
         kind=kind,
         dedup_key=key,

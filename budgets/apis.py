@@ -10,7 +10,7 @@ from drf_spectacular.utils import OpenApiParameter, extend_schema
 from rest_framework import serializers, status
 from rest_framework.response import Response
 
-from budgets import selectors, services
+from budgets import bodies, selectors, services
 from budgets.models import Budget, Enforcement, Hold, HoldState, Period, Scope
 from budgets.policy import TenantPolicy
 from governance.api.base import TenantAPIView
@@ -32,7 +32,7 @@ def raise_allowance_error(exc: services.AllowanceError):
 
 
 def statuses(windows, binding_ids=frozenset()) -> list[dict]:
-    return [selectors.window_status(w, binding=w.id in binding_ids) for w in windows]
+    return [bodies.window_status(w, binding=w.id in binding_ids) for w in windows]
 
 
 # --- allowances ----------------------------------------------------------------------
@@ -338,7 +338,7 @@ class BudgetListApi(BudgetMixin, TenantAPIView):
                 raise ApiError(f"No feature '{key}'.", code="unknown_feature", details={"feature": key})
             self.check_feature_access(feature)
             budgets = [b for b in budgets if b.feature_id in (None, feature.pk)]
-        return Response({"results": [selectors.budget_detail(b) for b in budgets]})
+        return Response({"results": [bodies.budget_detail(b) for b in budgets]})
 
     @extend_schema(request=BudgetInput, responses={201: OpenApiTypes.OBJECT}, summary="Create a budget (admin)")
     def post(self, request):
@@ -350,13 +350,13 @@ class BudgetListApi(BudgetMixin, TenantAPIView):
             budget = services.budget_create(tenant=self.tenant, actor=self.actor, **data)
         except DjangoValidationError as exc:
             raise_model_errors(exc)
-        return Response(selectors.budget_detail(budget), status=status.HTTP_201_CREATED)
+        return Response(bodies.budget_detail(budget), status=status.HTTP_201_CREATED)
 
 
 class BudgetDetailApi(BudgetMixin, TenantAPIView):
     @extend_schema(responses=OpenApiTypes.OBJECT, summary="One budget with its current window")
     def get(self, request, budget_id: str):
-        return Response(selectors.budget_detail(self.budget_or_404(budget_id)))
+        return Response(bodies.budget_detail(self.budget_or_404(budget_id)))
 
     @extend_schema(request=BudgetInput(partial=True), responses=OpenApiTypes.OBJECT, summary="Update (admin)")
     def patch(self, request, budget_id: str):
@@ -370,7 +370,7 @@ class BudgetDetailApi(BudgetMixin, TenantAPIView):
             budget = services.budget_update(budget=budget, actor=self.actor, data=data)
         except DjangoValidationError as exc:
             raise_model_errors(exc)
-        return Response(selectors.budget_detail(budget))
+        return Response(bodies.budget_detail(budget))
 
     @extend_schema(responses={204: None}, summary="Delete a budget (admin); its windows go with it")
     def delete(self, request, budget_id: str):

@@ -6,4 +6,6 @@ class BudgetsConfig(AppConfig):
     verbose_name = "Budgets and holds"
 
     def ready(self) -> None:
-        from budgets import policy  # noqa: F401  (connects the invalidation signals)
+        # Connect receivers: the policy cache's invalidation, and the alert layer's ear for
+        # what the budget services announce (budgets.signals).
+        from budgets import alerting, policy  # noqa: F401

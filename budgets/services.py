@@ -21,7 +21,7 @@ from django.db.models import Field, Q
 from django.forms.models import model_to_dict
 from django.utils import timezone
 
-from budgets import alerting, reserve, settle
+from budgets import reserve, settle, signals
 from budgets.models import Budget, BudgetWindow, Enforcement, Hold, HoldState, Period, Scope
 from budgets.periods import EPOCH, window_bounds
 from budgets.policy import TenantPolicy, policy_changed, tenant_policy
@@ -44,7 +44,7 @@ from usage.services import (
     UsageInput,
     event_tokens,
     rollups_add,
-    unpriced_usage_alert,
+    usage_announce,
     usage_event_build,
     usage_events_prepare,
     usage_events_save,
@@ -371,8 +371,8 @@ def usage_report(
                         for event in charges[window.id]:
                             event.off_hold = True
                 usage_events_save(tenant=tenant, events=events)
-                unpriced_usage_alert(tenant=tenant, events=events)
-                alerting.windows_evaluate_later([w.id for w in windows], windows=windows)
+                usage_announce(tenant=tenant, events=events)
+                signals.windows_charged.send(sender=BudgetWindow, windows=windows)
                 return results
         except StalePolicy:
             policy_changed(tenant.pk)
@@ -638,7 +638,7 @@ def _decide_in_one_statement(req, hold: Hold, budgets_by_id, now: datetime) -> A
             amount_nano=hold.amount_nano, tokens=hold.tokens, windows=windows, binding_ids=set(), hold=hold,
             expires_at=hold.expires_at,
         )
-    alerting.window_denied(sorted(refusing))
+    signals.windows_refused.send(sender=BudgetWindow, window_ids=sorted(refusing))
     return AllowanceDecision(
         decision="denied", model=hold.model, max_tokens=hold.max_tokens, clamped=hold.clamped,
         amount_nano=hold.amount_nano, tokens=hold.tokens, windows=windows, binding_ids=refusing,
@@ -653,7 +653,7 @@ def _deny(req, hold: Hold, binding: set[int], now: datetime) -> None:
         hold.save(update_fields=["state", "decision", "finished_at"])
     else:
         hold.delete()
-    alerting.window_denied(sorted(binding))
+    signals.windows_refused.send(sender=BudgetWindow, window_ids=sorted(binding))
 
 
 def _choose(candidates, window_ids, locked, amounts, tokens) -> tuple[str | None, set[int]]:
@@ -921,9 +921,9 @@ def _hold_committed(hold: Hold, charge: _Charge) -> None:
 
 def _commit_recorded(tenant: Tenant, hold: Hold, charge: _Charge, windows: list[BudgetWindow]) -> CommitResult:
     """Raise what a recorded commit raises (unpriced usage; thresholds, checked once it is committed)."""
-    unpriced_usage_alert(tenant=tenant, events=[charge.event])
+    usage_announce(tenant=tenant, events=[charge.event])
     charged_windows = [w for w in windows if w.id in charge.uncovered]
-    alerting.windows_evaluate_later([w.id for w in charged_windows], windows=charged_windows)
+    signals.windows_charged.send(sender=BudgetWindow, windows=charged_windows)
     return CommitResult(hold=hold, event=charge.event, windows=charged_windows)
 
 

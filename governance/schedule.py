@@ -6,7 +6,7 @@ from datetime import timedelta
 
 BEAT_SCHEDULE: dict[str, dict] = {
     "expire-holds": {"task": "budgets.tasks.expire_holds", "schedule": timedelta(minutes=1)},
-    "evaluate-budgets": {"task": "governance.notify.tasks.evaluate_budgets", "schedule": timedelta(minutes=1)},
+    "evaluate-budgets": {"task": "budgets.tasks.evaluate_budgets", "schedule": timedelta(minutes=1)},
     "deliver-pending-notifications": {
         "task": "governance.notify.tasks.deliver_pending", "schedule": timedelta(minutes=1),
     },

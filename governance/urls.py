@@ -18,7 +18,7 @@ urlpatterns = [
     path("api/v1/", include("budgets.urls")),
     path("api/v1/", include("governance.api.urls")),
     path("api/v1/", include("usage.urls")),
-    path("api/v1/", include("usage.lever_urls")),
+    path("api/v1/", include("budgets.lever_urls")),
     path("api/v1/", include("usage.provider.urls")),
     path("api/v1/", include("governance.notify.urls")),
     path("", include("gateway.urls")),

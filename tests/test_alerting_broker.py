@@ -8,6 +8,8 @@ import pytest
 import time_machine
 from django.utils import timezone
 
+from budgets import tasks as budget_tasks
+from governance import queue
 from governance.audit import Actor
 from governance.celery import app as celery_app
 from governance.notify import services, tasks
@@ -25,7 +27,7 @@ def _reset_broker_connections():
     # and a closed one would be handed back to the next test.
     celery_app._pool = None
     celery_app.amqp._producer_pool = None
-    tasks._broker_down_until = 0.0
+    queue.broker_backoff_reset()
 
 
 @pytest.fixture
@@ -95,7 +97,7 @@ def test_commits_succeed_with_the_broker_down_and_the_beat_delivers_later(
     broker.back()
     with time_machine.travel(timezone.now() + timedelta(minutes=2)):
         with django_capture_on_commit_callbacks(execute=True):
-            tasks.evaluate_budgets.delay()
+            budget_tasks.evaluate_budgets.delay()
         tasks.deliver_pending.delay()
         tasks.deliver_pending.delay()
 
@@ -121,7 +123,7 @@ def test_alerts_missed_entirely_are_raised_by_the_beat(
 
     # When the beat task evaluates budgets
     with django_capture_on_commit_callbacks(execute=True):
-        tasks.evaluate_budgets.delay()
+        budget_tasks.evaluate_budgets.delay()
 
     # Then the 50 % alert goes out once per channel
     assert Alert.objects.get().threshold == 50

@@ -12,6 +12,7 @@ from budgets.models import BudgetWindow
 from governance.audit import Actor
 from governance.models import KeyRole
 from governance.notify import services
+from governance.notify.alerts import alert_raise
 from governance.notify.models import Alert, Notification, NotificationStatus
 from governance.services import api_key_create
 from tests.factories import BudgetFactory, FeatureFactory, TenantFactory
@@ -76,14 +77,14 @@ def test_500_concurrent_commits_crossing_a_threshold_send_exactly_one_alert(setu
 def test_racing_workers_send_a_delivery_once(setup, httpserver, mailoutbox):
     # Given one pending delivery per channel, with no worker having run yet
     tenant, _, _ = setup
-    from governance.notify import tasks
+    from governance import queue
 
-    original = tasks._enqueue
-    tasks._enqueue = lambda task, args, countdown=None: True
+    original = queue.enqueue
+    queue.enqueue = lambda task, args, countdown=None: True
     try:
-        services.alert_raise(tenant=tenant, kind="drift", dedup_key="drift:race", title="Drift", body="x")
+        alert_raise(tenant=tenant, kind="drift", dedup_key="drift:race", title="Drift", body="x")
     finally:
-        tasks._enqueue = original
+        queue.enqueue = original
     ids = list(Notification.objects.values_list("pk", flat=True))
 
     # When twenty workers try to deliver each of them at once

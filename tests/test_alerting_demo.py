@@ -13,9 +13,10 @@ import time_machine
 from django.contrib.auth import get_user_model
 from django.core.management import call_command
 
-from budgets.alerting import budgets_evaluate, window_forecast, window_phrase
+from budgets.alerting import budgets_evaluate, window_phrase
 from budgets.models import Budget, BudgetWindow, Enforcement, Period, Scope
 from budgets.periods import window_bounds
+from budgets.projections import window_forecast
 from budgets.selectors import budget_spend_since
 from governance.management.commands import seed_demo
 from governance.models import Feature, Tenant

@@ -11,8 +11,9 @@ from datetime import UTC, date, datetime, timedelta
 import pytest
 from django.db.models import Sum
 
-from budgets.alerting import budgets_evaluate, window_forecast, window_projections
+from budgets.alerting import budgets_evaluate
 from budgets.models import BudgetWindow
+from budgets.projections import window_forecast, window_projections
 from governance.audit import Actor
 from governance.notify import services
 from governance.notify.models import Alert

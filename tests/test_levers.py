@@ -7,10 +7,10 @@ from datetime import UTC, date, datetime, timedelta
 import pytest
 import time_machine
 
+from budgets.levers import histogram_percentile, lever_board, one_tier_down
 from budgets.models import Budget, BudgetWindow, Period, Scope
 from tests.factories import FeatureFactory
 from tests.factories import ledger_history as history
-from usage.levers import histogram_percentile, lever_board, one_tier_down
 from usage.models import HISTOGRAM_SIZE, NANO, UsageRollup, histogram_bucket
 from usage.pricing import model_family
 

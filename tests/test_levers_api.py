@@ -6,6 +6,7 @@ from datetime import date
 
 import pytest
 
+from budgets.levers import lever_board
 from governance.audit import Actor
 from governance.models import KeyRole
 from governance.services import api_key_create
@@ -13,7 +14,6 @@ from tests.conftest import make_client
 from tests.factories import FeatureFactory
 from tests.test_api_foundation import assert_error
 from tests.test_levers import RANGE, demo_like_usage, rollup, usd
-from usage.levers import lever_board
 
 URL = "/api/v1/levers"
 PARAMS = {"start": "2026-11-01", "end": "2026-11-30"}

@@ -10,8 +10,8 @@ import time_machine
 from django.core.management import call_command
 from django.utils import timezone
 
+from budgets.levers import lever_board
 from governance.models import Tenant
-from usage.levers import lever_board
 
 # The web page's default range (governance.web.views.levers).
 DEFAULT_DAYS = 30

@@ -9,6 +9,7 @@ import pytest
 from governance.audit import Actor
 from governance.models import AuditEntry
 from governance.notify import services
+from governance.notify.alerts import alert_raise
 from governance.notify.models import AlertChannel
 from tests.test_api_foundation import assert_error
 
@@ -229,7 +230,7 @@ def test_alert_history_with_delivery_status(admin_api, tenant, mailoutbox, djang
         tenant=tenant, actor=Actor.system(), name="Finance", kind="email", email_addresses=["fin@acme.test"]
     )
     with django_capture_on_commit_callbacks(execute=True):
-        services.alert_raise(
+        alert_raise(
             tenant=tenant, kind="sync_failing", dedup_key="sync:1", title="Provider sync failing",
             body="401 from the Admin API", data={"lost_nano": 1_500_000_000},
         )

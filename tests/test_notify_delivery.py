@@ -11,6 +11,7 @@ from django.utils import timezone
 
 from governance.audit import Actor
 from governance.notify import services
+from governance.notify.alerts import alert_raise
 from governance.notify.models import Alert, AlertChannel, Notification, NotificationStatus
 
 SLACK_PATH = "/services/T000/B000/secret-token-abcd"
@@ -25,9 +26,9 @@ def slack_allowed(settings, httpserver):
 @pytest.fixture
 def celery_disabled(monkeypatch):
     """Stop enqueued tasks from running, as if no worker were listening."""
-    from governance.notify import tasks
+    from governance import queue
 
-    monkeypatch.setattr(tasks, "_enqueue", lambda task, args, countdown=None: True)
+    monkeypatch.setattr(queue, "enqueue", lambda task, args, countdown=None: True)
 
 
 @pytest.fixture
@@ -47,7 +48,7 @@ def slack_channel(tenant, slack_allowed):
 
 
 def raise_drift(tenant, key="drift:2026-11-20"):
-    return services.alert_raise(
+    return alert_raise(
         tenant=tenant, kind="drift", dedup_key=key, title="Metered spend drifts from the provider's",
         body="Provider reports $12.00 more than was metered on 2026-11-20.",
         data={"fields": [["Day", "2026-11-20"], ["Drift", "$12.00"]]},

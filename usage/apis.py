@@ -177,8 +177,18 @@ class UsageSummaryApi(TenantAPIView):
                 raise ApiError(f"No feature '{query['feature']}'.", code="unknown_feature",
                                details={"feature": query["feature"]})
             self.check_feature_access(feature)
-        return Response(
-            selectors.usage_summary(
-                tenant=self.tenant, start=start, end=end, group_by=query["group_by"], feature=feature
-            )
+        summary = selectors.usage_summary(
+            tenant=self.tenant, start=start, end=end, group_by=query["group_by"], feature=feature
         )
+        return Response(summary_body(summary))
+
+
+def summary_body(summary: dict) -> dict:
+    """The contract's usage summary: each row's and the total's ``cost_nano`` as ``cost_usd``."""
+
+    def shaped(row: dict) -> dict:
+        out = {k: v for k, v in row.items() if k != "cost_nano"}
+        out["cost_usd"] = nano_to_usd(row["cost_nano"])
+        return out
+
+    return {**summary, "rows": [shaped(r) for r in summary["rows"]], "total": shaped(summary["total"])}

@@ -7,7 +7,6 @@ from typing import Any
 
 from django.db.models import F, QuerySet, Sum
 
-from governance.api.fields import nano_to_usd
 from governance.models import Feature, Tenant
 from usage.models import UsageEvent, UsageRollup
 
@@ -29,7 +28,7 @@ def rollups_in(*, tenant: Tenant, start: date, end: date, feature: Feature | Non
 def usage_summary(
     *, tenant: Tenant, start: date, end: date, group_by: list[str], feature: Feature | None = None
 ) -> dict[str, Any]:
-    """Return cost, calls and tokens by type over the range, grouped, plus the totals."""
+    """Return cost (``cost_nano``), calls and tokens by type over the range, grouped, plus the totals."""
     columns = [GROUPS[g] for g in group_by]
     sums = {name: Sum(name) for name in ("calls", "cost_nano", *TOKEN_SUMS)}
     rollups = rollups_in(tenant=tenant, start=start, end=end, feature=feature)
@@ -40,7 +39,7 @@ def usage_summary(
         out: dict[str, Any] = {g: row[GROUPS[g]] for g in groups}
         if "day" in out:
             out["day"] = out["day"].isoformat()
-        out["cost_usd"] = nano_to_usd(row["cost_nano"] or 0)
+        out["cost_nano"] = row["cost_nano"] or 0
         out["calls"] = row["calls"] or 0
         out["tokens"] = {name: row[name] or 0 for name in TOKEN_SUMS}
         return out

@@ -26,6 +26,7 @@ from usage.models import (
     histogram_bucket,
 )
 from usage.pricing import TokenUsage, UnknownModel, model_family, price_for, to_nano, usage_cost
+from usage.signals import usage_recorded
 
 logger = logging.getLogger(__name__)
 
@@ -289,32 +290,14 @@ def usage_events_prepare(
     return results
 
 
-def unpriced_usage_alert(*, tenant: Tenant, events: list[UsageEvent]) -> None:
-    """Raise ``unpriced_usage`` once per model and tenant-local day for events recorded without a price.
+def usage_announce(*, tenant: Tenant, events: list[UsageEvent]) -> None:
+    """Tell the layers above that these ledger rows were just recorded (``usage.signals``).
 
-    The call happened and is kept (tokens, and the hold model's price for a commit); the
-    alert asks an operator to load the model's price (``manage.py prices_load``).
+    Call it inside the transaction that saved them; the alert layer raises ``unpriced_usage``
+    for rows recorded without a price.
     """
-    from governance.notify.services import alert_raise
-
-    unpriced: dict[tuple[str, str], list[UsageEvent]] = defaultdict(list)
-    for event in events:
-        if not event.priced:
-            unpriced[(event.model, event.occurred_at.astimezone(tenant.tz).date().isoformat())].append(event)
-    for (model, day), group in sorted(unpriced.items()):
-        tokens = sum(event_tokens(e) for e in group)
-        alert_raise(
-            tenant=tenant,
-            kind="unpriced_usage",
-            dedup_key=f"unpriced_usage:{tenant.pk}:{model}:{day}",
-            title=f"No price for {model}",
-            body=(
-                f"Calls to {model} on {day} were recorded ({tokens} tokens so far), but the price catalog "
-                f"has no price for it, so they count at $0 or at their hold's model price. Load its price "
-                f"with `manage.py prices_load`; later usage is then priced."
-            ),
-            data={"model": model, "day": day, "tokens": tokens, "source": "ledger"},
-        )
+    if events:
+        usage_recorded.send(sender=UsageEvent, tenant=tenant, events=events)
 
 
 def usage_events_save(*, tenant: Tenant, events: list[UsageEvent]) -> None:

@@ -50,7 +50,7 @@ def feature_or_404(tenant, key: str) -> Feature:
 
 
 def feature_policy(feature: Feature) -> dict:
-    from budgets.selectors import budget_statuses
+    from budgets.bodies import budget_statuses
 
     data = FeatureOutput(feature).data
     data["budgets"] = budget_statuses(tenant=feature.tenant, feature=feature)

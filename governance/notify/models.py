@@ -10,7 +10,6 @@ from django.core.exceptions import ValidationError
 from django.core.validators import validate_email
 from django.db import models
 
-from budgets.models import Budget, BudgetWindow
 from governance.crypto import EncryptedTextField, mask
 from governance.models import Tenant
 
@@ -153,9 +152,9 @@ class Alert(models.Model):
     tenant = models.ForeignKey(Tenant, on_delete=models.CASCADE, related_name="alerts")
     kind = models.CharField(max_length=20, choices=AlertKind.choices)
     dedup_key = models.CharField(max_length=255)
-    budget = models.ForeignKey(Budget, null=True, blank=True, on_delete=models.SET_NULL, related_name="alerts")
+    budget = models.ForeignKey("budgets.Budget", null=True, blank=True, on_delete=models.SET_NULL, related_name="alerts")
     window = models.ForeignKey(
-        BudgetWindow, null=True, blank=True, on_delete=models.SET_NULL, related_name="alerts"
+        "budgets.BudgetWindow", null=True, blank=True, on_delete=models.SET_NULL, related_name="alerts"
     )
     threshold = models.PositiveIntegerField(null=True, blank=True, help_text="Percent, for threshold alerts")
     title = models.CharField(max_length=300)

@@ -1,4 +1,8 @@
-"""Writes of alerting: channels, raising alerts (each exactly once) and delivering them."""
+"""Writes of delivery: channels, and each alert's notifications, sent once per channel.
+
+Alerts are raised below this layer (``governance.notify.alerts``); this module hears of each
+new one through ``post_save`` and knows channels and messages, not budget rules.
+"""
 
 from __future__ import annotations
 
@@ -8,14 +12,14 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
-from django.db import IntegrityError, transaction
+from django.db import transaction
 from django.db.models import F, Q
+from django.db.models.signals import post_save
+from django.dispatch import receiver
 from django.utils import timezone
 
-from budgets.models import Budget, BudgetWindow
 from governance.audit import Actor, audit_record, audit_update, audited_delete
 from governance.models import Tenant
-from governance.notify import tasks
 from governance.notify.messages import alert_message, channel_test_message
 from governance.notify.models import (
     Alert,
@@ -25,6 +29,7 @@ from governance.notify.models import (
     NotificationStatus,
 )
 from governance.notify.transports import TransportError, transport_for
+from governance import queue
 
 logger = logging.getLogger(__name__)
 
@@ -162,73 +167,40 @@ def _channel_record_error(*, channel: AlertChannel, error: str, permanent: bool)
         setattr(channel, name, value)
 
 
-# --- Alerts ------------------------------------------------------------------------------------
+# --- Alerts: one notification per channel that receives the kind --------------------------------
 
 
-def alert_raise(
-    *,
-    tenant: Tenant,
-    kind: str,
-    dedup_key: str,
-    title: str,
-    body: str,
-    data: dict | None = None,
-    budget=None,
-) -> Alert | None:
-    """Record an alert once and queue one delivery per channel that receives its kind.
+@receiver(post_save, sender=Alert, dispatch_uid="notify.alert_created")
+def alert_created(sender, instance: Alert, created: bool, raw: bool = False, **kwargs) -> None:
+    """Queue a new alert's deliveries: one notification per enabled channel that receives its kind.
 
-    Return None when an alert with this dedup key already exists for the tenant: the
-    unique constraint, not a prior read, decides, so racing raisers yield exactly one.
-    Deliveries are enqueued after the surrounding transaction commits.
+    Runs in the transaction that records the alert (``governance.notify.alerts.alert_raise``);
+    the tasks are enqueued once it commits, and the beat sweep sends any the broker missed.
     """
-    return alert_record(
-        tenant=tenant, kind=kind, dedup_key=dedup_key, title=title, body=body, data=data, budget=budget
-    )
+    if created and not raw:
+        deliveries_create(instance)
 
 
-@transaction.atomic
-def alert_record(
-    *,
-    tenant: Tenant,
-    kind: str,
-    dedup_key: str,
-    title: str,
-    body: str,
-    data: dict | None = None,
-    budget: Budget | None = None,
-    window: BudgetWindow | None = None,
-    threshold: int | None = None,
-) -> Alert | None:
-    """Do what ``alert_raise`` does, also linking the budget window and threshold."""
-    if kind not in AlertKind.values:
-        raise ValueError(f"unknown alert kind {kind!r}")
-    try:
-        with transaction.atomic():
-            alert = Alert.objects.create(
-                tenant=tenant,
-                kind=kind,
-                dedup_key=dedup_key[:255],
-                title=title[:300],
-                body=body,
-                data=data or {},
-                budget=budget,
-                window=window,
-                threshold=threshold,
-            )
-    except IntegrityError:
-        return None
+DELIVER = "governance.notify.tasks.deliver_notification"
+
+
+def enqueue_deliveries(notification_ids: list[int]) -> None:
+    for notification_id in notification_ids:
+        if not queue.enqueue(DELIVER, [notification_id]):
+            return  # the rest would fail the same way; the sweep has them
+
+
+def deliveries_create(alert: Alert) -> list[int]:
     now = timezone.now()
-    channels = [
-        c for c in AlertChannel.objects.filter(tenant=tenant, enabled=True) if c.receives(kind)
-    ]
+    channels = [c for c in AlertChannel.objects.filter(tenant_id=alert.tenant_id, enabled=True) if c.receives(alert.kind)]
     notifications = Notification.objects.bulk_create(
         [Notification(alert=alert, channel=c, next_attempt_at=now) for c in channels]
     )
     ids = [n.pk for n in notifications]
     if ids:
-        transaction.on_commit(lambda: tasks.enqueue_deliveries(ids), robust=True)
-    logger.info("alert raised: %s %s (%d notification(s))", tenant.slug, dedup_key, len(ids))
-    return alert
+        transaction.on_commit(lambda: enqueue_deliveries(ids), robust=True)
+    logger.info("alert raised: tenant %s %s (%d notification(s))", alert.tenant_id, alert.dedup_key, len(ids))
+    return ids
 
 
 # --- Delivery ------------------------------------------------------------------------------------

@@ -15,8 +15,8 @@ from typing import Any
 from django.db.models import F, Sum
 from django.utils import timezone
 
-from budgets.alerting import spend_outlook, window_forecast
 from budgets.models import Budget, BudgetWindow, Period, Scope
+from budgets.projections import spend_outlook, window_forecast
 from budgets.selectors import budget_list, current_window
 from governance.models import Tenant
 from governance.notify.models import Notification

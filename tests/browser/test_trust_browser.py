@@ -14,6 +14,7 @@ from django.utils import timezone
 from governance.audit import Actor
 from governance.models import AuditEntry, Feature, Role, Tenant
 from governance.notify import services as notify_services
+from governance.notify.alerts import alert_raise
 from governance.notify.models import Notification
 from tests.browser.test_web_browser import sign_in, user_in
 from tests.factories import FeatureFactory
@@ -91,7 +92,7 @@ def test_a_failing_slack_channel_reads_failing(live_server, new_page, acme, http
         slack_webhook_url=httpserver.url_for("/services/T1/B1/x"),
     )
     # (tasks run eagerly here: the delivery is retried at once until it gives up)
-    notify_services.alert_raise(tenant=acme, kind="drift", dedup_key="drift:1", title="Drift", body="")
+    alert_raise(tenant=acme, kind="drift", dedup_key="drift:1", title="Drift", body="")
     assert Notification.objects.get(channel=channel).status == "failed"
 
     # When the owner opens the channel, the alerts page and the dashboard

@@ -15,12 +15,12 @@ from django.conf import settings
 from django.db import transaction
 from django.utils import timezone
 
-from governance.api.fields import nano_to_usd
 from governance.audit import Actor, audit_record
 from governance.crypto import mask
 from governance.models import Feature, Tenant
-from governance.notify.services import alert_raise
+from governance.notify.alerts import alert_raise
 from usage.models import ServiceTier, Speed
+from usage.money import nano_to_usd
 from usage.pricing import TokenUsage, UnknownModel, price_for, to_nano, usage_cost
 from usage.provider import selectors
 from usage.provider.client import AdminApiClient, ProviderError

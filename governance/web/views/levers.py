@@ -4,11 +4,11 @@ from __future__ import annotations
 
 from datetime import timedelta
 
+from budgets.levers import lever_board
 from governance import selectors
 from governance.web import reports
 from governance.web.access import page, tenant_page
 from governance.web.forms import RangeForm
-from usage.levers import lever_board
 
 DEFAULT_DAYS = 30
 

@@ -27,10 +27,10 @@ from django.db.models.fields.json import KeyTextTransform
 from django.db.models.functions import Cast, Greatest
 from django.utils import timezone
 
-from budgets.alerting import window_projections
+from budgets.bodies import window_status
 from budgets.models import Budget
-from budgets.selectors import current_window, window_status
-from governance.api.fields import nano_to_usd
+from budgets.projections import window_projections
+from budgets.selectors import current_window
 from governance.models import Feature, Tenant
 from usage.models import (
     HISTOGRAM_SIZE,
@@ -41,6 +41,7 @@ from usage.models import (
     UsageEvent,
     UsageRollup,
 )
+from usage.money import nano_to_usd
 from usage.pricing import (
     MTOK,
     TokenUsage,

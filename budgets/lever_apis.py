@@ -8,12 +8,12 @@ from drf_spectacular.utils import OpenApiParameter, extend_schema, inline_serial
 from rest_framework import serializers
 from rest_framework.response import Response
 
+from budgets.levers import LEVERS, lever_board
 from governance.api.base import TenantAPIView
 from governance.api.errors import ApiError
 from governance.api.fields import DayField, StrictSerializer
 from governance.selectors import feature_get
 from usage.date_range import MAX_RANGE_DAYS, RangeError, resolve_range
-from usage.levers import LEVERS, lever_board
 
 
 def usd(help_text: str = "USD as a decimal string", **kwargs) -> serializers.CharField:

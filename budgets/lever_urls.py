@@ -1,6 +1,6 @@
 from django.urls import path
 
-from usage.lever_apis import LeverBoardApi
+from budgets.lever_apis import LeverBoardApi
 
 urlpatterns = [
     path("levers", LeverBoardApi.as_view(), name="api-levers"),
