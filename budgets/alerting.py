@@ -56,9 +56,9 @@ from budgets.projections import (
     window_projections,
 )
 from budgets.signals import windows_charged, windows_refused
+from governance import queue
 from governance.notify.alerts import alert_raise
 from governance.notify.models import Alert
-from governance import queue
 from usage.models import NANO
 
 logger = logging.getLogger(__name__)

@@ -18,6 +18,7 @@ from django.db.models.signals import post_save
 from django.dispatch import receiver
 from django.utils import timezone
 
+from governance import queue
 from governance.audit import Actor, audit_record, audit_update, audited_delete
 from governance.models import Tenant
 from governance.notify.messages import alert_message, channel_test_message
@@ -29,7 +30,6 @@ from governance.notify.models import (
     NotificationStatus,
 )
 from governance.notify.transports import TransportError, transport_for
-from governance import queue
 
 logger = logging.getLogger(__name__)
 

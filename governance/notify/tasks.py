@@ -9,13 +9,13 @@ from __future__ import annotations
 
 from celery import shared_task
 
+from governance import queue
 from governance.notify.services import (
     DELIVER,
     enqueue_deliveries,
     notification_deliver,
     notifications_due_claim,
 )
-from governance import queue
 
 
 @shared_task(ignore_result=True)
