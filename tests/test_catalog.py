@@ -2,18 +2,28 @@
 
 from __future__ import annotations
 
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, date, datetime, timedelta
 from decimal import Decimal
+from importlib import import_module
 from pathlib import Path
 
 import pytest
+from django.apps import apps as django_apps
 from django.core.management import CommandError, call_command
 from django.utils import timezone
 
 from tests.test_api_foundation import assert_error
 from usage.catalog import DEFAULT_CATALOG, CatalogError, catalog_parse
 from usage.models import ModelPrice, UsageSource
-from usage.pricing import TokenUsage, known_families, price_for, usage_cost, usage_cost_nano
+from usage.pricing import (
+    TokenUsage,
+    clear_price_cache,
+    is_on_sale,
+    known_families,
+    price_for,
+    usage_cost,
+    usage_cost_nano,
+)
 from usage.services import UsageInput, usage_event_build
 
 pytestmark = pytest.mark.django_db
@@ -37,7 +47,8 @@ def cost(model, usage=MIX, **kw) -> Decimal:
     ("claude-haiku-5-5", "0.00315"),   # 1,000 + 250 + 200 + 200 + 1,500
     ("claude-fable-5-1", "0.30"),      # 100,000 + 25,000 + 20,000 + 5,000 (0.025x read) + 150,000
     ("claude-mythos-5-1", "0.30"),
-    ("claude-fable-5-2", "0.24"),      # 80,000 + 20,000 + 16,000 + 4,000 + 120,000
+    ("claude-fable-5-2", "0.24"),      # 80,000 + 20,000 + 16,000 + 4,000 (0.025x read) + 120,000
+    ("claude-mythos-5-2", "0.24"),
     ("claude-fable-5", "0.315"),       # 100,000 + 25,000 + 20,000 + 20,000 + 150,000
     ("claude-mythos-5", "0.315"),
     ("claude-opus-5", "0.1575"),       # 50,000 + 12,500 + 10,000 + 10,000 + 75,000
@@ -77,6 +88,16 @@ def test_fast_mode_is_per_model_and_stacks_with_cache_and_geo_not_batch():
     assert cost("claude-sonnet-5-5", speed="fast") == Decimal("0.061")  # no fast mode on Sonnet
 
 
+@pytest.mark.parametrize("model", ["claude-fable-5-2", "claude-mythos-5-2"])
+def test_fable_and_mythos_52_have_fast_mode_at_2x(model):
+    assert cost(model, speed="fast") == Decimal("0.48")  # 2 x 0.24: $16 / $20 / $32 / $0.40 / $80
+    assert cost(model, speed="fast", inference_geo="us") == Decimal("0.528")
+    assert cost(model, speed="fast", service_tier="batch") == Decimal("0.12")  # no fast mode on batches
+    # a web search is $0.01 at either speed
+    assert cost(model, TokenUsage(output_tokens=1_000, web_search_requests=2), speed="fast") == Decimal("0.10")
+    assert cost("claude-fable-5-1", speed="fast") == Decimal("0.30")  # Fable 5.1 has none
+
+
 def test_us_geo_is_on_opus_46_and_later_only():
     assert cost("claude-haiku-5-5", inference_geo="us") == Decimal("0.003465")
     assert cost("claude-haiku-4-5", inference_geo="us") == Decimal("0.0315")
@@ -90,6 +111,43 @@ def test_history_is_priced_by_the_row_of_its_day():
     # retired models still price what they ran
     assert cost("claude-opus-4-0", at=datetime(2026, 1, 5, tzinfo=UTC)) == Decimal("0.4725")
     assert price_for("claude-opus-4-0").retired
+
+
+def test_sonnet_45_is_retired_since_2026_11_30_and_still_prices_its_history():
+    sonnet_45 = price_for("claude-sonnet-4-5")
+    assert sonnet_45.retired and sonnet_45.retired_on == date(2026, 11, 30)
+    assert not is_on_sale(sonnet_45)
+    assert cost("claude-sonnet-4-5", at=datetime(2026, 11, 29, tzinfo=UTC)) == Decimal("0.0945")
+
+
+def test_a_retirement_date_takes_the_model_off_sale_on_that_day():
+    # Given Sonnet 4.5's row without the retired flag, retiring on 2026-11-30
+    ModelPrice.objects.filter(model="claude-sonnet-4-5-20250929").update(retired=False)
+    row = ModelPrice.objects.get(model="claude-sonnet-4-5-20250929")
+    # Then it is on sale the day before and off sale from that day on
+    assert is_on_sale(row, today=date(2026, 11, 29))
+    assert not is_on_sale(row, today=date(2026, 11, 30))
+    assert is_on_sale(price_for("claude-sonnet-5-5"))
+
+
+def test_upgrading_past_the_first_catalog_load_gets_mythos_52_and_fable_52_fast_mode():
+    # Given an install loaded with the 2026-11-24 catalog: no Mythos 5.2, Fable 5.2 without fast mode
+    ModelPrice.objects.filter(model="claude-mythos-5-2").delete()
+    ModelPrice.objects.filter(model="claude-fable-5-2").update(fast_factor=None)
+    ModelPrice.objects.filter(model="claude-sonnet-4-5-20250929").update(retired=False)
+    # and an operator's own correction of a shipped row
+    ModelPrice.objects.filter(model="claude-opus-5-5").update(input=Decimal("3.5"))
+    clear_price_cache()
+
+    # When the 2026-12-02 catalog migration runs
+    import_module("usage.migrations.0007_catalog_2026_12_02").load(django_apps, None)
+
+    # Then the new model and the fast-mode correction are there, the retirement too,
+    assert cost("claude-mythos-5-2", speed="fast") == Decimal("0.48")
+    assert cost("claude-fable-5-2", speed="fast") == Decimal("0.48")
+    assert price_for("claude-sonnet-4-5").retired
+    # and the operator's row is left as they set it
+    assert price_for("claude-opus-5-5").input == Decimal("3.5")
 
 
 def test_families_are_open():
