@@ -46,6 +46,7 @@ from usage.pricing import (
     MTOK,
     TokenUsage,
     UnknownModel,
+    is_on_sale,
     price_for,
     priced_models,
     to_nano,
@@ -220,7 +221,7 @@ def one_tier_down(model: str) -> ModelPrice | None:
     lower = LOWER_FAMILY.get(price.family)
     if lower is None:
         return None
-    on_sale = [row for row in priced_models() if row.family == lower and not row.retired]
+    on_sale = [row for row in priced_models() if row.family == lower and is_on_sale(row)]
     if not on_sale:
         return None
     same_generation = [row for row in on_sale if row.generation == price.generation]

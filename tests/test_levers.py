@@ -11,8 +11,8 @@ from budgets.levers import histogram_percentile, lever_board, one_tier_down
 from budgets.models import Budget, BudgetWindow, Period, Scope
 from tests.factories import FeatureFactory
 from tests.factories import ledger_history as history
-from usage.models import HISTOGRAM_SIZE, NANO, UsageRollup, histogram_bucket
-from usage.pricing import model_family
+from usage.models import HISTOGRAM_SIZE, NANO, ModelPrice, UsageRollup, histogram_bucket
+from usage.pricing import clear_price_cache, model_family
 
 DAY = date(2026, 11, 28)  # in the last week of RANGE: levers are judged on it
 RANGE = {"start": date(2026, 11, 1), "end": date(2026, 11, 30)}
@@ -55,9 +55,12 @@ def board_feature(board, key):
 @pytest.mark.parametrize(
     ("model", "lower"),
     [
-        ("claude-opus-4-5-20251101", "claude-sonnet-4-5-20250929"),  # same generation
-        ("claude-opus-4-5", "claude-sonnet-4-5-20250929"),  # alias
-        ("claude-opus-4-6", "claude-sonnet-4-6"),
+        ("claude-opus-4-5-20251101", "claude-sonnet-5-5"),  # Sonnet 4.5 retired on 2026-11-30
+        ("claude-opus-4-5", "claude-sonnet-5-5"),  # alias
+        ("claude-opus-4-6", "claude-sonnet-4-6"),  # same generation
+        ("claude-fable-5-2", "claude-opus-5-5"),  # no Opus 5.2: the newest Opus
+        ("claude-mythos-5-2", "claude-opus-5-5"),
+        ("claude-fable-5-1", "claude-opus-5-5"),
         ("claude-opus-4-20250514", "claude-sonnet-5-5"),  # Sonnet 4 is retired: the newest Sonnet
         ("claude-opus-5", "claude-sonnet-5"),
         ("claude-opus-5-5", "claude-sonnet-5-5"),
@@ -65,6 +68,7 @@ def board_feature(board, key):
         ("claude-opus-4-1-20250805", "claude-sonnet-5-5"),
         ("claude-sonnet-4-5-20250929", "claude-haiku-4-5-20251001"),
         ("claude-sonnet-5", "claude-haiku-5-5"),  # newest Haiku, not a retired one
+        ("claude-sonnet-5-5", "claude-haiku-5-5"),
         ("claude-sonnet-4-20250514", "claude-haiku-5-5"),
         ("claude-haiku-4-5-20251001", None),
         ("claude-3-haiku-20240307", None),
@@ -122,15 +126,27 @@ def test_model_selection_prices_the_same_usage_one_tier_down(tenant):
     assert "if the smaller model passes your evals" in lever["recommendation"]
 
 
-def test_one_tier_down_uses_base_rates_not_the_long_context_rule(tenant):
-    # Given a million input tokens on Opus 4.5 summed over many calls ($5.00)
-    feature = FeatureFactory(tenant=tenant, key="long")
-    rollup(feature, "claude-opus-4-5-20251101", calls=100, input_tokens=1_000_000, cost_nano=usd("5"))
+def test_one_tier_down_skips_a_model_past_its_retirement_date(db):
+    # Given Sonnet 4.5 without the retired flag, but with its retirement date (2026-11-30) past
+    ModelPrice.objects.filter(model="claude-sonnet-4-5-20250929").update(retired=False)
+    clear_price_cache()
+    # Then Opus 4.5 is sent to the newest Sonnet, not to the same generation's retired one
+    assert one_tier_down("claude-opus-4-5").model == "claude-sonnet-5-5"
+    # and while that date is ahead, Sonnet 4.5 is still the advice
+    ModelPrice.objects.filter(model="claude-sonnet-4-5-20250929").update(retired_on=date(2099, 1, 1))
+    clear_price_cache()
+    assert one_tier_down("claude-opus-4-5").model == "claude-sonnet-4-5-20250929"
 
-    # Then Sonnet 4.5 is priced at $3/M, not its $6/M long-context price (which is per request)
+
+def test_one_tier_down_uses_base_rates_not_the_prompt_length_band(tenant):
+    # Given a million input tokens on Sonnet 5.5 summed over many calls ($2.00)
+    feature = FeatureFactory(tenant=tenant, key="long")
+    rollup(feature, "claude-sonnet-5-5", calls=100, input_tokens=1_000_000, cost_nano=usd("2"))
+
+    # Then Haiku 5.5 is priced at $0.10/M, not its $0.50/M band over 100k (which is per request)
     lever = board_feature(lever_board(tenant=tenant, **RANGE), "long")["levers"]["model_selection"]
-    assert lever["one_tier_down_cost_usd"] == "3.000000"
-    assert lever["potential_saving_usd"] == "2.000000"
+    assert lever["one_tier_down_cost_usd"] == "0.100000"
+    assert lever["potential_saving_usd"] == "1.900000"
 
 
 # --- prompt caching -------------------------------------------------------------------

@@ -170,7 +170,7 @@ def test_another_tenants_budget_under_my_tenant_is_404(client, outsider, tenant)
 
 def test_admin_creates_a_feature(as_admin, tenant):
     response = as_admin.post("/t/acme/features/new/", {
-        "key": "support-bot", "name": "Support bot", "default_model": "claude-sonnet-4-5-20250929",
+        "key": "support-bot", "name": "Support bot", "default_model": "claude-sonnet-5-5",
         "fallback_models": "claude-haiku-4-5-20251001", "max_tokens_cap": "2048", "interactive": "on",
         "fail_mode": "open", "active": "on",
     })
@@ -371,11 +371,14 @@ def test_the_csv_of_the_default_view_has_its_rows(as_viewer, tenant, feature):
 
 def test_saving_a_feature_unchanged_changes_nothing(as_admin, tenant):
     # Given a feature whose default model is an alias, as services send it
-    feature = FeatureFactory(tenant=tenant, key="bot", default_model="claude-sonnet-4-5",
-                             allowed_models=["claude-sonnet-4-5", "claude-haiku-4-5-20251001"])
+    feature = FeatureFactory(tenant=tenant, key="bot", default_model="claude-haiku-4-5",
+                             allowed_models=["claude-haiku-4-5", "claude-sonnet-4-5"])
     page = as_admin.get("/t/acme/features/bot/").content.decode()
-    assert '<option value="claude-sonnet-4-5" selected>' in page
-    assert '<option value="claude-sonnet-4-5-20250929">' in page  # dated ids are offered too
+    assert '<option value="claude-haiku-4-5" selected>' in page
+    assert '<option value="claude-haiku-4-5-20251001">' in page  # dated ids are offered too
+    # a retired model stays selectable where it is saved, and says so; its dated id is not offered
+    assert "claude-sonnet-4-5 (saved; no longer on sale)" in page
+    assert '<option value="claude-sonnet-4-5-20250929">' not in page
 
     # When the form is posted back as it was shown
     form = FeatureForm(initial=services.feature_snapshot(feature))
@@ -386,8 +389,8 @@ def test_saving_a_feature_unchanged_changes_nothing(as_admin, tenant):
 
     # Then nothing changed, and nothing was audited
     feature.refresh_from_db()
-    assert feature.default_model == "claude-sonnet-4-5"
-    assert feature.allowed_models == ["claude-sonnet-4-5", "claude-haiku-4-5-20251001"]
+    assert feature.default_model == "claude-haiku-4-5"
+    assert feature.allowed_models == ["claude-haiku-4-5", "claude-sonnet-4-5"]
     assert not AuditEntry.objects.filter(object_type="feature", action="update").exists()
 
 

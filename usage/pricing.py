@@ -11,7 +11,7 @@ import re
 import threading
 import time
 from dataclasses import dataclass, fields
-from datetime import datetime
+from datetime import date, datetime
 from decimal import ROUND_CEILING, ROUND_HALF_UP, Decimal
 
 from django.db.models.signals import post_delete, post_save
@@ -149,6 +149,15 @@ def priced_models() -> list[ModelPrice]:
             if not row.service_tier and row.model not in seen:
                 seen[row.model] = row
     return sorted(seen.values(), key=lambda r: (r.family, -r.generation, r.model))
+
+
+def is_on_sale(row: ModelPrice, *, today: date | None = None) -> bool:
+    """Return whether ``row``'s model can still be called: not retired, nor past its retirement date.
+
+    A retirement announced with a date takes effect on that day without a catalog edit.
+    """
+    today = today or timezone.now().date()
+    return not row.retired and (row.retired_on is None or row.retired_on > today)
 
 
 def price_for(model: str, *, at: datetime | None = None, service_tier: str = ServiceTier.STANDARD) -> ModelPrice:

@@ -15,7 +15,7 @@ from governance.models import FailMode, Feature, KeyRole, Role, slug_validator
 from governance.notify.models import AlertKind, ChannelKind
 from usage.date_range import MAX_RANGE_DAYS, RangeError, resolve_range
 from usage.models import NANO, ServiceTier
-from usage.pricing import is_priced, known_families, priced_models
+from usage.pricing import is_on_sale, is_priced, known_families, priced_models
 from usage.provider import checks
 
 
@@ -28,7 +28,7 @@ def model_choices(*, keep: tuple[str, ...] = ()) -> list[tuple[str, str]]:
     """
     choices: list[tuple[str, str]] = []
     for row in priced_models():
-        if row.retired:
+        if not is_on_sale(row):
             continue
         for alias in row.aliases:
             choices.append((alias, f"{row.display_name} ({alias}, the latest snapshot)"))
