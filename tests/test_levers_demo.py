@@ -12,6 +12,7 @@ from django.utils import timezone
 
 from budgets.levers import lever_board
 from governance.models import Tenant
+from usage.models import UsageEvent
 
 # The web page's default range (governance.web.views.levers).
 DEFAULT_DAYS = 30
@@ -60,3 +61,10 @@ def test_the_demo_board_advises_what_is_true():
     wide = lever_board(tenant=tenant, start=today - timedelta(days=59), end=today)
     moved = board_feature(wide, "ticket-classifier")["levers"]["model_selection"]["pulled"]
     assert moved is not None and moved["from_model"].startswith("claude-sonnet")
+
+    # The hardest reviews went to the Fable of their day: 5.1 before Fable 5.2's launch (2026-11-09), 5.2 after
+    fables = UsageEvent.objects.filter(tenant=tenant, feature__key="code-review", family="fable")
+    before = fables.filter(occurred_at__lt=datetime(2026, 11, 8, tzinfo=UTC))
+    after = fables.filter(occurred_at__gte=datetime(2026, 11, 10, tzinfo=UTC))
+    assert set(before.values_list("model", flat=True)) == {"claude-fable-5-1"}
+    assert set(after.values_list("model", flat=True)) == {"claude-fable-5-2"}

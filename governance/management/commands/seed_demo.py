@@ -309,9 +309,12 @@ class Command(BaseCommand):
     def _call_code_review(rng: random.Random, feature: Feature, age: int) -> UsageInput:
         output = min(int(rng.lognormvariate(7.3, 0.5)), 4096)
         latency = int(2000 + output * rng.uniform(18, 30))
+        hardest = rng.random() < 0.05
+        # A few of the hardest reviews go to Fable: 5.2 from its launch on, 5.1 before it.
+        fable_52_from = price_for("claude-fable-5-2").effective_from
+        fable = "claude-fable-5-2" if timezone.now() - timedelta(days=age) >= fable_52_from else "claude-fable-5-1"
         return UsageInput(
-            # A few of the hardest reviews go to Fable 5.1.
-            feature=feature, model="claude-fable-5-1" if rng.random() < 0.05 else "claude-opus-5-5",
+            feature=feature, model=fable if hardest else "claude-opus-5-5",
             usage=TokenUsage(
                 # The 4,000-token review guide goes to a 5-minute cache, gone by the next review
                 # some 20 minutes later: every call pays the write premium (the caching lever).
