@@ -15,6 +15,7 @@ from governance.api.errors import ApiError, NotFound
 from governance.api.fields import DayField, StrictSerializer, UsdField
 from governance.crypto import mask
 from governance.models import KeyRole
+from governance.selectors import feature_get
 from usage.provider import checks, selectors, services
 from usage.provider.models import ProviderConnection
 
@@ -254,12 +255,66 @@ class ReconciledDayOutput(serializers.Serializer):
     models = ReconciledModelOutput(many=True)
 
 
+class ReconciledFeatureOutput(serializers.Serializer):
+    feature = serializers.CharField(source="feature_key", help_text="The feature's key")
+    feature_name = serializers.CharField()
+    mapped_ids = serializers.ListField(
+        child=serializers.CharField(), help_text="The Anthropic API key and workspace ids mapped to the feature"
+    )
+    metered_usd = UsdField(source="metered_nano", help_text="The ledger: the feature's calls that UTC day")
+    provider_usage_usd = UsdField(
+        source="provider_usage_nano", allow_null=True,
+        help_text="The usage report of the mapped ids, priced by the catalog; null when not synced for the day",
+    )
+    unpriced_tokens = serializers.IntegerField(help_text="Mapped provider tokens of models with no price")
+    usage_difference_usd = UsdField(source="usage_diff_nano", allow_null=True, help_text="Usage report minus ledger")
+    usage_drift_pct = serializers.DecimalField(
+        max_digits=24, decimal_places=2, allow_null=True,
+        help_text="Usage report minus ledger, percent of the ledger; null when nothing was metered",
+    )
+    usage_drifting = serializers.BooleanField(
+        help_text="The usage report and the ledger disagree beyond the tolerance, either way, on a complete day"
+    )
+    provider_cost_usd = UsdField(
+        source="provider_cost_nano", allow_null=True,
+        help_text=(
+            "The cost report of the workspaces mapped to the feature; null when it cannot be attributed to the "
+            "feature alone (mapped by API key only, or a workspace shared with other features) or is not synced"
+        ),
+    )
+    bill_ledger_usd = UsdField(
+        source="bill_metered_nano", allow_null=True,
+        help_text="The ledger less priority tier, to compare with the cost report; null until the bill settles",
+    )
+    bill_difference_usd = UsdField(source="bill_diff_nano", allow_null=True, help_text="Cost report minus ledger")
+    bill_drift_pct = serializers.DecimalField(
+        max_digits=24, decimal_places=2, allow_null=True, help_text="Cost report minus ledger, percent of the ledger",
+    )
+    bill_drifting = serializers.BooleanField(help_text="The cost report and the ledger disagree beyond the tolerance")
+    complete = serializers.BooleanField(help_text="The UTC day is over and the usage report was read since")
+    drifting = serializers.BooleanField(help_text="Either check drifts (a drift alert names the feature)")
+    status = serializers.ChoiceField(
+        choices=["ok", "provider_higher", "ledger_higher", "open", "not_synced"],
+        help_text="provider_higher or ledger_higher: which side diverged; open: the day is not over yet",
+    )
+
+
+class ReconciledFeatureDayOutput(serializers.Serializer):
+    day = serializers.DateField(help_text="A UTC day")
+    unattributed_usage_usd = UsdField(
+        source="unattributed_usage_nano", allow_null=True,
+        help_text="Usage report spend no mapped feature accounts for (counted in the tenant's figures only)",
+    )
+    features = ReconciledFeatureOutput(many=True)
+
+
 class ReconciliationApi(TenantAPIView):
     """Metered spend (the ledger) against the provider's usage (priced by our table) and cost."""
 
     class ReconciliationQuerySerializer(StrictSerializer):
         start = DayField(required=False, help_text="First tenant-local day (default: 6 days before end)")
         end = DayField(required=False, help_text="Last tenant-local day (default: today)")
+        feature = serializers.CharField(required=False, max_length=63, help_text="Only this feature's rows")
 
     class ReconciliationOutputSerializer(serializers.Serializer):
         start = serializers.DateField()
@@ -268,18 +323,25 @@ class ReconciliationApi(TenantAPIView):
         tolerance_pct = serializers.DecimalField(max_digits=5, decimal_places=2)
         connection_status = serializers.CharField(allow_null=True)
         days = ReconciledDayOutput(many=True)
+        feature_days = ReconciledFeatureDayOutput(
+            many=True, help_text="Per UTC day from start to end: each mapped feature against its share of the reports",
+        )
 
     @extend_schema(
         parameters=[
             OpenApiParameter("start", date, description="First tenant-local day, YYYY-MM-DD"),
             OpenApiParameter("end", date, description="Last tenant-local day, YYYY-MM-DD (at most 92 days)"),
+            OpenApiParameter("feature", str, description="A feature key: only its rows in feature_days"),
         ],
         responses=ReconciliationOutputSerializer,
-        summary="Reconciliation: metered vs provider-reported spend per day and model",
+        summary="Reconciliation: metered vs provider-reported spend per day, model and mapped feature",
         description=(
             "Computed on demand from the ledger's daily rollups and the synced provider reports. "
             "Days are the tenant's local days; `drifting` is true when unmetered spend exceeds the tenant's "
-            "`drift_tolerance_pct` of metered spend (a `drift` alert is raised hourly for such days)."
+            "`drift_tolerance_pct` of metered spend (a `drift` alert is raised hourly for such days). "
+            "`feature_days` compares, per UTC day, each feature with Anthropic API keys or workspaces mapped to "
+            "it against the usage (and, for a workspace of its own, the cost) those ids report; a feature "
+            "drifting either way beyond the tolerance raises one `drift` alert for the day."
         ),
     )
     def get(self, request):
@@ -291,7 +353,18 @@ class ReconciliationApi(TenantAPIView):
         if (end - start).days >= MAX_RECONCILIATION_DAYS:
             raise ApiError(f"At most {MAX_RECONCILIATION_DAYS} days at a time.",
                            details={"end": [f"At most {MAX_RECONCILIATION_DAYS} days after start."]})
+        feature_ids = set(self.key_features) or None
+        if query.get("feature"):
+            feature = feature_get(tenant=self.tenant, key=query["feature"])
+            if feature is None:
+                raise ApiError(f"No feature '{query['feature']}'.", code="unknown_feature",
+                               details={"feature": query["feature"]})
+            self.check_feature_access(feature)
+            feature_ids = {feature.pk}
         days = selectors.reconciliation_compute(tenant=self.tenant, start=start, end=end)
+        feature_days = selectors.feature_reconciliation_compute(
+            tenant=self.tenant, start=start, end=end, feature_ids=feature_ids
+        )
         connection = selectors.connection_get(tenant=self.tenant)
         return Response(
             {
@@ -301,5 +374,6 @@ class ReconciliationApi(TenantAPIView):
                 "tolerance_pct": f"{self.tenant.drift_tolerance_pct:.2f}",
                 "connection_status": connection.status if connection else None,
                 "days": ReconciledDayOutput(days, many=True).data,
+                "feature_days": ReconciledFeatureDayOutput(feature_days, many=True).data,
             }
         )

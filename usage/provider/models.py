@@ -184,3 +184,37 @@ class Reconciliation(models.Model):
 
     def __str__(self) -> str:
         return f"{self.tenant} {self.day} {self.model or '-'}"
+
+
+class FeatureReconciliation(models.Model):
+    """One mapped feature on one UTC day: its ledger against its API keys' and workspaces' reports.
+
+    UTC days, because the usage buckets are hours and the cost report's days are UTC days;
+    the provider figures are null when not synced (usage), or when the bill cannot be
+    attributed to the feature alone (cost: no workspace of its own) or has not settled.
+    """
+
+    tenant = models.ForeignKey(Tenant, on_delete=models.CASCADE, related_name="+")
+    day = models.DateField(help_text="UTC day")
+    feature = models.ForeignKey(Feature, on_delete=models.CASCADE, related_name="+")
+    metered_nano = models.BigIntegerField(default=0, help_text="The ledger: the feature's usage events that day")
+    provider_usage_nano = models.BigIntegerField(
+        null=True, blank=True, help_text="The usage report of the mapped keys and workspaces, priced by our table"
+    )
+    unpriced_tokens = models.BigIntegerField(default=0, help_text="Mapped provider tokens of models with no price")
+    bill_metered_nano = models.BigIntegerField(
+        null=True, blank=True, help_text="The ledger less priority tier, once the attributable bill has settled"
+    )
+    provider_cost_nano = models.BigIntegerField(
+        null=True, blank=True, help_text="The cost report of the feature's own workspaces"
+    )
+    computed_at = models.DateTimeField()
+
+    class Meta:
+        ordering = ["-day", "feature__key"]
+        constraints = [
+            models.UniqueConstraint(fields=["tenant", "day", "feature"], name="feature_reconciliation_unique")
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.tenant} {self.day} {self.feature.key}"

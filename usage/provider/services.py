@@ -26,6 +26,7 @@ from usage.provider import selectors
 from usage.provider.client import AdminApiClient, ProviderError
 from usage.provider.models import (
     ConnectionStatus,
+    FeatureReconciliation,
     MappingKind,
     ProviderConnection,
     ProviderCostBucket,
@@ -155,6 +156,23 @@ def provider_connection_save(
             after=after,
         )
     return connection
+
+
+@transaction.atomic
+def provider_mapping_save(
+    *, connection: ProviderConnection, actor: Actor, feature_mapping: dict[str, dict[str, str]]
+) -> ProviderConnection:
+    """Replace the connection's API-key and workspace → feature mapping, and audit the change.
+
+    Raise UnknownFeatures when it names a feature the tenant does not have.
+    """
+    locked = _lock(connection)
+    before = connection_snapshot(locked)
+    _mapping_replace(connection=locked, feature_mapping=feature_mapping)
+    after = connection_snapshot(locked)
+    if after != before:
+        audit_record(tenant=locked.tenant, actor=actor, action="update", obj=locked, before=before, after=after)
+    return locked
 
 
 def _mapping_replace(*, connection: ProviderConnection, feature_mapping: dict[str, dict[str, str]]) -> None:
@@ -448,7 +466,8 @@ def _chunks(start: datetime, end: datetime, size: timedelta) -> list[tuple[datet
 
 def _feature_resolver(connection: ProviderConnection) -> Callable[[str, str], Feature | None]:
     by_kind: dict[str, dict[str, Feature]] = {MappingKind.API_KEY: {}, MappingKind.WORKSPACE: {}}
-    for m in connection.mappings.select_related("feature"):
+    # Only the tenant's own features: a mapping row made in Django admin could name another's.
+    for m in connection.mappings.filter(feature__tenant_id=connection.tenant_id).select_related("feature"):
         by_kind[m.kind][m.provider_id] = m.feature
 
     def resolve(api_key_id: str, workspace_id: str) -> Feature | None:
@@ -713,12 +732,88 @@ def reconciliation_run(*, tenant: Tenant, start: date, end: date, now: datetime 
             )
             keep.append(row.pk)
     Reconciliation.objects.filter(tenant=tenant, day__gte=start, day__lte=end).exclude(pk__in=keep).delete()
+    feature_days = _feature_reconciliation_store(tenant=tenant, start=start, end=end, now=now)
     for day in days:
         if day.usage_drifting:
             _drift_alert(tenant, day)
         if day.bill_drifting:
             _bill_drift_alert(tenant, day)
+    for feature_day in feature_days:
+        for feature_line in feature_day.features:
+            if feature_line.drifting:
+                _feature_drift_alert(tenant, feature_line)
     return days
+
+
+def _feature_reconciliation_store(*, tenant: Tenant, start: date, end: date, now: datetime
+                                  ) -> list[selectors.FeatureReconciledDay]:
+    """Store each mapped feature's reconciliation for the UTC days [start, end]; drop features no longer mapped."""
+    feature_days = selectors.feature_reconciliation_compute(tenant=tenant, start=start, end=end, now=now)
+    keep: list[int] = []
+    for feature_day in feature_days:
+        for line in feature_day.features:
+            row, _ = FeatureReconciliation.objects.update_or_create(
+                tenant=tenant,
+                day=line.day,
+                feature_id=line.feature_id,
+                defaults={
+                    "metered_nano": line.metered_nano,
+                    "provider_usage_nano": line.provider_usage_nano,
+                    "unpriced_tokens": line.unpriced_tokens,
+                    "bill_metered_nano": line.bill_metered_nano,
+                    "provider_cost_nano": line.provider_cost_nano,
+                    "computed_at": now,
+                },
+            )
+            keep.append(row.pk)
+    FeatureReconciliation.objects.filter(tenant=tenant, day__gte=start, day__lte=end).exclude(pk__in=keep).delete()
+    return feature_days
+
+
+def _feature_drift_alert(tenant: Tenant, line: selectors.FeatureReconciledLine) -> None:
+    """Raise one ``drift`` alert per feature and UTC day, naming the feature, the report and the higher side."""
+    by_usage = line.usage_drifting
+    report = "usage_report" if by_usage else "cost_report"
+    provider = line.provider_usage_nano if by_usage else line.provider_cost_nano
+    ledger = line.metered_nano if by_usage else line.bill_metered_nano
+    diff = (line.usage_diff_nano if by_usage else line.bill_diff_nano) or 0
+    pct = line.usage_drift_pct if by_usage else line.bill_drift_pct
+    day = line.day.isoformat()
+    what = "usage report (priced by the catalog)" if by_usage else "cost report"
+    ids = ", ".join(line.mapped_ids)
+    if line.diverged == "provider":
+        title = f"Anthropic reports more for {line.feature_name} than the ledger on {day}"
+        cause = (f"Calls through {ids} did not all go through Comptroller, or another service uses them."
+                 if by_usage else
+                 "A price in the catalog differs from the bill, or the bill holds charges the ledger does not "
+                 "meter (fast mode, code execution).")
+    else:
+        title = f"The ledger has more for {line.feature_name} than Anthropic reports on {day}"
+        cause = (f"The feature also calls Claude with API keys or workspaces not mapped to it (mapped: {ids}); "
+                 "map them on the provider page, or check the mapping is right.")
+    _alert(
+        tenant=tenant,
+        kind="drift",
+        dedup_key=f"drift:{tenant.pk}:{day}:feature:{line.feature_id}",
+        title=title,
+        body=(
+            f"For feature {line.feature_key} on {day} (UTC), Anthropic's {what} shows ${nano_to_usd(provider)} "
+            f"and the ledger ${nano_to_usd(ledger)}: the {'provider' if diff > 0 else 'ledger'} is "
+            f"${nano_to_usd(abs(diff))} higher ({f'{pct}%' if pct is not None else 'nothing metered'}, "
+            f"tolerance {line.tolerance_pct:.2f}%). {cause}"
+        ),
+        data={
+            "day": day,
+            "feature": line.feature_key,
+            "report": report,
+            "diverged": line.diverged,
+            "provider_usd": nano_to_usd(provider),
+            "ledger_usd": nano_to_usd(ledger),
+            "difference_usd": nano_to_usd(diff),
+            "drift_pct": str(pct) if pct is not None else None,
+            "mapped_ids": list(line.mapped_ids),
+        },
+    )
 
 
 def _bill_drift_alert(tenant: Tenant, day: selectors.ReconciledDay) -> None:
