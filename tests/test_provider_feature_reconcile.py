@@ -333,3 +333,59 @@ def test_the_api_refuses_another_tenants_feature_and_limits_restricted_keys(tena
     assert [r["feature"] for r in rows] == ["search"]
     forbidden = restricted.get("/api/v1/reconciliation", {**query, "feature": "support-bot"})
     assert forbidden.status_code == 403 and forbidden.json()["error"]["code"] == "forbidden"
+
+
+# --- the provider page ----------------------------------------------------------------------------
+
+
+def test_the_provider_page_shows_a_days_features_and_admins_map_ids(client, tenant, other_tenant, feature, search,
+                                                                    stub):
+    from governance.models import Role
+    from tests.test_web_pages import member
+
+    # given a synced day where support-bot's key shows $2.50 against $2.00 metered
+    ledger(feature, input_tokens=1_000_000, output_tokens=200_000)
+    ledger(search, input_tokens=500_000, output_tokens=100_000)
+    matching_day(stub, support_out=300_000)
+    connection = connect(tenant, stub)
+    sync(connection)
+    FeatureFactory(tenant=other_tenant, key="theirs")
+
+    # when a viewer opens the provider page for that day
+    client.force_login(member(tenant, Role.VIEWER))
+    page = client.get("/t/acme/provider/", {"day": "2026-11-20"}).content.decode()
+
+    # then each mapped feature has its row: Anthropic, billed, ledger, difference, status
+    table = page.split('id="feature-reconciliation"')[1].split("</table>")[0]
+    support_row = table.split("support-bot")[1].split("</tr>")[0]
+    assert "$2.50" in support_row and "$2.00" in support_row and "+$0.50" in support_row
+    assert "(25.00%)" in support_row and "Anthropic higher" in support_row
+    search_row = table.split(">search<")[1].split("</tr>")[0]
+    assert search_row.count("$1.00") == 3 and "$0.00 vs ledger" in search_row and "Matches" in search_row
+    assert "$5.00 of Anthropic's usage report that day is not mapped to a feature" in page
+    # a viewer sees the mapping but cannot change it
+    assert "apikey_support" in page and "Owners and admins change the mapping." in page
+    assert client.post("/t/acme/provider/mapping/", {"mapping": ""}).status_code == 403
+    # a day that is not a date shows yesterday, never an error
+    assert client.get("/t/acme/provider/", {"day": "2026-13-45<x>"}).status_code == 200
+
+    # when an admin maps an id to another tenant's feature, or a malformed id, the form says why
+    client.force_login(member(tenant, Role.ADMIN))
+    bad = client.post("/t/acme/provider/mapping/", {"mapping": "apikey_support = theirs"}).content.decode()
+    assert "Line 1: no feature “theirs”." in bad
+    bad = client.post("/t/acme/provider/mapping/", {"mapping": "apikey_1;DROP = search"}).content.decode()
+    assert "Line 1: ids are apikey_… or wrkspc_… followed by letters and digits." in bad
+    assert selectors.connection_mapping(connection=connection) == MAPPING
+
+    # and a valid mapping replaces the old one, re-attributing stored usage at once
+    response = client.post("/t/acme/provider/mapping/", {"mapping": "wrkspc_other = support-bot"})
+    assert response.status_code == 302 and response["Location"].endswith("/t/acme/provider/#features")
+    assert selectors.connection_mapping(connection=connection) == {
+        "api_keys": {}, "workspaces": {"wrkspc_other": "support-bot"}
+    }
+    _, by_key = lines(tenant)
+    assert list(by_key) == ["support-bot"] and by_key["support-bot"].provider_usage_nano == 2_500_000_000
+    # owners of another tenant get a 404, exactly like a missing tenant
+    client.force_login(member(other_tenant, Role.OWNER))
+    assert client.get("/t/acme/provider/").status_code == 404
+    assert client.post("/t/acme/provider/mapping/", {"mapping": "apikey_x = theirs"}).status_code == 404

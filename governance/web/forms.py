@@ -315,16 +315,11 @@ class ProviderForm(forms.Form):
     workspace_ids = forms.CharField(
         required=False, help_text="Only sync these workspaces (wrkspc_…), comma-separated; empty: all.",
     )
-    mapping = forms.CharField(
-        required=False, widget=forms.Textarea(attrs={"rows": 3}), label="Attribute to features",
-        help_text="One per line: an Anthropic API key id (apikey_…) or workspace id (wrkspc_…) = feature key.",
-    )
     enabled = forms.BooleanField(required=False, initial=True)
 
-    def __init__(self, *args, connection=None, features=(), **kwargs):
+    def __init__(self, *args, connection=None, **kwargs):
         super().__init__(*args, **kwargs)
         self.connection = connection
-        self.feature_keys = set(features)
         if connection is not None:
             if connection.admin_key:
                 self.fields["admin_key"].help_text = (
@@ -363,14 +358,44 @@ class ProviderForm(forms.Form):
             raise ValidationError(problems[:5])
         return ids
 
+    def service_data(self) -> dict:
+        data = dict(self.cleaned_data)
+        for name in ("admin_key", "inference_api_key"):
+            if not data.get(name):
+                data[name] = None  # keep the saved key
+        return data
+
+
+class ProviderMappingForm(forms.Form):
+    """Which feature each Anthropic API key or workspace's usage belongs to, one ``id = feature`` a line."""
+
+    MAX_LINES = 1000
+
+    mapping = forms.CharField(
+        required=False, widget=forms.Textarea(attrs={"rows": 4}), label="Attribute to features",
+        help_text=(
+            "One per line: an Anthropic API key id (apikey_…) or workspace id (wrkspc_…) = feature key. "
+            "An API key wins over its workspace. A workspace used by one feature alone is compared with its bill too."
+        ),
+    )
+
+    def __init__(self, *args, features=(), **kwargs):
+        super().__init__(*args, **kwargs)
+        self.feature_keys = set(features)
+
     def clean_mapping(self) -> dict[str, dict[str, str]]:
         mapping: dict[str, dict[str, str]] = {"api_keys": {}, "workspaces": {}}
-        for number, line in enumerate((self.cleaned_data["mapping"] or "").splitlines(), start=1):
+        lines = (self.cleaned_data["mapping"] or "").splitlines()
+        if len([line for line in lines if line.strip()]) > self.MAX_LINES:
+            raise ValidationError(f"At most {self.MAX_LINES} lines.")
+        for number, line in enumerate(lines, start=1):
             if not line.strip():
                 continue
             provider_id, sep, key = (part.strip() for part in line.partition("="))
             if not sep or not provider_id or not key:
                 raise ValidationError(f"Line {number}: write “apikey_… = feature-key”.")
+            if provider_id in mapping["api_keys"] or provider_id in mapping["workspaces"]:
+                raise ValidationError(f"Line {number}: {provider_id} is mapped twice.")
             if key not in self.feature_keys:
                 raise ValidationError(f"Line {number}: no feature “{key}”.")
             if provider_id.startswith("apikey_") and not checks.api_key_id_problem(provider_id):
@@ -382,14 +407,6 @@ class ProviderForm(forms.Form):
                     f"Line {number}: ids are apikey_… or wrkspc_… followed by letters and digits."
                 )
         return mapping
-
-    def service_data(self) -> dict:
-        data = dict(self.cleaned_data)
-        data["feature_mapping"] = data.pop("mapping")
-        for name in ("admin_key", "inference_api_key"):
-            if not data.get(name):
-                data[name] = None  # keep the saved key
-        return data
 
 
 class RangeForm(forms.Form):

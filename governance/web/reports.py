@@ -2,14 +2,16 @@
 
 Nothing here touches the usage ledger (UsageEvent): every figure is a sum over
 UsageRollup rows (one per tenant × feature × model × tier × day) or a budget
-window's counters, so pages stay fast however many calls a tenant makes.
+window's counters, so pages stay fast however many calls a tenant makes. The one
+exception is a single UTC day of mapped features' events for the provider page's
+per-feature reconciliation, when the tenant's days are not UTC days.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
-from datetime import date, datetime, time, timedelta
+from datetime import UTC, date, datetime, time, timedelta
 from typing import Any
 
 from django.db.models import F, Sum
@@ -23,7 +25,11 @@ from governance.notify.models import Notification
 from governance.notify.selectors import alert_list
 from governance.web import charts
 from usage.models import UsageRollup
-from usage.provider.selectors import connection_get, reconciliation_compute
+from usage.provider.selectors import (
+    connection_get,
+    feature_reconciliation_compute,
+    reconciliation_compute,
+)
 
 TOKEN_SUM = (
     F("input_tokens") + F("output_tokens") + F("cache_write_5m_tokens") + F("cache_write_1h_tokens")
@@ -391,3 +397,39 @@ def reconciliation_status(*, tenant: Tenant, days: int = 7, now: datetime | None
         "last_synced": max(synced) if synced else None,
         "days": list(reversed(rows)),
     }
+
+
+FEATURE_STATUS = {
+    "ok": ("Matches", "ok"),
+    "provider_higher": ("Anthropic higher", "over"),
+    "ledger_higher": ("Ledger higher", "over"),
+    "open": ("Day not over", ""),
+    "not_synced": ("Not synced", ""),
+}
+FEATURE_DAYS = 14
+
+
+def feature_reconciliation_day(*, tenant: Tenant, day: date | None = None, now: datetime | None = None
+                               ) -> dict[str, Any] | None:
+    """Return one UTC day of per-feature reconciliation for the provider page, and the days to pick from.
+
+    None without a connection. Without ``day`` (or one outside the last two weeks): yesterday, UTC.
+    """
+    if connection_get(tenant=tenant) is None:
+        return None
+    today = (now or timezone.now()).astimezone(UTC).date()
+    days = [today - timedelta(days=n) for n in range(FEATURE_DAYS)]
+    if day not in days:
+        day = today - timedelta(days=1)
+    (feature_day,) = feature_reconciliation_compute(tenant=tenant, start=day, end=day, now=now)
+    rows = []
+    for line in feature_day.features:
+        label, badge = FEATURE_STATUS[line.status]
+        rows.append({
+            "key": line.feature_key, "name": line.feature_name, "mapped_ids": line.mapped_ids,
+            "provider": line.provider_usage_nano, "billed": line.provider_cost_nano,
+            "bill_diff": line.bill_diff_nano, "bill_drifting": line.bill_drifting,
+            "ledger": line.metered_nano, "diff": line.usage_diff_nano, "pct": line.usage_drift_pct,
+            "unpriced_tokens": line.unpriced_tokens, "status": line.status, "label": label, "badge": badge,
+        })
+    return {"day": day, "days": days, "rows": rows, "unattributed": feature_day.unattributed_usage_nano}

@@ -49,6 +49,7 @@ tenant_patterns = [
     path("provider/save/", provider.provider_save, name="provider-save"),
     path("provider/delete/", provider.provider_delete, name="provider-delete"),
     path("provider/test/", provider.provider_test, name="provider-test"),
+    path("provider/mapping/", provider.provider_mapping, name="provider-mapping"),
     path("features/", features.feature_list, name="features"),
     path("features/new/", features.feature_create, name="feature-create"),
     path("features/<slug:key>/", features.feature_edit, name="feature-edit"),

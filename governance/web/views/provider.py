@@ -1,17 +1,20 @@
-"""The Anthropic provider connection (owners edit) and its sync and reconciliation status."""
+"""The Anthropic provider connection (owners edit), its feature mapping (admins edit), sync and reconciliation."""
 
 from __future__ import annotations
+
+from datetime import date
 
 from django.contrib import messages
 from django.core.exceptions import ValidationError
 from django.shortcuts import redirect
+from django.urls import reverse
 
 from governance import selectors
 from governance.audit import Actor
 from governance.models import Role
 from governance.web import reports
 from governance.web.access import page, tenant_page
-from governance.web.forms import ProviderForm, apply_service_errors
+from governance.web.forms import ProviderForm, ProviderMappingForm, apply_service_errors
 from usage.provider import checks, services
 from usage.provider.selectors import connection_get, connection_mapping
 
@@ -19,29 +22,58 @@ from usage.provider.selectors import connection_get, connection_mapping
 def _form(request, connection, data=None) -> ProviderForm:
     initial: dict[str, object] = {"enabled": True}
     if connection is not None:
-        mapping = connection_mapping(connection=connection)
-        lines = [f"{pid} = {key}" for name in ("api_keys", "workspaces") for pid, key in mapping.get(name, {}).items()]
-        initial = {
-            "workspace_ids": ", ".join(connection.workspace_ids), "mapping": "\n".join(lines),
-            "enabled": connection.enabled,
-        }
+        initial = {"workspace_ids": ", ".join(connection.workspace_ids), "enabled": connection.enabled}
+    return ProviderForm(data, initial=initial, connection=connection)
+
+
+def _mapping_form(request, connection, data=None) -> ProviderMappingForm:
+    mapping = connection_mapping(connection=connection) if connection is not None else {}
+    lines = [f"{pid} = {key}" for name in ("api_keys", "workspaces") for pid, key in mapping.get(name, {}).items()]
     keys = selectors.feature_list(tenant=request.tenant).values_list("key", flat=True)
-    return ProviderForm(data, initial=initial, connection=connection, features=keys)
+    return ProviderMappingForm(data, initial={"mapping": "\n".join(lines)}, features=keys)
+
+
+def _day(request) -> date | None:
+    try:
+        return date.fromisoformat(request.GET.get("day", ""))
+    except ValueError:
+        return None  # no day, or not one: the page shows yesterday
 
 
 @tenant_page()
 def provider(request):
     connection = connection_get(tenant=request.tenant)
-    form = _form(request, connection)
-    return _page(request, connection, form)
+    return _page(request, connection, _form(request, connection))
 
 
-def _page(request, connection, form):
+def _page(request, connection, form, mapping_form=None):
     return page(request, "web/provider.html", {
         "connection": connection, "form": form,
+        "mapping_form": mapping_form or _mapping_form(request, connection),
+        "mappings": connection_mapping(connection=connection) if connection is not None else None,
         "reconciliation": reports.reconciliation_status(tenant=request.tenant, days=14),
+        "features": reports.feature_reconciliation_day(tenant=request.tenant, day=_day(request)),
         "history": selectors.audit_for(tenant=request.tenant, obj=connection)[:30] if connection else [],
     })
+
+
+@tenant_page(Role.ADMIN)
+def provider_mapping(request):
+    """Replace which feature each Anthropic API key or workspace is attributed to (owners and admins)."""
+    connection = connection_get(tenant=request.tenant)
+    if request.method != "POST" or connection is None:
+        return redirect("web:provider", slug=request.tenant.slug)
+    form = _mapping_form(request, connection, request.POST)
+    if not form.is_valid():
+        return _page(request, connection, _form(request, connection), form)
+    try:
+        services.provider_mapping_save(connection=connection, actor=Actor(user=request.user),
+                                       feature_mapping=form.cleaned_data["mapping"])
+    except services.UnknownFeatures as exc:  # a feature deleted since the form was read
+        form.add_error("mapping", str(exc))
+        return _page(request, connection, _form(request, connection), form)
+    messages.success(request, "Mapping saved; stored usage is attributed to it at once.")
+    return redirect(reverse("web:provider", kwargs={"slug": request.tenant.slug}) + "#features")
 
 
 @tenant_page(Role.OWNER)
@@ -55,9 +87,6 @@ def provider_save(request):
                                           **form.service_data())
     except ValidationError as exc:
         apply_service_errors(form, exc)
-        return _page(request, connection, form)
-    except services.UnknownFeatures as exc:
-        form.add_error("mapping", str(exc))
         return _page(request, connection, form)
     connection = connection_get(tenant=request.tenant)
     if connection is not None and not connection.enabled:
