@@ -7,9 +7,11 @@ from io import StringIO
 from django.core.management import call_command
 
 from budgets.models import Budget
+from governance.management.commands import seed_demo
 from governance.models import Feature, Membership, Tenant
-from governance.notify.models import AlertChannel
+from governance.notify.models import Alert, AlertChannel
 from usage.models import UsageEvent, UsageRollup
+from usage.provider.models import FeatureReconciliation
 
 
 def test_seed_demo_is_idempotent_and_fills_the_dashboard(db, client, settings, tmp_path):
@@ -40,6 +42,18 @@ def test_seed_demo_is_idempotent_and_fills_the_dashboard(db, client, settings, t
     assert "Code review weekly" in html and "Spend per day by model" in html
     assert "No usage in the last 30 days" not in html
     assert "No Anthropic connection" not in html  # a paused demo connection with reconciled days
+
+    # every demo feature is mapped (three API keys, the nightly digest's workspace) and reconciled per day:
+    # the made-up usage report is the ledger hour by hour, so each matches exactly
+    rows = FeatureReconciliation.objects.filter(tenant=tenant).select_related("feature")
+    assert {r.feature.key for r in rows} == set(seed_demo.DEMO_IDS)
+    assert all(r.provider_usage_nano == r.metered_nano for r in rows)
+    assert sum(r.metered_nano for r in rows) > 0
+    assert not Alert.objects.filter(tenant=tenant, dedup_key__contains=":feature:").exists()
+    provider = client.get("/t/demo/provider/").content.decode()
+    table = provider.split('id="feature-reconciliation"')[1].split("</table>")[0]
+    assert all(spec.name in table for spec in seed_demo.FEATURES)
+    assert "wrkspc_01DemoBatchJobs" in table and "Ledger higher" not in table and "Anthropic higher" not in table
 
 
 def test_seed_demo_keeps_a_working_service_key_for_the_banner(db, settings, tmp_path):

@@ -26,6 +26,7 @@ from governance.notify.selectors import alert_list
 from governance.web import charts
 from usage.models import UsageRollup
 from usage.provider.selectors import (
+    USAGE_SETTLES_AFTER,
     connection_get,
     feature_reconciliation_compute,
     reconciliation_compute,
@@ -403,7 +404,7 @@ FEATURE_STATUS = {
     "ok": ("Matches", "ok"),
     "provider_higher": ("Anthropic higher", "over"),
     "ledger_higher": ("Ledger higher", "over"),
-    "open": ("Day not over", ""),
+    "open": ("Not judged yet", ""),
     "not_synced": ("Not synced", ""),
 }
 FEATURE_DAYS = 14
@@ -413,14 +414,17 @@ def feature_reconciliation_day(*, tenant: Tenant, day: date | None = None, now: 
                                ) -> dict[str, Any] | None:
     """Return one UTC day of per-feature reconciliation for the provider page, and the days to pick from.
 
-    None without a connection. Without ``day`` (or one outside the last two weeks): yesterday, UTC.
+    None without a connection. Without ``day`` (or one outside the last two weeks): yesterday, UTC,
+    or the day before while yesterday cannot be judged yet.
     """
     if connection_get(tenant=tenant) is None:
         return None
-    today = (now or timezone.now()).astimezone(UTC).date()
+    now = now or timezone.now()
+    today = now.astimezone(UTC).date()
     days = [today - timedelta(days=n) for n in range(FEATURE_DAYS)]
     if day not in days:
-        day = today - timedelta(days=1)
+        judged = now >= datetime.combine(today, time(), tzinfo=UTC) + USAGE_SETTLES_AFTER
+        day = today - timedelta(days=1 if judged else 2)
     (feature_day,) = feature_reconciliation_compute(tenant=tenant, start=day, end=day, now=now)
     rows = []
     for line in feature_day.features:

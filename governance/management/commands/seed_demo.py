@@ -25,7 +25,7 @@ from django.contrib.auth import get_user_model
 from django.core.management.base import BaseCommand
 from django.db import transaction
 from django.db.models import Sum
-from django.db.models.functions import TruncDate
+from django.db.models.functions import TruncDate, TruncHour
 from django.utils import timezone
 
 from budgets import alerting
@@ -57,6 +57,16 @@ VIEWER = "viewer@comptroller.local"
 PASSWORD = "comptroller-demo"
 DAYS = 60
 SEED = 20261124
+# The Anthropic API key and workspace each demo feature calls with. The nightly digest's
+# key is not mapped: its workspace is, so its bill can be reconciled too.
+BATCH_WORKSPACE = "wrkspc_01DemoBatchJobs"
+DEMO_IDS = {
+    "support-assistant": ("apikey_01DemoSupportAssistant", ""),
+    "ticket-classifier": ("apikey_01DemoTicketClassifier", ""),
+    "code-review": ("apikey_01DemoCodeReview", ""),
+    "nightly-digest": ("apikey_01DemoNightlyDigest", BATCH_WORKSPACE),
+}
+MAPPED_KEYS = {"apikey_01DemoSupportAssistant", "apikey_01DemoTicketClassifier", "apikey_01DemoCodeReview"}
 
 
 @dataclass(frozen=True)
@@ -343,11 +353,14 @@ class Command(BaseCommand):
         """Add a paused Anthropic connection whose last two weeks of reports were read.
 
         The demo has no real admin key, so the connection is disabled (the beat never
-        calls Anthropic with it) and its usage report is made up here from the ledger's
-        rollups, and its cost report (the bill) from the ledger's UTC days: equal to the
-        metered spend except two days ago, when someone used the Console directly with
-        Sonnet 5.5 and 9 % more was billed than went through Comptroller. That day is the
-        one drift: both reports name it, and the reconciliation page shows which model.
+        calls Anthropic with it) and its reports are made up here from the ledger: the
+        usage report hour by hour, each feature calling with its own API key (the nightly
+        digest from its own workspace, by any key), and the cost report (the bill) per UTC
+        day and workspace. Both equal the metered spend except two days ago, when someone
+        used the Console directly with Sonnet 5.5 (no API key, the default workspace) for
+        9 % of the day's Sonnet spend. That day is the one drift: both reports name it, the
+        reconciliation page shows which model, and the per-feature table shows every mapped
+        feature matching and the Console's spend unattributed.
         """
         if ProviderConnection.objects.filter(tenant=tenant).exists():
             return
@@ -357,42 +370,71 @@ class Command(BaseCommand):
         connection = provider_services.provider_connection_save(
             tenant=tenant, actor=actor, admin_key="sk-ant-admin01-demo-not-a-real-key-0000", enabled=False,
         )
+        start = datetime(first.year, first.month, first.day, tzinfo=tenant.tz).astimezone(UTC)
+        end = now.replace(minute=0, second=0, microsecond=0) + timedelta(hours=1)
         buckets = []
-        rollups = UsageRollup.objects.filter(tenant=tenant, day__gte=first, day__lt=today).values(
-            "day", "model"
-        ).annotate(
-            cost=Sum("cost_nano"), input=Sum("input_tokens"), output=Sum("output_tokens"),
-            cache_read=Sum("cache_read_tokens"), cache_write=Sum("cache_write_5m_tokens"),
+        hours = (
+            UsageEvent.objects.filter(tenant=tenant, occurred_at__gte=start, occurred_at__lt=now)
+            .annotate(hour=TruncHour("occurred_at", tzinfo=UTC))
+            .values("hour", "feature__key", "model", "service_tier")
+            .annotate(
+                cost=Sum("cost_nano"), input=Sum("input_tokens"), output=Sum("output_tokens"),
+                cache_read=Sum("cache_read_tokens"), cache_write=Sum("cache_write_5m_tokens"),
+            )
         )
-        for row in rollups:
-            extra = 109 if row["day"] == today - timedelta(days=2) and "sonnet" in row["model"] else 100
-            noon = datetime(row["day"].year, row["day"].month, row["day"].day, 12, tzinfo=tenant.tz).astimezone(UTC)
+        for row in hours:
+            api_key_id, workspace_id = DEMO_IDS[row["feature__key"]]
             buckets.append(ProviderUsageBucket(
-                tenant=tenant, bucket_start=noon, model=row["model"], canonical_model=row["model"],
-                uncached_input_tokens=row["input"] * extra // 100, output_tokens=row["output"] * extra // 100,
+                tenant=tenant, bucket_start=row["hour"], model=row["model"], canonical_model=row["model"],
+                api_key_id=api_key_id, workspace_id=workspace_id, service_tier=row["service_tier"],
+                uncached_input_tokens=row["input"], output_tokens=row["output"],
                 cache_read_tokens=row["cache_read"], cache_write_5m_tokens=row["cache_write"],
-                cost_nano=row["cost"] * extra // 100, synced_at=now,
+                cost_nano=row["cost"], synced_at=now,
+            ))
+        console_day = today - timedelta(days=2)
+        sonnet = UsageRollup.objects.filter(tenant=tenant, day=console_day, model__contains="sonnet").values(
+            "model").annotate(
+            cost=Sum("cost_nano"), input=Sum("input_tokens"), output=Sum("output_tokens"),
+        )
+        noon = datetime(console_day.year, console_day.month, console_day.day, 12, tzinfo=tenant.tz).astimezone(UTC)
+        for used in sonnet:
+            buckets.append(ProviderUsageBucket(
+                tenant=tenant, bucket_start=noon, model=used["model"], canonical_model=used["model"],
+                service_tier=ServiceTier.STANDARD, uncached_input_tokens=used["input"] * 9 // 100,
+                output_tokens=used["output"] * 9 // 100, cost_nano=used["cost"] * 9 // 100, synced_at=now,
             ))
         ProviderUsageBucket.objects.bulk_create(buckets)
-        console_day = today - timedelta(days=2)
-        bill = []
+        # Saving the mapping attributes the stored buckets, as it does for a real sync's.
+        provider_services.provider_mapping_save(connection=connection, actor=actor, feature_mapping={
+            "api_keys": {key: feature for feature, (key, _) in DEMO_IDS.items() if key in MAPPED_KEYS},
+            "workspaces": {BATCH_WORKSPACE: "nightly-digest"},
+        })
+        # The bill: per UTC day, workspace, model and tier (the cost report has no API key).
+        lines: dict[tuple[date, str, str, str], int] = {}
         events = UsageEvent.objects.filter(
             tenant=tenant, occurred_at__gte=datetime.combine(first, dtime(), tzinfo=UTC),
             occurred_at__lt=datetime.combine(today, dtime(), tzinfo=UTC),
         ).exclude(service_tier=ServiceTier.PRIORITY).annotate(utc_day=TruncDate("occurred_at", tzinfo=UTC))
-        for line in events.values("utc_day", "model", "service_tier").annotate(cost=Sum("cost_nano")):
-            extra = 109 if line["utc_day"] == console_day and "sonnet" in line["model"] else 100
-            amount = line["cost"] * extra // 100
-            name = price_for(line["model"]).display_name
+        for line in events.values("utc_day", "feature__key", "model", "service_tier").annotate(cost=Sum("cost_nano")):
+            key = (line["utc_day"], DEMO_IDS[line["feature__key"]][1], line["model"], line["service_tier"])
+            lines[key] = lines.get(key, 0) + line["cost"]
+        console: dict[str, int] = {}
+        for (day, _, model, _), cost in lines.items():
+            if day == console_day and "sonnet" in model:
+                console[model] = console.get(model, 0) + cost
+        for model, cost in console.items():
+            key = (console_day, "", model, ServiceTier.STANDARD)
+            lines[key] = lines.get(key, 0) + cost * 9 // 100
+        bill = []
+        for (day, workspace_id, model, tier), amount in sorted(lines.items()):
+            name = price_for(model).display_name
             bill.append(ProviderCostBucket(
-                tenant=tenant, bucket_start=datetime.combine(line["utc_day"], dtime(), tzinfo=UTC),
-                day=line["utc_day"], description=f"{name} Usage ({line['service_tier']})", cost_type="tokens",
-                model=line["model"], canonical_model=line["model"], service_tier=line["service_tier"],
+                tenant=tenant, bucket_start=datetime.combine(day, dtime(), tzinfo=UTC), day=day,
+                workspace_id=workspace_id, description=f"{name} Usage ({tier})", cost_type="tokens",
+                model=model, canonical_model=model, service_tier=tier,
                 amount_cents=str(Decimal(amount) / 10_000_000), amount_nano=amount, synced_at=now,
             ))
         ProviderCostBucket.objects.bulk_create(bill)
-        start = datetime(first.year, first.month, first.day, tzinfo=tenant.tz).astimezone(UTC)
-        end = datetime(today.year, today.month, today.day, tzinfo=tenant.tz).astimezone(UTC)
         ProviderConnection.objects.filter(pk=connection.pk).update(
             status=ConnectionStatus.OK, usage_synced_from=start, usage_synced_until=end,
             usage_synced_at=now - timedelta(minutes=4), last_attempt_at=now - timedelta(minutes=4),
