@@ -2,6 +2,7 @@ from django.contrib import admin
 
 from governance.crypto import mask
 from usage.provider.models import (
+    FeatureReconciliation,
     ProviderConnection,
     ProviderCostBucket,
     ProviderFeatureMapping,
@@ -57,3 +58,10 @@ class ProviderCostBucketAdmin(admin.ModelAdmin):
 class ReconciliationAdmin(admin.ModelAdmin):
     list_display = ["day", "tenant", "model", "metered_nano", "provider_usage_nano", "provider_cost_nano"]
     list_filter = ["tenant"]
+
+
+@admin.register(FeatureReconciliation)
+class FeatureReconciliationAdmin(admin.ModelAdmin):
+    list_display = ["day", "tenant", "feature", "metered_nano", "provider_usage_nano", "provider_cost_nano"]
+    list_filter = ["tenant"]
+    raw_id_fields = ["feature"]
