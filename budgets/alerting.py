@@ -17,6 +17,10 @@ Each alert is claimed by a dedup key (unique per tenant), so racing evaluators r
 - ``exhausted:<window>`` — the first denial in a window whose spend has reached its limit
   (a call refused because it is bigger than what remains says so in its denial reason, but
   the budget is not exhausted).
+- ``overspent:<window>`` — a ``block`` or ``downgrade`` budget's spend went past its limit.
+  Holds never grant past such a limit, so only spend that no live hold covered gets there (a
+  commit of another model or of more than was held, a late commit, usage reported without an
+  allowance). It is recorded because it was spent, flagged ``off_hold``, and announced once.
 - Run budgets give every agent run its own window, so announcing each run would flood the
   channels: their threshold and exhaustion alerts are keyed by budget and (tenant-local)
   day instead, ``threshold:run:<budget>:<day>:<percent>``, naming the first run that got there.
@@ -45,7 +49,7 @@ from django.db.models import Q
 from django.dispatch import receiver
 from django.utils import timezone
 
-from budgets.models import Budget, BudgetWindow, Period, Scope
+from budgets.models import Budget, BudgetWindow, Enforcement, Period, Scope
 from budgets.projections import (
     Measure,
     Projection,
@@ -107,7 +111,7 @@ def _row_of(window: BudgetWindow) -> tuple:
     return (
         window.pk, budget.tenant_id, window.spent_nano, window.spent_tokens, budget.limit_nano,
         budget.limit_tokens, budget.thresholds, budget.pk, budget.scope, budget.tenant.timezone,
-        window.start, window.end,
+        window.start, window.end, budget.enforcement,
     )
 
 
@@ -130,14 +134,14 @@ def _evaluate_if_crossed(window_ids: list[int], rows: Iterable[tuple[Any, ...]] 
             .values_list(
                 "pk", "budget__tenant_id", "spent_nano", "spent_tokens",
                 "budget__limit_nano", "budget__limit_tokens", "budget__thresholds",
-                "budget_id", "budget__scope", "budget__tenant__timezone", "start", "end",
+                "budget_id", "budget__scope", "budget__tenant__timezone", "start", "end", "budget__enforcement",
             )
         )
     now = timezone.now()
     wanted: dict[str, tuple[int, int]] = {}
     for (
         pk, tenant_id, spent_nano, spent_tokens, limit_nano, limit_tokens, thresholds, budget_id, scope, tz,
-        start, end,
+        start, end, enforcement,
     ) in rows:
         if not window_is_open(start, end, now=now):
             continue
@@ -146,6 +150,8 @@ def _evaluate_if_crossed(window_ids: list[int], rows: Iterable[tuple[Any, ...]] 
         if threshold is not None:
             key = _threshold_key(window_pk=pk, budget_pk=budget_id, scope=scope, tz=tz, percent=threshold, now=now)
             wanted[key] = (tenant_id, pk)
+        if _overspent(enforcement, measures):
+            wanted[_overspent_key(window_pk=pk, budget_pk=budget_id, scope=scope, tz=tz, now=now)] = (tenant_id, pk)
     if not wanted:
         return
     raised = set(
@@ -211,6 +217,24 @@ def threshold_key(window: BudgetWindow, percent: int, *, now: datetime) -> str:
     )
 
 
+def _overspent(enforcement: str, measures: list[Measure]) -> bool:
+    """Whether an enforcing budget's spend went past its limit: only calls no hold covered get there."""
+    return enforcement != Enforcement.ALERT and any(m.spent > m.limit for m in measures)
+
+
+def _overspent_key(*, window_pk: int, budget_pk, scope: str, tz: str, now: datetime) -> str:
+    if scope == Scope.RUN:
+        return f"overspent:run:{budget_pk.hex}:{_local_day(now, tz)}"
+    return f"overspent:{window_pk}"
+
+
+def overspent_key(window: BudgetWindow, *, now: datetime) -> str:
+    budget = window.budget
+    return _overspent_key(
+        window_pk=window.pk, budget_pk=budget.pk, scope=budget.scope, tz=budget.tenant.timezone, now=now
+    )
+
+
 def forecast_key(window: BudgetWindow) -> str:
     return f"forecast:{window.pk}"
 
@@ -269,6 +293,8 @@ def _evaluate(windows: list[BudgetWindow], *, now: datetime, forecasts: bool) ->
         if threshold is not None:
             key = threshold_key(window, threshold, now=now)
             candidates[(window.budget.tenant_id, key)] = ("threshold", window, threshold)
+        if _overspent(window.budget.enforcement, window_measures(window)):
+            candidates[(window.budget.tenant_id, overspent_key(window, now=now))] = ("overspent", window, None)
         if forecasts and window.budget.forecast_alert:
             forecast = window_forecast(window, now=now)
             projections = forecast.outlooks
@@ -290,6 +316,8 @@ def _evaluate(windows: list[BudgetWindow], *, now: datetime, forecasts: bool) ->
             continue
         if kind == "threshold":
             alert = _raise_threshold(window, cast(int, extra), now=now)
+        elif kind == "overspent":
+            alert = _raise_overspent(window, now=now)
         else:
             alert = _raise_forecast(window, cast(WindowForecast, extra), now=now)
         raised += alert is not None
@@ -522,6 +550,37 @@ def _raise_forecast(window: BudgetWindow, forecast: WindowForecast, *, now: date
         "forecast_note": forecast.note,
     }
     return _raise(window, kind="forecast", key=forecast_key(window), title=title, body=body, data=_data(window, facts, **extra))
+
+
+def _raise_overspent(window: BudgetWindow, *, now: datetime):
+    """A block or downgrade budget went past its limit: spend no hold covered, recorded because it was spent."""
+    budget = window.budget
+    facts = _facts(window, now=now)
+    over = [m for m in window_measures(window) if m.spent > m.limit]
+    amounts = "; ".join(
+        f"{format_amount(m.unit, m.spent)} spent against a limit of {format_amount(m.unit, m.limit)}, "
+        f"{format_amount(m.unit, m.spent - m.limit)} over" for m in over
+    )
+    title = _with_window(f"{budget.name} went past its limit", window)
+    if budget.scope == Scope.RUN:
+        title = f"{budget.name}: run {window.run_id} went past its limit"
+    body = (
+        f"{amounts} — {facts['window']}. Holds never grant past a {budget.enforcement} limit, so this "
+        "is spend no live hold covered: a commit larger than its hold (another model, more tokens), "
+        "a commit after its hold expired, or usage reported without an allowance. It is recorded, "
+        "because it was spent, and flagged off_hold in the ledger (the usage explorer filters on it). "
+        "Find the calls and the client that made them there."
+    )
+    if budget.scope == Scope.RUN:
+        body += RUN_NOTE
+    extra = {
+        "over_nano": next((m.spent - m.limit for m in over if m.unit == "usd"), None),
+        "over_tokens": next((m.spent - m.limit for m in over if m.unit == "tokens"), None),
+    }
+    return _raise(
+        window, kind="overspent", key=overspent_key(window, now=now), title=title, body=body,
+        data=_data(window, facts, **extra),
+    )
 
 
 def _raise_exhausted(window: BudgetWindow, *, now: datetime):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from datetime import timedelta
 
 import pytest
@@ -129,3 +130,21 @@ def test_alerts_missed_entirely_are_raised_by_the_beat(
     assert Alert.objects.get().threshold == 50
     assert len(mailoutbox) == 1
     assert len(channels.log) == 1
+
+
+def test_a_web_process_finds_a_task_whose_module_nothing_imported_yet():
+    # Celery registers a task when its module is imported; a worker imports them all at start-up,
+    # a web process does not. Enqueueing by name must not read that as "the broker is down".
+    import subprocess
+    import sys
+
+    script = (
+        "import sys, django; django.setup()\n"
+        "assert 'budgets.tasks' not in sys.modules\n"
+        "from governance.queue import task_named\n"
+        "print(task_named('budgets.tasks.evaluate_windows').name)\n"
+    )
+    env = {**os.environ, "DJANGO_SETTINGS_MODULE": "tests.settings"}
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, env=env, timeout=60)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == "budgets.tasks.evaluate_windows"

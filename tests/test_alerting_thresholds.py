@@ -297,3 +297,65 @@ def test_run_budgets_announce_once_a_day_not_once_a_run(tenant, feature, channel
             api.post(f"/api/v1/allowances/{hold['id']}/commit", {"usage": USAGE}, format="json")
     assert Alert.objects.count() == 2
     assert len(mailoutbox) == 2
+
+
+OPUS_CALL = {"input_tokens": 1000, "output_tokens": 1000}  # $0.09 on Opus 4.1 ($15 / $75)
+
+
+def _commit_as_opus(api, django_capture_on_commit_callbacks, n):
+    """Reserve a little Haiku, then commit Opus: spend that no hold of an Opus budget covered."""
+    with django_capture_on_commit_callbacks(execute=True):
+        hold = api.post("/api/v1/allowances", {**ASK, "model": "claude-haiku-4-5", "max_tokens": 100},
+                        format="json").json()
+    with django_capture_on_commit_callbacks(execute=True):
+        answer = api.post(f"/api/v1/allowances/{hold['id']}/commit",
+                          {"model": "claude-opus-4-1", "request_id": f"msg_{n}", "usage": OPUS_CALL}, format="json")
+    assert answer.status_code == 200, answer.content
+    return answer.json()
+
+
+def test_spend_past_a_block_limit_raises_overspent_once(
+    tenant, feature, channels, api, mailoutbox, django_capture_on_commit_callbacks
+):
+    # Given an Opus-only block budget of $0.05 for December, with no threshold alerts
+    BudgetFactory(tenant=tenant, name="Opus cap", scope="tenant", model_families=["opus"], period="month",
+                  limit_nano=50_000_000, enforcement="block", thresholds=[])
+    with time_machine.travel(datetime(2026, 12, 10, 9, tzinfo=UTC), tick=False):
+        # When two commits of Opus arrive on Haiku holds ($0.09 each: past the cap, spent all the same)
+        for n in range(2):
+            assert _commit_as_opus(api, django_capture_on_commit_callbacks, n)["off_hold"] is True
+
+    # Then one overspent alert says by how much, and where to find the calls
+    alert = Alert.objects.get()
+    assert (alert.kind, alert.title) == ("overspent", "Opus cap went past its limit in December")
+    assert alert.body.startswith("$0.0900 spent against a limit of $0.0500, $0.0400 over — 01 Dec – 31 Dec 2026 (month).")
+    assert "off_hold" in alert.body
+    assert alert.data["over_nano"] == 40_000_000
+    # reaching each channel once
+    assert [m.subject for m in mailoutbox] == ["[Comptroller] Opus cap went past its limit in December"]
+    assert slack_titles(channels) == ["Opus cap went past its limit in December"]
+
+
+def test_an_alert_only_budget_past_its_limit_is_not_overspent(
+    tenant, feature, channels, api, mailoutbox, django_capture_on_commit_callbacks
+):
+    # Given an alert-only budget: going past its limit is what it allows (its thresholds say so)
+    BudgetFactory(tenant=tenant, name="Watch", scope="tenant", model_families=["opus"], period="month",
+                  limit_nano=50_000_000, enforcement="alert", thresholds=[100])
+    with time_machine.travel(datetime(2026, 12, 10, 9, tzinfo=UTC), tick=False):
+        _commit_as_opus(api, django_capture_on_commit_callbacks, 0)
+    assert list(Alert.objects.values_list("kind", "threshold")) == [("threshold", 100)]
+
+
+def test_the_beat_sweep_raises_an_overspent_alert_the_commit_path_missed(tenant, channels):
+    # Given a block window already past its limit (a worker crashed before evaluating it)
+    budget = BudgetFactory(tenant=tenant, name="Tiny", scope="tenant", limit_nano=CALL_NANO, enforcement="block",
+                           thresholds=[])
+    with time_machine.travel(datetime(2026, 12, 1, 10, tzinfo=UTC), tick=False):
+        BudgetWindow.objects.create(budget=budget, start=datetime(2026, 12, 1, tzinfo=UTC),
+                                    end=datetime(2027, 1, 1, tzinfo=UTC), spent_nano=CALL_NANO + 1)
+        # When the sweep runs twice
+        assert budgets_evaluate() == 1
+        assert budgets_evaluate() == 0
+    # Then one alert
+    assert Alert.objects.get().kind == "overspent"

@@ -48,7 +48,7 @@ def test_new_channels_receive_every_kind_by_default(admin_api):
     response = admin_api.post(
         "/api/v1/alert-channels", {"name": "All", "kind": "email", "email_addresses": ["a@acme.test"]}, format="json"
     )
-    assert response.json()["alert_kinds"] == ["threshold", "exhausted", "forecast", "drift", "sync_failing", "unpriced_usage"]
+    assert response.json()["alert_kinds"] == ["threshold", "exhausted", "forecast", "drift", "sync_failing", "unpriced_usage", "overspent"]
 
 
 def test_slack_webhook_url_is_never_returned(admin_api, tenant):

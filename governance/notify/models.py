@@ -21,6 +21,7 @@ class AlertKind(models.TextChoices):
     DRIFT = "drift", "Metered spend drifts from provider-reported spend"
     SYNC_FAILING = "sync_failing", "Provider sync failing"
     UNPRICED_USAGE = "unpriced_usage", "Usage of a model the price catalog does not price"
+    OVERSPENT = "overspent", "Spend past an enforcing limit that no hold covered"
 
 
 def all_alert_kinds() -> list[str]:
