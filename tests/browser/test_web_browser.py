@@ -50,7 +50,7 @@ def test_admin_creates_feature_and_budget_edits_the_limit_and_keys_a_service(
     page.get_by_role("link", name="Create the first feature").click()
     page.fill("#id_key", "support-bot")
     page.fill("#id_name", "Support bot")
-    page.select_option("#id_default_model", "claude-sonnet-4-5-20250929")
+    page.select_option("#id_default_model", "claude-sonnet-5-5")
     page.fill("#id_max_tokens_cap", "2048")
     page.get_by_role("button", name="Create feature").click()
     assert page.get_by_text("Feature “Support bot” created.").is_visible()
