@@ -9,7 +9,7 @@ from django.core.exceptions import RequestDataTooBig
 from django.db import InterfaceError, OperationalError
 from django.http import HttpResponse, HttpResponseBadRequest
 
-from governance.api.errors import json_error
+from governance.api.errors import code_for_status, json_error
 from governance.api.parsers import unfit_char
 
 logger = logging.getLogger(__name__)
@@ -93,18 +93,17 @@ class ApiErrorMiddleware:
         return response
 
     def _json_for(self, response):
+        """Return the contract's JSON error for a response Django or a library rendered otherwise."""
         status = response.status_code
-        if status == 404:
-            return json_error(404, "not_found", "No such endpoint or object.")
-        if status == 405:
-            return json_error(405, "method_not_allowed", "Method not allowed on this endpoint.")
-        if status == 400:
-            return json_error(400, "invalid_request", "Bad request.")
-        if status == 403:
-            return json_error(403, "forbidden", "Forbidden.")
+        messages = {
+            404: "No such endpoint or object.",
+            405: "Method not allowed on this endpoint.",
+            400: "Bad request.",
+            403: "Forbidden.",
+        }
         if status >= 500:
             return json_error(status, "internal_error", "Internal error; it has been logged.")
-        return json_error(status, "error", "Request failed.")
+        return json_error(status, code_for_status(status), messages.get(status, "Request failed."))
 
     def process_exception(self, request, exception):
         if isinstance(exception, (OperationalError, InterfaceError)):

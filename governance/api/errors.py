@@ -14,6 +14,41 @@ from rest_framework.views import set_rollback
 
 logger = logging.getLogger(__name__)
 
+# Every code an API error can carry, with its status: the contract's table (docs/api.md,
+# Conventions), kept honest by tests/test_docs_contract.py. A new code goes here first.
+ERROR_CODES: dict[str, int] = {
+    "invalid_request": 400,
+    "unknown_feature": 400,
+    "unknown_model": 400,
+    "model_not_allowed": 400,
+    "feature_inactive": 400,
+    "unauthenticated": 401,
+    "forbidden": 403,
+    "https_required": 403,
+    "not_found": 404,
+    "method_not_allowed": 405,
+    "not_acceptable": 406,
+    "conflict": 409,
+    "too_large": 413,
+    "unsupported_media_type": 415,
+    "rate_limited": 429,
+    "internal_error": 500,
+    "unavailable": 503,
+}
+# The code an answer of a status gets when nothing more specific is known.
+_CODE_FOR_STATUS = {
+    400: "invalid_request", 401: "unauthenticated", 403: "forbidden", 404: "not_found",
+    405: "method_not_allowed", 406: "not_acceptable", 409: "conflict", 413: "too_large",
+    415: "unsupported_media_type", 429: "rate_limited", 503: "unavailable",
+}
+
+
+def code_for_status(status_code: int) -> str:
+    """Return the contract's code for an error of this status that carries none of its own."""
+    if status_code in _CODE_FOR_STATUS:
+        return _CODE_FOR_STATUS[status_code]
+    return "internal_error" if status_code >= 500 else "invalid_request"
+
 
 class ApiError(exceptions.APIException):
     """An error with a contract code, a message and details."""
@@ -131,4 +166,6 @@ def exception_handler(exc: Exception, context: dict[str, Any]) -> Response | Non
             return Response(
                 error_body(code, str(exc.detail)), status=status_code, headers=headers
             )
-    return Response(error_body("error", str(exc.detail)), status=exc.status_code, headers=headers)
+    # Another APIException (a subclass DRF or a library adds): still one of the contract's codes.
+    return Response(error_body(code_for_status(exc.status_code), str(exc.detail)), status=exc.status_code,
+                    headers=headers)
