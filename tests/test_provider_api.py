@@ -289,3 +289,55 @@ def test_testing_without_a_connection_is_404(admin_api):
 def test_service_keys_cannot_test(api, tenant):
     services.provider_connection_save(tenant=tenant, actor=Actor.system(), admin_key=KEY)
     assert_error(api.post(f"{URL}/test"), 403, "forbidden")
+
+
+def test_a_connection_with_only_the_gateways_key_tests_without_calling_anthropic(admin_api, tenant, stub):
+    # Given a connection that holds only the gateway's API key
+    reports, _ = stub
+    services.provider_connection_save(
+        tenant=tenant, actor=Actor.system(), inference_api_key="sk-ant-api03-abcdefghijklmnop"
+    )
+
+    # When an admin tests it
+    body = admin_api.post(f"{URL}/test").json()
+
+    # Then nothing is sent (an empty key would only earn a 401), and the answer says what is missing
+    assert body == {"ok": False, "message": body["message"], "status": None, "duration_ms": 0}
+    assert body["message"].startswith("No Admin API key is saved")
+    assert reports.requests == []
+
+
+# --- a feature-restricted key and the tenant-wide provider objects -------------------------------
+
+
+@pytest.fixture
+def restricted_admin(tenant, feature):
+    from governance.models import KeyRole
+    from governance.services import api_key_create
+    from tests.conftest import make_client
+
+    _, secret = api_key_create(tenant=tenant, actor=Actor.system(), name="scoped admin", role=KeyRole.ADMIN,
+                               features=[feature])
+    return make_client(secret)
+
+
+def test_a_feature_restricted_admin_key_cannot_touch_the_provider_connection(restricted_admin, tenant):
+    # Given a connection the whole tenant's spend is synced with
+    services.provider_connection_save(tenant=tenant, actor=Actor.system(), admin_key=KEY)
+
+    # Then a key restricted to one feature may neither read, replace, test nor delete it
+    for response in (
+        restricted_admin.get(URL),
+        put(restricted_admin, {"admin_key": "sk-ant-admin01-mine-abcdefgh"}),
+        restricted_admin.post(f"{URL}/test"),
+        restricted_admin.delete(URL),
+    ):
+        error = assert_error(response, 403, "forbidden")
+        assert "restricted to some features" in error["message"]
+    assert ProviderConnection.objects.get(tenant=tenant).admin_key == KEY
+
+
+def test_a_feature_restricted_key_cannot_read_the_reconciliation(restricted_admin, tenant, feature):
+    # The provider's reports are the organisation's: every other feature's spend is in them.
+    error = assert_error(restricted_admin.get("/api/v1/reconciliation"), 403, "forbidden")
+    assert "restricted to some features" in error["message"]

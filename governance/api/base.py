@@ -32,6 +32,13 @@ class TenantAPIView(APIView):
     permission_classes = [HasKeyRole]
     throttle_classes = [ApiKeyRateThrottle]
     required_role: str = KeyRole.SERVICE
+    # Set on views of tenant-wide objects: what a feature-restricted key may not do there (403).
+    whole_tenant_only: str = ""
+
+    def initial(self, request, *args, **kwargs):
+        super().initial(request, *args, **kwargs)  # authentication, role, rate limit
+        if self.whole_tenant_only:
+            self.require_whole_tenant(self.whole_tenant_only)
 
     def permission_denied(self, request, message=None, code=None):
         if request.auth is None:

@@ -62,6 +62,8 @@ class ProviderConnectionApi(TenantAPIView):
     """The tenant's Anthropic organisation connection. The admin key is never returned, only masked."""
 
     required_role = KeyRole.ADMIN
+    # Its keys and mapping serve every feature.
+    whole_tenant_only = "manage the provider connection"
 
     class ProviderConnectionInputSerializer(StrictSerializer):
         admin_key = SecretField(
@@ -187,6 +189,7 @@ class ProviderConnectionTestApi(TenantAPIView):
     """Call Anthropic's Admin API once with the saved connection and say what it answered."""
 
     required_role = KeyRole.ADMIN
+    whole_tenant_only = "manage the provider connection"
 
     class OutputSerializer(serializers.Serializer):
         ok = serializers.BooleanField()
@@ -310,6 +313,9 @@ class ReconciledFeatureDayOutput(serializers.Serializer):
 
 class ReconciliationApi(TenantAPIView):
     """Metered spend (the ledger) against the provider's usage (priced by our table) and cost."""
+
+    # The provider's reports cover the whole organisation: every feature's spend is in them.
+    whole_tenant_only = "read the reconciliation, which covers every feature"
 
     class ReconciliationQuerySerializer(StrictSerializer):
         start = DayField(required=False, help_text="First tenant-local day (default: 6 days before end)")

@@ -73,6 +73,12 @@ class ConnectionTest:
 def connection_test(*, admin_key: str, base_url: str | None = None, workspace_ids: list[str] | None = None,
                     now: datetime | None = None) -> ConnectionTest:
     """Call the Admin API once (the last full hour of the usage report) and say what it answered."""
+    if not admin_key:
+        # A connection may hold only the gateway's key; sending an empty one would only earn a 401.
+        return ConnectionTest(
+            False, "No Admin API key is saved, so there is no usage report to read: add one (sk-ant-admin…) "
+            "to sync usage and cost. The gateway's API key is not tested here.", None, 0,
+        )
     now = now or timezone.now()
     end = now.replace(minute=0, second=0, microsecond=0)
     started = time.monotonic()
