@@ -163,3 +163,36 @@ def test_outsider_cannot_report_to_or_read_another_tenant(outsider_api, api, fea
     api.post("/api/v1/usage", event(), format="json")
     assert_error(outsider_api.post("/api/v1/usage", event("x"), format="json"), 400, "unknown_feature")
     assert outsider_api.get("/api/v1/usage/summary").json()["total"]["calls"] == 0
+
+
+def _key_for(tenant, *features):
+    from governance.audit import Actor
+    from governance.services import api_key_create
+    from tests.conftest import make_client
+
+    return make_client(api_key_create(tenant=tenant, actor=Actor.system(), name="scoped", features=list(features))[1])
+
+
+def test_a_feature_restricted_key_sums_only_its_own_feature(api, tenant, feature):
+    # Given spend on the key's feature and on another one
+    from tests.factories import FeatureFactory
+
+    FeatureFactory(tenant=tenant, key="classifier")
+    api.post("/api/v1/usage", {"events": [event("a"), event("b", feature="classifier")]}, format="json")
+
+    # When a key restricted to support-bot asks for the summary without naming a feature
+    body = _key_for(tenant, feature).get("/api/v1/usage/summary").json()
+
+    # Then it sees its feature's call only, not the tenant's
+    assert body["total"]["calls"] == 1
+    assert [row["feature"] for row in body["rows"]] == ["support-bot"]
+
+
+def test_a_key_restricted_to_several_features_names_one(api, tenant, feature):
+    from tests.factories import FeatureFactory
+
+    other = FeatureFactory(tenant=tenant, key="classifier")
+    scoped = _key_for(tenant, feature, other)
+    error = assert_error(scoped.get("/api/v1/usage/summary"), 403, "forbidden")
+    assert "feature=" in error["message"]
+    assert scoped.get("/api/v1/usage/summary", {"feature": "classifier"}).status_code == 200

@@ -177,6 +177,11 @@ class UsageSummaryApi(TenantAPIView):
                 raise ApiError(f"No feature '{query['feature']}'.", code="unknown_feature",
                                details={"feature": query["feature"]})
             self.check_feature_access(feature)
+        elif self.key_features:
+            # A restricted key sees only its features' spend, and the summary sums one feature or all.
+            if len(self.key_features) != 1:
+                raise Forbidden("This API key is restricted to some features: name one with feature=KEY.")
+            feature = self.policy.feature_by_id(next(iter(self.key_features)))
         summary = selectors.usage_summary(
             tenant=self.tenant, start=start, end=end, group_by=query["group_by"], feature=feature
         )
