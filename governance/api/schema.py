@@ -24,8 +24,8 @@ TAGS: list[dict[str, str]] = [
     {"name": "usage", "description": "Report usage that had no hold (batch results). Service keys."},
     {
         "name": "reads",
-        "description": "A feature's policy, budgets' status, spend and the lever board. Service "
-        "and admin keys.",
+        "description": "Features' policies, budgets' status, spend, the lever board and the "
+        "reconciliation. Service and admin keys.",
     },
     {
         "name": "management",
@@ -39,7 +39,12 @@ TAG_ORDER = {tag["name"]: index for index, tag in enumerate(TAGS)}
 TAG_RULES: list[tuple[set[str], re.Pattern[str], str]] = [
     ({"GET", "POST"}, re.compile(r"^/api/v1/allowances(/|$)"), "allowances"),
     ({"POST"}, re.compile(r"^/api/v1/usage$"), "usage"),
-    ({"GET"}, re.compile(r"^/api/v1/(whoami|features/\{[^}]+\}|budgets|usage/summary|levers)$"), "reads"),
+    # Every read a service key may make (docs/api.md, Reads).
+    (
+        {"GET"},
+        re.compile(r"^/api/v1/(whoami|features(/\{[^}]+\})?|budgets(/\{[^}]+\})?|usage/summary|levers|reconciliation)$"),
+        "reads",
+    ),
 ]
 
 # Within a tag, the flow's order rather than the alphabet's.
