@@ -115,7 +115,10 @@ def exception_handler(exc: Exception, context: dict[str, Any]) -> Response | Non
     headers: dict[str, str] = {}
     if isinstance(exc, ApiError):
         set_rollback()
-        return Response(error_body(exc.error_code, str(exc.detail), exc.details), status=exc.status_code)
+        # Every 503 says when to retry (an allowance or commit that lost a race several times).
+        retry = {"Retry-After": "1"} if exc.status_code == status.HTTP_503_SERVICE_UNAVAILABLE else None
+        return Response(error_body(exc.error_code, str(exc.detail), exc.details), status=exc.status_code,
+                        headers=retry)
     if isinstance(exc, Http404):
         exc = exceptions.NotFound()
     elif isinstance(exc, PermissionDenied):
