@@ -246,6 +246,10 @@ class UsageFilterForm(forms.Form):
     service_tier = forms.ChoiceField(required=False, choices=[("", "All tiers"), *ServiceTier.choices])
     group_by = forms.MultipleChoiceField(choices=GROUPS, required=False, widget=forms.CheckboxSelectMultiple,
                                          initial=["day", "feature"])
+    off_hold = forms.BooleanField(
+        required=False, label="Only spend past a limit without a hold",
+        help_text="Calls no hold covered that took a block or downgrade budget past its limit.",
+    )
 
     def __init__(self, *args, features, models, today, **kwargs):
         super().__init__(*args, **kwargs)

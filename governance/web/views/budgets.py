@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import uuid
+from datetime import timedelta
 from decimal import Decimal
 
 from django.contrib import messages
@@ -15,11 +16,13 @@ from budgets import services
 from budgets.models import Period, Scope
 from budgets.selectors import budget_get, budget_list
 from governance import selectors
+from governance.api.fields import EARLIEST_DAY
 from governance.audit import Actor
 from governance.models import Role
-from governance.web import reports
+from governance.web import off_hold, reports
 from governance.web.access import page, tenant_page
 from governance.web.forms import BudgetForm, apply_service_errors
+from usage.date_range import MAX_RANGE_DAYS
 from usage.models import NANO
 
 
@@ -93,7 +96,12 @@ def budget_detail(request, budget_hex: str):
     if budget.scope == Scope.RUN:
         context["runs"] = reports.run_windows(budget=budget)
     else:
-        context["card"] = reports.budget_card(budget)
+        context["card"] = card = reports.budget_card(budget)
+        context["off_hold"] = off_hold.window_off_hold(budget=budget, window=card.window)
+        # The explorer's range for that window (a total budget's reaches back further than it shows).
+        today = reports.local_today(tenant)
+        context["off_hold_start"] = max(card.window.start.astimezone(tenant.tz).date(),
+                                        today - timedelta(days=MAX_RANGE_DAYS - 1), EARLIEST_DAY)
         if budget.period == Period.DAY:
             context["daily_svg"] = reports.daily_chart_for(budget=budget, tenant=tenant)
         elif budget.period != Period.TOTAL:

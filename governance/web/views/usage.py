@@ -5,12 +5,12 @@ from __future__ import annotations
 import csv
 from datetime import timedelta
 
-from django.http import HttpResponse
+from django.http import HttpResponse, QueryDict
 from django.template.defaultfilters import slugify
 
 from governance import selectors
 from governance.api.fields import nano_to_usd
-from governance.web import reports
+from governance.web import off_hold, reports
 from governance.web.access import page, tenant_page
 from governance.web.forms import UsageFilterForm
 
@@ -37,26 +37,41 @@ def usage_explorer(request):
         today=today,
         initial={"start": today - timedelta(days=DEFAULT_DAYS - 1), "end": today, "group_by": DEFAULT_GROUPS},
     )
-    rows, totals, group_by = [], {}, []
+    rows, totals, group_by, only_off_hold = [], {}, [], False
     start, end = today - timedelta(days=DEFAULT_DAYS - 1), today
     if data is None or form.is_valid():
         filters = form.cleaned_data if data is not None else {}
         start = filters.get("start") or start
         end = filters.get("end") or end
         group_by = filters.get("group_by") if data is not None else DEFAULT_GROUPS
-        rows, totals = reports.usage_rows(
-            tenant=tenant, start=start, end=end, group_by=group_by, feature=filters.get("feature"),
-            model=filters.get("model") or "", service_tier=filters.get("service_tier") or "",
-            # The table shows the first rows; the export has them all (rollups: a few per day at most).
-            limit=None if as_csv else reports.EXPLORER_MAX_ROWS,
-        )
+        only_off_hold = bool(filters.get("off_hold"))
+        scope = {"feature": filters.get("feature"), "model": filters.get("model") or "",
+                 "service_tier": filters.get("service_tier") or ""}
+        # The table shows the first rows; the export has them all (rollups: a few per day at most).
+        limit = None if as_csv else reports.EXPLORER_MAX_ROWS
+        if only_off_hold:
+            rows, totals = off_hold.off_hold_rows(tenant=tenant, start=start, end=end, group_by=group_by,
+                                                  limit=limit, **scope)
+        else:
+            rows, totals = reports.usage_rows(tenant=tenant, start=start, end=end, group_by=group_by,
+                                              limit=limit, **scope)
+            if not as_csv:
+                off_hold.off_hold_marked(rows, totals, tenant=tenant, start=start, end=end, group_by=group_by,
+                                         **scope)
         if as_csv:
             return _csv(tenant, start, end, group_by, rows, totals)
     csv_query = request.GET.copy()
     csv_query["format"] = "csv"
+    # The same view, only the spend past a limit without a hold (the badges link to it).
+    off_hold_query = query.copy() if data is not None else QueryDict(mutable=True)
+    if data is None:
+        off_hold_query.setlist("group_by", DEFAULT_GROUPS)
+    off_hold_query["off_hold"] = "on"
     return page(request, "web/usage.html", {
         "form": form, "rows": rows, "totals": totals, "group_by": group_by, "start": start, "end": end,
         "truncated": len(rows) >= reports.EXPLORER_MAX_ROWS, "csv_query": csv_query.urlencode(),
+        "only_off_hold": only_off_hold,
+        "off_hold_query": off_hold_query.urlencode(),
     })
 
 
