@@ -337,7 +337,16 @@ def test_a_feature_restricted_admin_key_cannot_touch_the_provider_connection(res
     assert ProviderConnection.objects.get(tenant=tenant).admin_key == KEY
 
 
-def test_a_feature_restricted_key_cannot_read_the_reconciliation(restricted_admin, tenant, feature):
-    # The provider's reports are the organisation's: every other feature's spend is in them.
-    error = assert_error(restricted_admin.get("/api/v1/reconciliation"), 403, "forbidden")
-    assert "restricted to some features" in error["message"]
+def test_a_feature_restricted_key_never_sees_the_organisations_days(restricted_admin, api, tenant, feature):
+    # Given spend metered today, which the whole tenant's reconciliation shows
+    day = date(2026, 11, 20)
+    UsageRollup.objects.create(tenant=tenant, feature=feature, model="claude-sonnet-4-5-20250929",
+                               family="sonnet", service_tier="standard", day=day, calls=1, cost_nano=NANO)
+    query = {"start": day.isoformat(), "end": day.isoformat()}
+    assert api.get("/api/v1/reconciliation", query).json()["days"][0]["metered_usd"] == "1.000000"
+
+    # When a key restricted to one feature reads it, the organisation's days (every feature's spend) are
+    # not in the answer; its features' rows are feature_days' business
+    body = restricted_admin.get("/api/v1/reconciliation", query).json()
+    assert body["days"] == []
+    assert [d["day"] for d in body["feature_days"]] == ["2026-11-20"]

@@ -314,9 +314,6 @@ class ReconciledFeatureDayOutput(serializers.Serializer):
 class ReconciliationApi(TenantAPIView):
     """Metered spend (the ledger) against the provider's usage (priced by our table) and cost."""
 
-    # The provider's reports cover the whole organisation: every feature's spend is in them.
-    whole_tenant_only = "read the reconciliation, which covers every feature"
-
     class ReconciliationQuerySerializer(StrictSerializer):
         start = DayField(required=False, help_text="First tenant-local day (default: 6 days before end)")
         end = DayField(required=False, help_text="Last tenant-local day (default: today)")
@@ -367,7 +364,9 @@ class ReconciliationApi(TenantAPIView):
                                details={"feature": query["feature"]})
             self.check_feature_access(feature)
             feature_ids = {feature.pk}
-        days = selectors.reconciliation_compute(tenant=self.tenant, start=start, end=end)
+        # The organisation's days hold every feature's spend: a feature-restricted key sees its
+        # features' rows in feature_days only.
+        days = [] if self.key_features else selectors.reconciliation_compute(tenant=self.tenant, start=start, end=end)
         feature_days = selectors.feature_reconciliation_compute(
             tenant=self.tenant, start=start, end=end, feature_ids=feature_ids
         )
