@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+from datetime import timedelta
 from io import StringIO
 
 from django.core.management import call_command
+from django.utils import timezone
 
 from budgets.models import Budget
 from governance.management.commands import seed_demo
@@ -12,6 +14,7 @@ from governance.models import Feature, Membership, Tenant
 from governance.notify.models import Alert, AlertChannel
 from usage.models import UsageEvent, UsageRollup
 from usage.provider.models import FeatureReconciliation
+from usage.provider.selectors import reconciliation_compute
 
 
 def test_seed_demo_is_idempotent_and_fills_the_dashboard(db, client, settings, tmp_path):
@@ -54,6 +57,12 @@ def test_seed_demo_is_idempotent_and_fills_the_dashboard(db, client, settings, t
     table = provider.split('id="feature-reconciliation"')[1].split("</table>")[0]
     assert all(spec.name in table for spec in seed_demo.FEATURES)
     assert "wrkspc_01DemoBatchJobs" in table and "Ledger higher" not in table and "Anthropic higher" not in table
+
+    # and the tenant's reconciliation has one real drift to click through: the Console's Sonnet two days ago
+    today = timezone.now().astimezone(tenant.tz).date()
+    days = reconciliation_compute(tenant=tenant, start=today - timedelta(days=3), end=today)
+    drifting = [d.day for d in (days.values() if isinstance(days, dict) else days) if d.drifting]
+    assert drifting == [today - timedelta(days=2)]
 
 
 def test_seed_demo_keeps_a_working_service_key_for_the_banner(db, settings, tmp_path):
