@@ -1,4 +1,4 @@
-"""A feature-restricted admin key cannot make or revoke a key broader than itself."""
+"""A feature-restricted admin key cannot make or revoke a key broader than itself, nor manage the tenant's alerts."""
 
 from __future__ import annotations
 
@@ -62,3 +62,44 @@ def test_an_unrestricted_admin_creates_any_key(admin_api, classifier):
     assert admin_api.post("/api/v1/keys", {"name": "all", "role": "admin"}, format="json").status_code == 201
     response = admin_api.post("/api/v1/keys", {"name": "c", "features": ["classifier"]}, format="json")
     assert response.status_code == 201
+
+
+# --- alert channels and alerts are the tenant's: a restricted key sees its features' budget alerts ---
+
+
+def test_a_restricted_admin_may_not_manage_alert_channels(restricted_admin, admin_api):
+    made = admin_api.post("/api/v1/alert-channels", {"name": "Finance", "kind": "email",
+                                                      "email_addresses": ["fin@acme.test"]}, format="json")
+    assert made.status_code == 201, made.content
+    path = f"/api/v1/alert-channels/{made.json()['id']}"
+    for answer in (
+        restricted_admin.get("/api/v1/alert-channels"),
+        restricted_admin.post("/api/v1/alert-channels", {"name": "x", "kind": "email",
+                                                         "email_addresses": ["a@b.test"]}, format="json"),
+        restricted_admin.get(path),
+        restricted_admin.patch(path, {"enabled": False}, format="json"),
+        restricted_admin.post(f"{path}/test"),
+        restricted_admin.delete(path),
+    ):
+        assert_error(answer, 403, "forbidden")
+    assert admin_api.get(path).json()["enabled"] is True
+
+
+def test_a_restricted_admin_reads_only_its_features_budget_alerts(restricted_admin, admin_api, tenant, feature,
+                                                                   classifier):
+    from governance.notify.alerts import alert_raise
+    from tests.factories import BudgetFactory
+
+    mine = BudgetFactory(tenant=tenant, name="Bot", scope="feature", feature=feature, limit_nano=10**9)
+    theirs = BudgetFactory(tenant=tenant, name="Classifier", scope="feature", feature=classifier, limit_nano=10**9)
+    company = BudgetFactory(tenant=tenant, name="Company", scope="tenant", limit_nano=10**10)
+    for budget in (mine, theirs, company):
+        alert_raise(tenant=tenant, kind="threshold", dedup_key=f"t:{budget.pk}", title=budget.name, body="",
+                    budget=budget)
+    alert_raise(tenant=tenant, kind="drift", dedup_key="drift:1", title="Drift", body="")
+
+    seen = restricted_admin.get("/api/v1/alerts").json()["results"]
+    assert [a["title"] for a in seen] == ["Bot"]
+    assert sorted(a["title"] for a in admin_api.get("/api/v1/alerts").json()["results"]) == [
+        "Bot", "Classifier", "Company", "Drift",
+    ]

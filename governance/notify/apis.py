@@ -145,6 +145,7 @@ def channel_or_404(tenant, channel_id: str) -> AlertChannel:
 
 class ChannelListApi(TenantAPIView):
     required_role = KeyRole.ADMIN
+    whole_tenant_only = "manage alert channels"
 
     @extend_schema(
         responses=inline_serializer("AlertChannelList", {"results": ChannelOutput(many=True)}),
@@ -166,6 +167,7 @@ class ChannelListApi(TenantAPIView):
 
 class ChannelDetailApi(TenantAPIView):
     required_role = KeyRole.ADMIN
+    whole_tenant_only = "manage alert channels"
 
     @extend_schema(responses=ChannelOutput, summary="One alert channel")
     def get(self, request, channel_id: str):
@@ -194,6 +196,7 @@ class ChannelDetailApi(TenantAPIView):
 
 class ChannelTestApi(TenantAPIView):
     required_role = KeyRole.ADMIN
+    whole_tenant_only = "manage alert channels"
 
     @extend_schema(
         request=None,
@@ -244,4 +247,7 @@ class AlertListApi(TenantAPIView):
     def get(self, request):
         query = self.validate(AlertListQuery, request.query_params.dict())
         alerts = selectors.alert_list(tenant=self.tenant, kind=query.get("kind"), budget_id=query.get("budget"))
+        if self.key_features:
+            # A feature-restricted key sees its features' budget alerts, not the tenant's other news.
+            alerts = alerts.filter(budget__feature_id__in=self.key_features)
         return Response({"results": AlertOutput(alerts[: query["limit"]], many=True).data})
