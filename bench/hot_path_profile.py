@@ -1,0 +1,201 @@
+"""The app's CPU per hot request, in process: a constant view, the allowance and the commit, then profiles.
+
+Calls the app's WSGI handler directly, as a gunicorn sync worker does (the same settings as
+``bench/server.py``: DEBUG off, the production middleware, PostgreSQL; Redis off unless
+``--redis``), with the bodies the throughput bench sends, and measures this process's CPU
+(``time.process_time``) around each request, so the database's share is out and other
+load on the machine moves the figures little. It prints, per request:
+
+- ``constant``: ``POST /api/v1/bench-constant``, a view answering a constant through the
+  same middleware and URL resolution (``bench/hot_path_urls.py``): the stack's own cost;
+- ``allowance``: ``POST /api/v1/allowances``;
+- ``commit``: ``POST /api/v1/allowances/{id}/commit`` of a fresh hold (its allowance is not timed);
+- ``floor``: ``bench/floor.py``'s WSGI app (one statement, no framework) with the same body;
+
+with the round trips to PostgreSQL each one makes (counted on the wire), then the top
+entries of a cProfile of the allowance and of the commit (cumulative time). gunicorn's own
+request handling (~0.3 ms here) is not in any of these figures; the throughput bench pays it
+for every load alike.
+
+    DATABASE_URL=postgres://postgres@127.0.0.1:5432/comptroller_bench \\
+        .venv/bin/python -m bench.hot_path_profile [--requests 2000] [--top 15] [--sort cumulative] [--redis]
+"""
+
+from __future__ import annotations
+
+import argparse
+import cProfile
+import io
+import json
+import os
+import pstats
+import re
+import statistics
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+ASK = json.dumps({"feature": "bench", "model": "claude-haiku-4-5", "input_tokens": 800, "max_tokens": 256}).encode()
+USAGE = json.dumps({"usage": {"input_tokens": 800, "output_tokens": 120}}).encode()
+HOLD_ID = re.compile(rb'"id":\s*"(hold_[0-9a-f]+)"')
+
+
+def environ_for(path: str, body: bytes, secret: str) -> dict:
+    """Return the WSGI environ gunicorn makes for wrk's POST (bench/wrk/common.lua)."""
+    return {
+        "REQUEST_METHOD": "POST", "SCRIPT_NAME": "", "PATH_INFO": path, "QUERY_STRING": "",
+        "RAW_URI": path, "SERVER_PROTOCOL": "HTTP/1.1", "SERVER_NAME": "127.0.0.1", "SERVER_PORT": "8765",
+        "REMOTE_ADDR": "127.0.0.1", "REMOTE_PORT": "40000", "CONTENT_TYPE": "application/json",
+        "CONTENT_LENGTH": str(len(body)), "HTTP_HOST": "127.0.0.1:8765", "HTTP_AUTHORIZATION": f"Bearer {secret}",
+        "wsgi.input": io.BytesIO(body), "wsgi.errors": sys.stderr, "wsgi.version": (1, 0),
+        "wsgi.url_scheme": "http", "wsgi.multithread": False, "wsgi.multiprocess": True, "wsgi.run_once": False,
+    }
+
+
+class Caller:
+    """Calls one WSGI app the way gunicorn does: the environ, start_response, the body read, close()."""
+
+    def __init__(self, app: Callable, secret: str) -> None:
+        self.app, self.secret = app, secret
+
+    def post(self, path: str, body: bytes, expected: int) -> bytes:
+        status: list[str] = []
+        result = self.app(environ_for(path, body, self.secret), lambda s, headers, exc_info=None: status.append(s))
+        try:
+            data = b"".join(result)
+        finally:
+            if hasattr(result, "close"):
+                result.close()  # Django's request_finished: old connections are closed or kept here
+        if not status[0].startswith(str(expected)):
+            raise SystemExit(f"{path} answered {status[0]}: {data[:300]!r}")
+        return data
+
+    def allowance(self) -> bytes:
+        return self.post("/api/v1/allowances", ASK, 201)
+
+    def hold(self) -> str:
+        match = HOLD_ID.search(self.allowance())
+        if match is None:
+            raise SystemExit("the allowance answered no hold id")
+        return match.group(1).decode()
+
+    def commit(self, hold_id: str) -> bytes:
+        return self.post(f"/api/v1/allowances/{hold_id}/commit", USAGE, 200)
+
+
+def cpu_ns(run: Callable[[], object], prepare: Callable[[], tuple] = tuple, n: int = 2000) -> list[int]:
+    """Return the CPU ns of each of n calls of ``run(*prepare())`` (``prepare`` not timed)."""
+    samples = []
+    for _ in range(n):
+        args = prepare()
+        t0 = time.process_time_ns()
+        run(*args)
+        samples.append(time.process_time_ns() - t0)
+    return samples
+
+
+def round_trips(run: Callable[[], object], prepare: Callable[[], tuple] = tuple, n: int = 20,
+                pgconn: Callable[[], object] | None = None) -> float:
+    """Return the round trips to PostgreSQL per call of ``run(*prepare())`` over n calls, on
+    Django's connection or the one ``pgconn()`` returns (counted on the wire)."""
+    from governance.postgresql.wire import RoundTrips
+    from governance.postgresql.wire import round_trips as django_round_trips
+
+    total = 0
+    for _ in range(n):
+        args = prepare()
+        with RoundTrips(pgconn()) if pgconn else django_round_trips() as count:
+            run(*args)
+        total += count.count
+    return total / n
+
+
+def profile(run: Callable[[], object], prepare: Callable[[], tuple], n: int, top: int, sort: str,
+            save: str = "") -> str:
+    profiler = cProfile.Profile(time.process_time)  # CPU only: the database's time is out
+    for _ in range(n):
+        args = prepare()
+        profiler.enable()
+        run(*args)
+        profiler.disable()
+    if save:
+        profiler.dump_stats(save)
+    out = io.StringIO()
+    stats = pstats.Stats(profiler, stream=out)
+    stats.strip_dirs().sort_stats(sort).print_stats(top)
+    return out.getvalue()
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--requests", type=int, default=2000)
+    parser.add_argument("--rounds", type=int, default=5, help="the requests in this many rounds, interleaved")
+    parser.add_argument("--top", type=int, default=15)
+    parser.add_argument("--sort", default="cumulative", help="pstats order: cumulative, tottime, ...")
+    parser.add_argument("--redis", action="store_true", help="keep REDIS_URL (the rate limit and policy version)")
+    parser.add_argument("--no-profile", action="store_true")
+    parser.add_argument("--save", default="", help="write each profile to SAVE-<request>.pstats")
+    args = parser.parse_args()
+
+    if not args.redis:
+        os.environ.pop("REDIS_URL", None)
+    from bench.floor import floor_setup
+    from bench.server import bench_env, setup_database
+
+    os.environ.update(bench_env())
+    os.environ["DJANGO_SETTINGS_MODULE"] = "governance.settings"
+    secret = setup_database()
+    dsn = os.environ["DATABASE_URL"].replace("postgres://", "postgresql://", 1)
+    floor_setup(dsn)
+    os.environ.update(BENCH_FLOOR_DSN=dsn, BENCH_KEY=secret)
+
+    import django
+
+    django.setup()
+    from django.conf import settings
+
+    settings.ROOT_URLCONF = "bench.hot_path_urls"
+    from django.core.wsgi import get_wsgi_application
+
+    from bench import floor
+
+    app = Caller(get_wsgi_application(), secret)
+    bare = Caller(floor.application, secret)
+    loads: dict[str, tuple[Callable, Callable[[], tuple]]] = {
+        "constant": (lambda: app.post("/api/v1/bench-constant", ASK, 201), tuple),
+        "allowance": (app.allowance, tuple),
+        "commit": (app.commit, lambda: (app.hold(),)),
+        "floor": (lambda: bare.post("/", ASK, 201), tuple),
+    }
+    for run, prepare in loads.values():  # imports, connections, prepared statements, caches
+        cpu_ns(run, prepare, 200)
+    print(f"{args.requests} requests each, in process, {args.rounds} rounds interleaved; "
+          f"Redis {'on' if args.redis else 'off'}")
+    # Each round runs every load in turn, so a burst of other load on the machine moves one
+    # round of each, not one load's figure; the figure is the median of the rounds' means.
+    size = max(1, args.requests // args.rounds)
+    samples: dict[str, list[list[int]]] = {name: [] for name in loads}
+    for _ in range(args.rounds):
+        for name, (run, prepare) in loads.items():
+            samples[name].append(cpu_ns(run, prepare, size))
+    print(f"{'request':<12}{'CPU ms':>8}{'rounds':>15}{'p50':>8}{'round trips':>13}")
+    for name, (run, prepare) in loads.items():
+        means = [statistics.fmean(chunk) / 1e6 for chunk in samples[name]]
+        p50 = statistics.median(ns for chunk in samples[name] for ns in chunk) / 1e6
+        trips = round_trips(run, prepare, pgconn=(lambda: floor._conn().pgconn) if name == "floor" else None)
+        print(f"{name:<12}{statistics.median(means):>8.3f}{f'{min(means):.3f}-{max(means):.3f}':>15}"
+              f"{p50:>8.3f}{trips:>13.2f}")
+    if args.no_profile:
+        return
+    for name in ("allowance", "commit"):
+        run, prepare = loads[name]
+        print(f"\n--- {name}: cProfile over {args.requests} requests, by {args.sort} ---")
+        save = f"{args.save}-{name}.pstats" if args.save else ""
+        print(profile(run, prepare, args.requests, args.top, args.sort, save))
+
+
+if __name__ == "__main__":
+    main()
