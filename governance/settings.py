@@ -41,17 +41,19 @@ INSTALLED_APPS = [
     "governance.notify",
 ]
 
+# governance.middleware.Web*: the web UI's middleware (WhiteNoise's, Django's), which /api/
+# requests go past: they carry a bearer key, never a cookie or a session.
 MIDDLEWARE = [
     "django.middleware.security.SecurityMiddleware",
-    "whitenoise.middleware.WhiteNoiseMiddleware",
+    "governance.middleware.WebWhiteNoiseMiddleware",
     "governance.middleware.ApiHttpsMiddleware",
     "governance.middleware.RejectNulMiddleware",
     "governance.middleware.ApiErrorMiddleware",
-    "django.contrib.sessions.middleware.SessionMiddleware",
+    "governance.middleware.WebSessionMiddleware",
     "django.middleware.common.CommonMiddleware",
-    "django.middleware.csrf.CsrfViewMiddleware",
-    "django.contrib.auth.middleware.AuthenticationMiddleware",
-    "django.contrib.messages.middleware.MessageMiddleware",
+    "governance.middleware.WebCsrfViewMiddleware",
+    "governance.middleware.WebAuthenticationMiddleware",
+    "governance.middleware.WebMessageMiddleware",
     "django.middleware.clickjacking.XFrameOptionsMiddleware",
 ]
 
