@@ -21,15 +21,13 @@ locked transaction in ``services._decide``; both apply the same rule.
 
 from __future__ import annotations
 
-import functools
-import json
-import uuid
 from collections.abc import Sequence
 from contextlib import nullcontext
-from datetime import date, datetime
+from datetime import datetime
 from functools import cache
 from typing import Any, TypeVar
 
+import orjson
 import psycopg
 from django.db import DEFAULT_DB_ALIAS, connection, connections, models, transaction
 from django.db.models.base import ModelState
@@ -103,19 +101,10 @@ def json_param(row: Any) -> Jsonb:
 
     One parameter for a whole row: psycopg keeps a statement's parsing between calls only
     up to 50 parameters, and adapting one JSON value costs less than adapting each column.
+    orjson writes it (datetimes, dates and UUIDs as PostgreSQL reads them) in a tenth of
+    the time the json module takes with a Python ``default``.
     """
-    return Jsonb(row, dumps=_dumps)
-
-
-def _json_value(value: Any) -> Any:
-    if isinstance(value, (datetime, date)):
-        return value.isoformat()
-    if isinstance(value, uuid.UUID):
-        return str(value)
-    raise TypeError(f"{type(value).__name__} is not JSON")
-
-
-_dumps = functools.partial(json.dumps, default=_json_value)
+    return Jsonb(row, dumps=orjson.dumps)
 
 
 def int_array(ids) -> str:

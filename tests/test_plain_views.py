@@ -3,13 +3,15 @@
 from __future__ import annotations
 
 import json
+from datetime import UTC
+from zoneinfo import ZoneInfo
 
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from budgets.apis import AllowanceInput
-from governance.api.plain import Fallback, FastInput
+from governance.api.plain import Fallback, FastInput, render, render_answer
 from tests.test_api_foundation import assert_error
 from usage.serializers import CommitInput
 
@@ -168,3 +170,29 @@ def test_the_hot_statements_stay_short_enough_for_psycopg_to_keep_them_parsed():
     for sql in (reserve._statement(), settle._settle_statement(), settle._read_statement()[0]):
         assert len(sql.encode()) <= _queries.MAX_CACHED_STATEMENT_LENGTH, "shorten it: see budgets/settle.py"
         assert len(set(re.findall(r"%\((\w+)\)s", sql))) <= _queries.MAX_CACHED_STATEMENT_PARAMS
+
+
+# Values of every kind an answer holds (no floats: no answer has one), times in several zones.
+ANSWER_VALUES = st.recursive(
+    st.one_of(
+        st.none(), st.booleans(), st.integers(-(2**70), 2**70), st.text(),
+        st.sampled_from(["\u2028", "a\u2029b", "é", "\x00", "</script>"]),
+        st.datetimes(timezones=st.sampled_from([UTC, ZoneInfo("UTC"), ZoneInfo("Europe/London"),
+                                                ZoneInfo("America/New_York"), ZoneInfo("Asia/Kolkata")])),
+    ),
+    lambda inner: st.one_of(st.lists(inner, max_size=4), st.dictionaries(st.text(max_size=8), inner, max_size=4)),
+    max_leaves=20,
+)
+
+
+@settings(max_examples=300, deadline=None)
+@given(ANSWER_VALUES)
+def test_an_answer_is_rendered_byte_for_byte_as_drf_renders_it(data):
+    assert render_answer(data) == render(data)
+
+
+def test_the_hot_answers_render_as_drf_renders_them(api, feature):
+    allowance = post(api, "/api/v1/allowances", ASK)
+    commit = post(api, f"/api/v1/allowances/{allowance.json()['id']}/commit", USAGE)
+    for response in (allowance, commit):
+        assert response.content == render(response.json()) == render(json.loads(response.content))

@@ -23,6 +23,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, cast
 
+import orjson
 from django.conf import settings
 from django.core import validators as django_validators
 from django.http import HttpRequest, HttpResponse
@@ -48,6 +49,24 @@ _ENCODER = encoders.JSONEncoder(ensure_ascii=False, allow_nan=False, separators=
 def render(data: Any) -> bytes:
     """Return ``data`` as DRF's JSONRenderer renders it here."""
     return _ENCODER.encode(data).replace("\u2028", "\\u2028").replace("\u2029", "\\u2029").encode()
+
+
+def render_answer(data: Any) -> bytes:
+    """Return a hot endpoint's answer byte for byte as ``render`` does, in a fraction of the time.
+
+    The answers are strings, integers, booleans, None and datetimes in dicts and lists:
+    orjson writes the first four as DRF's encoder does, and hands datetimes (and anything
+    else it does not know) to that encoder. It would write a float in exponent form
+    differently, which no answer holds; what it cannot write at all (an integer past 64
+    bits, a key that is no string) goes to ``render``.
+    """
+    try:
+        body = orjson.dumps(data, default=_ENCODER.default, option=orjson.OPT_PASSTHROUGH_DATETIME)
+    except TypeError:
+        return render(data)
+    if b"\xe2\x80\xa8" in body or b"\xe2\x80\xa9" in body:  # U+2028, U+2029: escaped, as DRF does
+        body = body.replace(b"\xe2\x80\xa8", b"\\u2028").replace(b"\xe2\x80\xa9", b"\\u2029")
+    return body
 
 
 class Fallback(Exception):
@@ -319,7 +338,7 @@ def plain_view(drf_view: type[TenantAPIView], handler: Handler) -> Callable[...,
             if not throttle.allow_request(_Throttled(key), None):
                 raise exceptions.Throttled(throttle.wait())
             data, status = handler(PlainCall(request, key, request.tenant_policy), **kwargs)  # type: ignore[attr-defined]
-            response = HttpResponse(render(data), status=status, content_type="application/json")
+            response = HttpResponse(render_answer(data), status=status, content_type="application/json")
         except Exception as exc:
             response = _error(exc)
         response["Allow"] = allow
