@@ -136,6 +136,7 @@ def main() -> None:
     parser.add_argument("--top", type=int, default=15)
     parser.add_argument("--sort", default="cumulative", help="pstats order: cumulative, tottime, ...")
     parser.add_argument("--redis", action="store_true", help="keep REDIS_URL (the rate limit and policy version)")
+    parser.add_argument("--loads", default="constant,allowance,commit,floor", help="the requests to measure")
     parser.add_argument("--no-profile", action="store_true")
     parser.add_argument("--profile", default="allowance,commit", help="the requests to profile")
     parser.add_argument("--save", default="", help="write each profile to SAVE-<request>.pstats")
@@ -171,6 +172,7 @@ def main() -> None:
         "commit": (app.commit, lambda: (app.hold(),)),
         "floor": (lambda: bare.post("/", ASK, 201), tuple),
     }
+    loads = {name: loads[name] for name in args.loads.split(",")}
     for run, prepare in loads.values():  # imports, connections, prepared statements, caches
         cpu_ns(run, prepare, 200)
     print(f"{args.requests} requests each, in process, {args.rounds} rounds interleaved; "
