@@ -26,6 +26,7 @@ from budgets.models import Budget, BudgetWindow, Enforcement, Hold, HoldState, P
 from budgets.periods import EPOCH, window_bounds
 from budgets.policy import TenantPolicy, policy_changed, tenant_policy
 from governance.audit import Actor, audit_record, audit_update, audited_delete
+from governance.instances import instance_new
 from governance.models import ApiKey, Feature, Tenant
 from governance.transactions import MAX_ATTEMPTS, is_retryable
 from usage.models import ServiceTier, Speed, UsageEvent, UsageSource
@@ -579,8 +580,8 @@ def _decide(tenant, api_key, feature, req, max_tokens, clamped, fingerprint, pol
     union = {b.pk: b for bs in per_candidate.values() for b in bs}
     id_by_budget = _window_ids(policy, list(union.values()), tenant=tenant, at=now, run_id=req.run_id)
     window_ids = {m: [id_by_budget[b.pk] for b in per_candidate[m]] for m in candidates}
-    hold = Hold(
-        tenant_id=tenant.pk, feature_id=feature.pk, api_key_id=api_key.pk if api_key else None, run_id=req.run_id,
+    hold = instance_new(
+        Hold, tenant_id=tenant.pk, feature_id=feature.pk, api_key_id=api_key.pk if api_key else None, run_id=req.run_id,
         requested_model=req.model, model=canonical_model(req.model), decision="granted",
         max_tokens=max_tokens, clamped=clamped, service_tier=req.service_tier, inference_geo=req.inference_geo,
         speed=req.speed, max_web_searches=req.max_web_searches, input_tokens=req.input_tokens,

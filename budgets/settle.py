@@ -33,14 +33,8 @@ from django.db import connection, models, transaction
 from psycopg.types.json import Jsonb
 
 from budgets.models import Budget, BudgetWindow, Enforcement, Hold, HoldState
-from budgets.reserve import (
-    WINDOW_COLUMNS,
-    hot_cursor,
-    int_array,
-    json_param,
-    model_from_row,
-    window_from_row,
-)
+from budgets.reserve import WINDOW_COLUMNS, hot_cursor, int_array, json_param, window_from_row
+from governance.instances import instance_from_row
 from usage.models import UsageEvent, UsageRollup
 from usage.services import ROLLUP_HISTOGRAMS, rollup_delta
 
@@ -76,7 +70,7 @@ def hold_read(*, tenant_id: int, hold_id) -> Hold | None:
         row = cursor.fetchone()
     if row is None:
         return None
-    return model_from_row(Hold, [json.loads(v) if i in json_at and v is not None else v for i, v in enumerate(row)])
+    return instance_from_row(Hold, [json.loads(v) if i in json_at and v is not None else v for i, v in enumerate(row)])
 
 
 @cache

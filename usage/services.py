@@ -15,6 +15,7 @@ from typing import Any
 from django.db import IntegrityError, connection, transaction
 from django.utils import timezone
 
+from governance.instances import instance_new
 from governance.models import ApiKey, Feature, Tenant
 from usage.models import (
     HISTOGRAM_SIZE,
@@ -89,7 +90,8 @@ def usage_event_build(
     model = price.model if priced and price is not None else item.model
     family = price.family if priced and price is not None else (model_family(item.model) or "")
     u = item.usage
-    return UsageEvent(
+    return instance_new(
+        UsageEvent,
         tenant=tenant,
         feature=item.feature,
         api_key=api_key,
