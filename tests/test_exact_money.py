@@ -8,11 +8,14 @@ from __future__ import annotations
 
 from concurrent.futures import ThreadPoolExecutor
 from datetime import timedelta
+from decimal import Decimal
 
 import httpx
 import pytest
 import time_machine
 from django.utils import timezone
+from hypothesis import given
+from hypothesis import strategies as st
 
 from budgets.models import BudgetWindow, Hold
 from budgets.services import budget_create, holds_expire
@@ -22,6 +25,7 @@ from governance.services import api_key_create
 from tests.factories import BudgetFactory, FeatureFactory, TenantFactory
 from tests.test_api_foundation import assert_error
 from usage.models import UsageEvent
+from usage.money import nano_to_usd
 
 NANO = 1_000_000_000
 
@@ -250,3 +254,10 @@ def test_a_restricted_admin_key_manages_only_its_own_features(api, admin_api, te
                                          "limit_usd": "2"}, format="json")
     assert mine.status_code == 201, mine.content
     assert other.key == "other"
+
+
+@given(st.integers(-(10**20), 10**20) | st.sampled_from([0, 1, -1, 999_999_999, 10**9, -(10**9), 12_500_000]))
+def test_nano_usd_is_written_in_integers_as_the_decimal_formula_writes_it(nano):
+    value = (Decimal(nano) / NANO).quantize(Decimal("0.000000001"))
+    whole, _, frac = f"{value:f}".rstrip("0").partition(".")
+    assert nano_to_usd(nano) == f"{whole}.{frac.ljust(6, '0')}"
