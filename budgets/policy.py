@@ -20,6 +20,8 @@ import threading
 import time
 import uuid
 from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any
 
 from django.core.cache import cache
 from django.db import transaction
@@ -44,6 +46,9 @@ class TenantPolicy:
     api_keys: dict[str, ApiKey | None] = field(default_factory=dict)  # by prefix
     key_features: dict[uuid.UUID, frozenset] = field(default_factory=dict)
     window_ids: dict[tuple, int] = field(default_factory=dict)
+    # Worked out from the above per request before; kept here, so dropped with the policy.
+    window_bounds: dict[Any, tuple[datetime, datetime | None]] = field(default_factory=dict)  # by budget id
+    applicable: dict[tuple, list[Budget]] = field(default_factory=dict)  # by (feature id, model, run or not)
 
     def feature_by_id(self, pk) -> Feature | None:
         return next((f for f in self.features.values() if f.pk == pk), None)

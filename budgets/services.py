@@ -320,6 +320,16 @@ def _applicable(budgets: list[Budget], *, feature: Feature, model: str, run_id: 
     return [b for b in budgets if b.applies_to(feature=feature, family=family, run_id=run_id)]
 
 
+def _applicable_memo(policy: TenantPolicy, budgets: list[Budget], *, feature: Feature, model: str,
+                     run_id: str) -> list[Budget]:
+    """``_applicable`` over the policy's budgets (less run budgets without a run), kept with the policy."""
+    key = (feature.pk, model, bool(run_id))
+    found = policy.applicable.get(key)
+    if found is None:
+        found = policy.applicable[key] = _applicable(budgets, feature=feature, model=model, run_id=run_id)
+    return found
+
+
 def _over_limit(window: BudgetWindow, *, charged_nano: int, charged_tokens: int) -> bool:
     """Return whether a charge not covered by a hold took an enforcing window past its limit."""
     budget = window.budget
@@ -532,7 +542,12 @@ def _window_ids(policy: TenantPolicy, budgets: list[Budget], *, tenant: Tenant, 
     keys = {}
     missing: dict[WindowKey, tuple[Budget, datetime | None]] = {}
     for budget in budgets:
-        key, end = window_key(budget, tenant=tenant, at=at, run_id=run_id)
+        # The window's bounds in the tenant's zone, kept with the policy while ``at`` is inside them.
+        bounds = policy.window_bounds.get(budget.pk)
+        if bounds is None or not (bounds[0] <= at and (bounds[1] is None or at < bounds[1])):
+            bounds = policy.window_bounds[budget.pk] = window_bounds(budget.period, at, tenant.tz)
+        start, end = bounds
+        key = (budget.pk, start, run_id if budget.scope == Scope.RUN else "")
         keys[budget.pk] = key
         if key not in policy.window_ids:
             missing[key] = (budget, end)
@@ -572,7 +587,8 @@ def _decide(tenant, api_key, feature, req, max_tokens, clamped, fingerprint, pol
     candidates = [req.model]
     if any(b.enforcement == Enforcement.DOWNGRADE for b in budgets):
         candidates += [m for m in feature.fallback_models if is_priced(m) and m != req.model]
-    per_candidate = {m: _applicable(budgets, feature=feature, model=m, run_id=req.run_id) for m in candidates}
+    per_candidate = {m: _applicable_memo(policy, budgets, feature=feature, model=m, run_id=req.run_id)
+                     for m in candidates}
     amounts = {
         m: worst_case_nano(m, planned, service_tier=req.service_tier, inference_geo=req.inference_geo, speed=req.speed)
         for m in candidates
