@@ -79,9 +79,10 @@ class RejectNulMiddleware:
 
     def __call__(self, request):
         where = ["path"] if unfit_char(request.path) else []
-        where += [
-            name for name, values in request.GET.lists() if unfit_char(name) or any(map(unfit_char, values))
-        ]
+        if request.META.get("QUERY_STRING"):  # most calls have none: no QueryDict to build
+            where += [
+                name for name, values in request.GET.lists() if unfit_char(name) or any(map(unfit_char, values))
+            ]
         if not where:
             return self.get_response(request)
         message = "The URL must not contain the NUL character or a lone UTF-16 surrogate."
