@@ -19,7 +19,7 @@ from typing import Any
 from django.core.cache import caches
 from django.core.cache.backends.base import DEFAULT_TIMEOUT, BaseCache
 from django.core.cache.backends.locmem import LocMemCache
-from django.core.cache.backends.redis import RedisCache
+from django.core.cache.backends.redis import RedisCache, RedisCacheClient
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import ReadOnlyError
 from redis.exceptions import TimeoutError as RedisTimeoutError
@@ -105,11 +105,34 @@ def _add_or_incr(cache: BaseCache, key: str, ttl: int) -> int:
         return 1
 
 
+class _KeptClient(RedisCacheClient):
+    """Django's Redis cache client, keeping one ``redis.Redis`` per connection pool.
+
+    Django makes a new one for every operation; its ``__init__`` (the response callbacks
+    copied, the options sorted out) cost more CPU than the GET it was made for (a cache
+    GET took 200-230 us against 65-115 us for redis-py's own, kept client). The pools,
+    and so the connections, were always shared; a Redis client is safe to share between
+    threads, and its pool reconnects in a forked process.
+    """
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._clients: dict[int, Any] = {}
+
+    def get_client(self, key=None, *, write=False):
+        index = self._get_connection_pool_index(write)
+        client = self._clients.get(index)
+        if client is None:
+            client = self._clients[index] = self._client(connection_pool=self._get_connection_pool(write))
+        return client
+
+
 class FallbackRedisCache(RedisCache):
     """Django's Redis cache, answering from a per-process memory cache while Redis is unreachable."""
 
     def __init__(self, server: str, params: dict[str, Any]) -> None:
         super().__init__(server, params)
+        self._class = _KeptClient
         # LocMemCache keeps its data per name and process, so every thread shares this one.
         local_params = {key: value for key, value in params.items() if key != "OPTIONS"}
         self._local = LocMemCache(f"redis-fallback:{server}", {**local_params, "OPTIONS": {"MAX_ENTRIES": 10_000}})
