@@ -51,7 +51,8 @@ MIDDLEWARE = [
     "governance.middleware.ApiErrorMiddleware",
     "governance.middleware.WebSessionMiddleware",
     "django.middleware.common.CommonMiddleware",
-    "governance.middleware.WebCsrfViewMiddleware",
+    # Django's own: check --deploy (security.W003) knows only it, and every API view is CSRF-exempt.
+    "django.middleware.csrf.CsrfViewMiddleware",
     "governance.middleware.WebAuthenticationMiddleware",
     "governance.middleware.WebMessageMiddleware",
     "django.middleware.clickjacking.XFrameOptionsMiddleware",
