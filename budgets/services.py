@@ -506,10 +506,9 @@ def allowance_request(
     if cap is not None and clamped:
         max_tokens = cap
     fingerprint = req.fingerprint()
-    if req.idempotency_key:
-        replay = _replay(tenant, req.idempotency_key, fingerprint)
-        if replay is not None:
-            return replay
+    # A repeated idempotency key is found by the hold's unique constraint, not by a read
+    # first: the insert fails, nothing is written, and the first request's answer is
+    # replayed. A new key (nearly every request) then costs no extra round trip.
     for attempt in range(1, MAX_ATTEMPTS + 1):
         try:
             return _decide(tenant, api_key, feature, req, max_tokens, clamped, fingerprint, policy)

@@ -50,3 +50,22 @@ def test_a_commit_is_the_holds_read_and_one_statement(warm_api):
     assert response.json()["state"] == "committed"
     assert trips.count == 2, trips.sent
 
+
+
+def test_an_allowance_with_a_new_idempotency_key_is_one_round_trip(warm_api):
+    """The client sends a key with every allowance; a new one is found new by the insert, not by a read first."""
+    with round_trips() as trips:
+        response = post(warm_api, "/api/v1/allowances", {**ASK, "idempotency_key": "cc_new_key_1"})
+    assert response.status_code == 201
+    assert trips.count == 1, trips.sent
+
+
+def test_a_repeated_idempotency_key_replays_the_first_answer(warm_api):
+    first = post(warm_api, "/api/v1/allowances", {**ASK, "idempotency_key": "cc_repeat"})
+    again = post(warm_api, "/api/v1/allowances", {**ASK, "idempotency_key": "cc_repeat"})
+    assert first.status_code == again.status_code == 201
+    assert again.json()["id"] == first.json()["id"]
+    other = post(warm_api, "/api/v1/allowances", {**ASK, "max_tokens": 51, "idempotency_key": "cc_repeat"})
+    assert other.status_code == 409
+    assert other.json()["error"]["code"] == "conflict"
+
