@@ -160,11 +160,10 @@ def main() -> None:
     from django.conf import settings
 
     settings.ROOT_URLCONF = "bench.hot_path_urls"
-    from django.core.wsgi import get_wsgi_application
-
     from bench import floor
+    from governance.hot_handler import HotPathHandler  # what governance.wsgi serves
 
-    app = Caller(get_wsgi_application(), secret)
+    app = Caller(HotPathHandler(), secret)
     bare = Caller(floor.application, secret)
     loads: dict[str, tuple[Callable, Callable[[], tuple]]] = {
         "constant": (lambda: app.post("/api/v1/bench-constant", ASK, 201), tuple),

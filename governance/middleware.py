@@ -129,10 +129,10 @@ class ApiErrorMiddleware:
         if is_api(request) and response.status_code >= 400 and not response.get(
             "Content-Type", ""
         ).startswith("application/json"):
-            return self._json_for(response)
+            return self.json_for(response)
         return response
 
-    def _json_for(self, response):
+    def json_for(self, response):
         """Return the contract's JSON error for a response Django or a library rendered otherwise."""
         status = response.status_code
         messages = {

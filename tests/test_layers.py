@@ -45,6 +45,7 @@ PLACES = {
     "governance.middleware": INTERFACE,
     "governance.health": INTERFACE,
     "governance.handlers": INTERFACE,
+    "governance.hot_handler": INTERFACE,
     "governance.notify": DELIVERY,
     "governance.notify.models": ALERTS,
     "governance.notify.alerts": ALERTS,

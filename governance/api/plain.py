@@ -348,6 +348,7 @@ def plain_view(drf_view: type[TenantAPIView], handler: Handler) -> Callable[...,
     view.cls = fallback.cls  # type: ignore[attr-defined]
     view.initkwargs = fallback.initkwargs  # type: ignore[attr-defined]
     view.csrf_exempt = True  # type: ignore[attr-defined]  # bearer keys, no cookies
+    view.hot = True  # type: ignore[attr-defined]  # governance.hot_handler answers it past the middleware chain
     return view
 
 
