@@ -150,11 +150,10 @@ def test_transient_errors_are_retried_then_succeed(fake, make):
 
 
 def test_a_refused_request_is_not_retried(fake, make):
-    client = make(fake.url)
-    client._sync_http.headers["Authorization"] = "Bearer wrong"
+    fake.secret = "cpt_another_secret"  # the key the client holds is not (or no longer) Comptroller's
 
     with pytest.raises(ApiError) as caught:
-        client.reserve("support-bot", "claude-sonnet-4-5", 1, 1)
+        make(fake.url).reserve("support-bot", "claude-sonnet-4-5", 1, 1)
 
     assert (caught.value.status, caught.value.code) == (401, "unauthenticated")
     assert fake.count("POST", "/api/v1/allowances") == 1

@@ -1,0 +1,224 @@
+"""How the client's requests travel: kept connections, `Connection: close`, stale connections, proxies, transports."""
+
+from __future__ import annotations
+
+import json
+import socket
+import threading
+from dataclasses import dataclass, field
+
+import httpx
+import pytest
+from comptroller_client import Comptroller, ComptrollerUnavailable
+from pytest_httpserver import HTTPServer
+
+from tests.client_stubs import FakeComptroller
+
+GRANT = {"id": "hold_1", "granted": True, "decision": "granted", "reason": None, "model": "claude-sonnet-4-5",
+         "max_tokens": 256, "clamped": False, "reserved_usd": "0.004000", "reserved_tokens": 356,
+         "expires_at": "2026-12-02T12:10:00Z", "budgets": []}
+POLICY = {"key": "support-bot", "name": "Support", "fail_mode": "closed", "max_tokens_cap": None}
+
+
+@dataclass
+class WireServer:
+    """Comptroller's allowance on a bare socket, to control each connection.
+
+    ``keep_alive``: answer HTTP/1.1 keep-alive, else ``Connection: close`` (gunicorn's sync workers).
+    ``drop_second``: on each connection, close without answering when the second request arrives
+    (as a server that timed the idle connection out just as it was used).
+    """
+
+    keep_alive: bool = True
+    drop_second: bool = False
+    connections: int = 0
+    requests: list[tuple[str, str, dict]] = field(default_factory=list)
+    _sockets: list[socket.socket] = field(default_factory=list)
+
+    def start(self) -> WireServer:
+        self.listener = socket.create_server(("127.0.0.1", 0))
+        self.url = f"http://127.0.0.1:{self.listener.getsockname()[1]}"
+        threading.Thread(target=self._accept, daemon=True).start()
+        return self
+
+    def stop(self) -> None:
+        self.listener.close()
+        for sock in self._sockets:
+            sock.close()
+
+    def close_idle(self) -> None:
+        """Close every connection from this side, as a server does when its keep-alive timeout passes."""
+        for sock in self._sockets:
+            sock.shutdown(socket.SHUT_RDWR)
+
+    def _accept(self) -> None:
+        while True:
+            try:
+                sock, _ = self.listener.accept()
+            except OSError:
+                return
+            self.connections += 1
+            self._sockets.append(sock)
+            threading.Thread(target=self._serve, args=(sock,), daemon=True).start()
+
+    def _serve(self, sock: socket.socket) -> None:
+        reader = sock.makefile("rb")
+        served = 0
+        try:
+            while True:
+                request_line = reader.readline()
+                if not request_line:
+                    return
+                headers = {}
+                while (line := reader.readline()) not in (b"\r\n", b""):
+                    name, _, value = line.decode().partition(":")
+                    headers[name.strip().lower()] = value.strip()
+                body = reader.read(int(headers.get("content-length") or 0))
+                method, path, _ = request_line.decode().split(" ", 2)
+                self.requests.append((method, path, json.loads(body) if body else {}))
+                served += 1
+                if self.drop_second and served == 2:
+                    return
+                answer = json.dumps(POLICY if method == "GET" else GRANT).encode()
+                status = "200 OK" if method == "GET" else "201 Created"
+                connection = "keep-alive" if self.keep_alive else "close"
+                sock.sendall(f"HTTP/1.1 {status}\r\nContent-Type: application/json\r\nConnection: {connection}\r\n"
+                             f"Content-Length: {len(answer)}\r\n\r\n".encode() + answer)
+                if not self.keep_alive:
+                    return
+        except OSError:
+            return
+        finally:
+            reader.close()
+            sock.close()
+
+
+@pytest.fixture
+def wire():
+    servers: list[WireServer] = []
+
+    def start(**options) -> WireServer:
+        servers.append(WireServer(**options).start())
+        return servers[-1]
+
+    yield start
+    for server in servers:
+        server.stop()
+
+
+@pytest.fixture
+def make(tmp_path):
+    made: list[Comptroller] = []
+
+    def build(url: str, **options) -> Comptroller:
+        options.setdefault("backoff", 0)
+        options.setdefault("breaker_seconds", 0)
+        options.setdefault("flush_interval", 0)
+        options.setdefault("spool_dir", str(tmp_path / "spool"))
+        made.append(Comptroller(url, "cpt_test_secret", **options))
+        return made[-1]
+
+    yield build
+    for client in made:
+        client.close(timeout=1)
+
+
+def reserve(client: Comptroller):
+    return client.reserve("support-bot", "claude-sonnet-4-5", 100, 256, idempotency_key="wire-test")
+
+
+def test_a_server_that_keeps_connections_alive_is_asked_on_one_connection(wire, make):
+    server = wire(keep_alive=True)
+    client = make(server.url)
+
+    allowances = [reserve(client) for _ in range(3)]
+
+    assert all(a.granted for a in allowances)
+    assert [(m, p) for m, p, _ in server.requests] == [("GET", "/api/v1/features/support-bot")] + [
+        ("POST", "/api/v1/allowances")] * 3
+    assert server.connections == 1
+
+
+def test_a_server_that_closes_each_connection_is_asked_on_a_new_one_each_time(wire, make):
+    server = wire(keep_alive=False)
+    client = make(server.url)
+
+    allowances = [reserve(client) for _ in range(3)]
+
+    assert all(a.granted for a in allowances)
+    assert server.connections == 4  # the policy and three allowances
+
+
+def test_a_kept_connection_the_server_closed_is_not_used(wire, make):
+    server = wire(keep_alive=True)
+    client = make(server.url)
+    reserve(client)
+
+    server.close_idle()
+    allowance = reserve(client)
+
+    assert allowance.granted
+    assert server.connections == 2
+    assert len([r for r in server.requests if r[0] == "POST"]) == 2
+
+
+def test_a_kept_connection_closed_as_it_is_used_is_tried_once_more_on_a_new_one(wire, make):
+    server = wire(keep_alive=True, drop_second=True)
+    client = make(server.url, max_retries=0)  # the resend is the connection's, not a retry of the client's
+    client.feature_policy("support-bot")
+
+    allowance = reserve(client)
+
+    assert allowance.granted
+    assert server.connections == 2
+    sent = [body for method, _, body in server.requests if method == "POST"]
+    assert len(sent) == 2 and sent[0] == sent[1]  # the same idempotency key: held once on the server
+
+
+def test_a_server_that_is_not_there_is_unavailable(make):
+    with socket.create_server(("127.0.0.1", 0)) as placeholder:
+        url = f"http://127.0.0.1:{placeholder.getsockname()[1]}"
+    client = make(url, max_retries=1)
+
+    with pytest.raises(ComptrollerUnavailable, match="ConnectError"):
+        reserve(client)
+
+
+def test_a_server_that_does_not_answer_in_time_is_a_timeout_and_not_retried(make):
+    with socket.create_server(("127.0.0.1", 0)) as silent:
+        client = make(f"http://127.0.0.1:{silent.getsockname()[1]}", timeout=0.2, fail_mode="closed")
+
+        with pytest.raises(ComptrollerUnavailable, match="ReadTimeout"):
+            reserve(client)
+
+
+def test_an_injected_transport_carries_every_request(make):
+    seen: list[httpx.Request] = []
+
+    def answer(request: httpx.Request) -> httpx.Response:
+        seen.append(request)
+        return httpx.Response(201, json=GRANT)
+
+    client = make("https://comptroller.example", transport=httpx.MockTransport(answer), fail_mode="closed")
+
+    allowance = reserve(client)
+
+    assert allowance.granted and allowance.id == "hold_1"
+    (request,) = seen
+    assert str(request.url) == "https://comptroller.example/api/v1/allowances"
+    assert request.headers["authorization"] == "Bearer cpt_test_secret"
+    assert json.loads(request.content)["idempotency_key"] == "wire-test"
+
+
+def test_a_proxy_named_in_the_environment_is_used(httpserver: HTTPServer, make, monkeypatch):
+    # The fake answers as the proxy would, after forwarding to a host this machine cannot resolve.
+    fake = FakeComptroller(httpserver, policies={"support-bot": POLICY}).install()
+    monkeypatch.setenv("HTTP_PROXY", fake.url)
+    monkeypatch.delenv("NO_PROXY", raising=False)
+    monkeypatch.delenv("no_proxy", raising=False)
+    client = make("http://comptroller.invalid")
+
+    allowance = reserve(client)
+
+    assert allowance.granted
+    assert fake.count("POST", "/api/v1/allowances") == 1
