@@ -183,3 +183,58 @@ def hold_settle(hold: Hold, event: UsageEvent, *, moves: dict[int, tuple[int, in
         return None
     windows = [window_from_row(row[2:]) for row in rows if row[2] is not None]
     return Settled(windows=windows, off_hold=off_hold)
+
+
+@cache
+def _release_statement() -> str:
+    """Return the release's SQL (built once): lock the hold, then its windows, in the global lock order."""
+    hold, window = Hold._meta.db_table, BudgetWindow._meta.db_table
+    columns = ", ".join(f'h."{f.column}"' for f in Hold._meta.concrete_fields)
+    sql = f"""
+WITH held AS (
+    SELECT {columns} FROM {hold} h
+    WHERE h.id = %(hold_id)s AND h.tenant_id = %(tenant_id)s AND h.state <> '{HoldState.DENIED}'
+      AND (%(any_feature)s OR h.feature_id = ANY(%(feature_ids)s::uuid[]))
+    FOR UPDATE
+), locked AS (
+    SELECT w.id FROM {window} w, held
+    WHERE held.state = '{HoldState.HELD}'
+      AND w.id IN (SELECT jsonb_array_elements_text(held.window_ids)::int8)
+    ORDER BY w.id
+    FOR UPDATE OF w
+), moved AS (
+    UPDATE {window} w
+    SET reserved_nano = w.reserved_nano - held.amount_nano, reserved_tokens = w.reserved_tokens - held.tokens
+    FROM held
+    WHERE w.id IN (SELECT id FROM locked)
+), finished AS (
+    UPDATE {hold} h SET state = '{HoldState.RELEASED}', finished_at = %(now)s
+    FROM held
+    WHERE h.id = held.id AND held.state IN ('{HoldState.HELD}', '{HoldState.EXPIRED}')
+)
+SELECT * FROM held
+"""
+    return " ".join(sql.split())
+
+
+def hold_release(*, tenant_id: int, hold_id, feature_ids: frozenset, now: datetime) -> Hold | None:
+    """Release the tenant's hold in one statement; return it as it was before, or None when there is none.
+
+    A held hold gives its reservation back to its windows and is marked released; an
+    expired one (its reservation already returned) is marked released; a released or
+    committed one is left as it is, for the caller to answer. A key restricted to
+    ``feature_ids`` sees only those features' holds.
+    """
+    _, json_at = _read_statement()
+    params = {
+        "hold_id": hold_id, "tenant_id": tenant_id, "now": now, "any_feature": not feature_ids,
+        "feature_ids": "{" + ",".join(str(i) for i in feature_ids) + "}",
+    }
+    with transaction.atomic() if connection.in_atomic_block else nullcontext():
+        cursor = hot_cursor()
+        with connection.wrap_database_errors:
+            cursor.execute(_release_statement(), params, prepare=True)
+            row = cursor.fetchone()
+    if row is None:
+        return None
+    return instance_from_row(Hold, [json.loads(v) if i in json_at and v is not None else v for i, v in enumerate(row)])

@@ -69,3 +69,15 @@ def test_a_repeated_idempotency_key_replays_the_first_answer(warm_api):
     assert other.status_code == 409
     assert other.json()["error"]["code"] == "conflict"
 
+
+
+def test_a_release_is_one_statement(warm_api):
+    first = post(warm_api, "/api/v1/allowances", ASK).json()["id"]
+    assert post(warm_api, f"/api/v1/allowances/{first}/release", {}).status_code == 200  # prepares the statement
+    hold = post(warm_api, "/api/v1/allowances", ASK).json()["id"]
+    with round_trips() as trips:
+        response = post(warm_api, f"/api/v1/allowances/{hold}/release", {})
+    assert response.status_code == 200 and response.json()["state"] == "released"
+    assert trips.count == 1, trips.sent
+    again = post(warm_api, f"/api/v1/allowances/{hold}/release", {})
+    assert again.status_code == 200 and again.json()["state"] == "released"
