@@ -127,18 +127,23 @@ def main() -> None:
         comptroller.flush()
         times: dict[str, list[float]] = {"bare": [], "governed": []}
         cpu: dict[str, float] = {"bare": 0.0, "governed": 0.0}
+        in_flight = 0  # governed calls that began while the sender still had the previous report
         for _ in range(args.calls):
             for name, client in (("bare", bare), ("governed", wrapped)):
+                if name == "governed" and len(comptroller.spool):
+                    in_flight += 1
                 started, started_cpu = time.perf_counter(), time.thread_time()
                 call(client)
                 times[name].append(time.perf_counter() - started)
                 cpu[name] += time.thread_time() - started_cpu
                 time.sleep(args.pause)
         parts: dict[str, list[float]] = {"allowance alone": [], "local estimate": []}
+        allowance_cpu = 0.0
         for _ in range(args.calls):
-            started = time.perf_counter()
+            started, started_cpu = time.perf_counter(), time.thread_time()
             allowance = comptroller.reserve("bench", "claude-sonnet-4-5", 400, 1024)
             parts["allowance alone"].append(time.perf_counter() - started)
+            allowance_cpu += time.thread_time() - started_cpu
             comptroller.release_later(allowance)
             time.sleep(args.pause)
             started = time.perf_counter()
@@ -162,7 +167,9 @@ def main() -> None:
     print(f"{'cpu/call':10}{bare_cpu:10.2f}{governed_cpu:14.2f}{governed_cpu - bare_cpu:11.2f}"
           "   (the calling thread's own CPU)")
     print("the governed call's parts, p50 ms: " + ", ".join(
-        f"{name} {percentile_ms(samples)['p50']:.2f}" for name, samples in parts.items()))
+        f"{name} {percentile_ms(samples)['p50']:.2f}" for name, samples in parts.items())
+        + f" (the allowance's CPU {allowance_cpu / args.calls * 1000:.2f} ms/call)")
+    print(f"governed calls that began with the previous report still unsent: {in_flight} of {args.calls}")
 
 
 if __name__ == "__main__":

@@ -422,6 +422,22 @@ def test_per_call_headers_set_the_run_and_never_reach_anthropic(shop, messages_a
     assert not [h for h, _ in request.headers.items() if h.lower().startswith("x-comptroller")]
 
 
+def test_anthropic_gets_the_sdks_request_with_an_encoding_the_meter_can_read(shop, messages_api, cpt):
+    comptroller = cpt()
+    client = governed(sdk(messages_api), comptroller, feature="support-bot")
+
+    client.messages.create(model="claude-sonnet-4-5", max_tokens=64, messages=[ASK])
+    client.messages.create(model="claude-sonnet-4-5", max_tokens=64, messages=[ASK],
+                           extra_headers={"Accept-Encoding": "br, zstd"})
+    comptroller.flush()
+
+    as_built, narrowed = (entry[0] for entry in messages_api.server.log[-2:])
+    assert as_built.headers["Accept-Encoding"] == "gzip, deflate"
+    assert as_built.headers["Anthropic-Version"] and as_built.headers["Content-Type"] == "application/json"
+    assert narrowed.headers["Accept-Encoding"] == "gzip, deflate"
+    assert UsageEvent.objects.count() == 2
+
+
 def test_down_and_fail_closed_raises_without_calling_the_model(shop, messages_api, relay, cpt):
     client = governed(sdk(messages_api), cpt(relay.url), feature="support-bot")
     client.messages.create(model="claude-sonnet-4-5", max_tokens=64, messages=[ASK])  # learns: fails closed

@@ -89,10 +89,10 @@ USAGE_BODY_LIMIT = 900_000  # bytes of events per request, under the contract's 
 FAIL_MODES = ("open", "closed")
 SERVER_ERROR_ATTEMPTS = 5  # a report answered 500 this many times is quarantined
 CLOSE_TIMEOUT = 5.0
-RESERVE_OPTIONS = (
+RESERVE_OPTIONS = frozenset({
     "cache_read_tokens", "cache_write_5m_tokens", "cache_write_1h_tokens", "service_tier", "run_id",
     "idempotency_key", "ttl_seconds", "metadata", "inference_geo", "speed", "max_web_searches",
-)
+})
 
 # Allowance fields a server before the worst-case fields (inference_geo, speed, max_web_searches)
 # refuses as unknown: the client asks again without them rather than fail the call.
@@ -327,7 +327,8 @@ class _Base:
             self._transport = StdlibTransport(root)
         self._api = f"{root}/api/v1"
         self._urls: dict[str, httpx.URL] = {}
-        self._json_headers = {**self._headers, "Accept": "application/json", "Content-Type": "application/json"}
+        self._json_headers = httpx.Headers(
+            {**self._headers, "Accept": "application/json", "Content-Type": "application/json"})
         self._extensions = {"timeout": httpx.Timeout(timeout).as_dict()}
         self._wake = threading.Event()
         self._stopping = threading.Event()
@@ -433,7 +434,7 @@ class _Base:
     def _reserve_body(
         self, feature: str, model: str, input_tokens: int, max_tokens: int, **options: Any
     ) -> dict[str, Any]:
-        unknown = set(options) - set(RESERVE_OPTIONS)
+        unknown = options.keys() - RESERVE_OPTIONS
         if unknown:
             raise TypeError(f"unknown reservation option(s): {', '.join(sorted(unknown))}")
         body: dict[str, Any] = {

@@ -155,6 +155,17 @@ class Governor:
         return headers
 
     @staticmethod
+    def sendable(request: Any) -> bool:
+        """Return whether the SDK's request may go to Anthropic as it is (``forward_headers`` would keep it)."""
+        for name, value in request.headers.raw:
+            name = name.lower()
+            if name.startswith(b"x-comptroller-"):
+                return False
+            if name == b"accept-encoding" and value.replace(b" ", b"") not in (b"gzip,deflate", b"gzip", b"identity"):
+                return False
+        return True
+
+    @staticmethod
     def count_body(body: dict[str, Any]) -> bytes:
         return json.dumps({k: body[k] for k in COUNT_TOKENS_FIELDS if k in body}).encode()
 
@@ -403,9 +414,12 @@ def _build_sync(module: ModuleType) -> type:
             if not allowance.granted:
                 raise BudgetExceeded(allowance)
             granted = g.granted_body(body, allowance)
-            content = json.dumps(granted).encode() if granted is not None else request.content
-            outgoing = module.Request(request.method, request.url, headers=g.forward_headers(request),
-                                      content=content, extensions=request.extensions)
+            if granted is None and g.sendable(request):
+                outgoing = request  # granted as asked: what the SDK built goes as it is, uncopied
+            else:
+                content = json.dumps(granted).encode() if granted is not None else request.content
+                outgoing = module.Request(request.method, request.url, headers=g.forward_headers(request),
+                                          content=content, extensions=request.extensions)
             cpt = g.comptroller
             try:
                 inner = self.inner.send(outgoing, stream=True)
@@ -603,9 +617,12 @@ def _build_async(module: ModuleType) -> type:
             if not allowance.granted:
                 raise BudgetExceeded(allowance)
             granted = g.granted_body(body, allowance)
-            content = json.dumps(granted).encode() if granted is not None else request.content
-            outgoing = module.Request(request.method, request.url, headers=g.forward_headers(request),
-                                      content=content, extensions=request.extensions)
+            if granted is None and g.sendable(request):
+                outgoing = request  # granted as asked: what the SDK built goes as it is, uncopied
+            else:
+                content = json.dumps(granted).encode() if granted is not None else request.content
+                outgoing = module.Request(request.method, request.url, headers=g.forward_headers(request),
+                                          content=content, extensions=request.extensions)
             cpt = g.comptroller
             try:
                 inner = await self.inner.send(outgoing, stream=True)
