@@ -13,7 +13,7 @@ from collections.abc import Callable, Sequence
 from functools import cache
 from typing import Any, TypeVar
 
-from django.db import connection, models
+from django.db import DEFAULT_DB_ALIAS, models
 from django.db.models.base import ModelState
 from django.db.models.signals import post_init, pre_init
 
@@ -46,11 +46,11 @@ def instance_new(model_class: type[M], /, **values: Any) -> M:
 def instance_from_row(model: type[M], values: Sequence[Any]) -> M:
     """Return the saved instance of ``model`` whose columns, in field order, are ``values``: what ``Model.from_db`` returns."""
     if _signalled(model):
-        return model.from_db(connection.alias, attnames(model), values)
+        return model.from_db(DEFAULT_DB_ALIAS, attnames(model), values)
     instance = model.__new__(model)
     instance.__dict__.update(zip(attnames(model), values, strict=True))
     state = instance._state = ModelState()
-    state.adding, state.db = False, connection.alias
+    state.adding, state.db = False, DEFAULT_DB_ALIAS  # the hot cursor's connection (a lookup of ``connection`` costs)
     return instance
 
 

@@ -17,7 +17,7 @@ from django.conf import settings
 from django.core.handlers.wsgi import WSGIHandler
 from django.utils.module_loading import import_string
 
-from governance.hot_handler import KNOWN_MIDDLEWARE, HotPathHandler
+from governance.hot_handler import HOT_PREFIX, KNOWN_MIDDLEWARE, HotPathHandler
 from tests.factories import BudgetFactory
 
 pytestmark = pytest.mark.django_db(transaction=True)
@@ -94,6 +94,21 @@ def test_every_middleware_is_accounted_for():
     # exempt view (every hot view is); no middleware here changes a template response.
     assert {p for p, c in classes.items() if hasattr(c, "process_view")} == {"django.middleware.csrf.CsrfViewMiddleware"}
     assert not [p for p, c in classes.items() if hasattr(c, "process_template_response")]
+
+
+def test_every_hot_view_is_under_the_hot_prefix():
+    from django.urls import get_resolver
+
+    def walk(patterns, prefix=""):
+        for p in patterns:
+            if hasattr(p, "url_patterns"):
+                yield from walk(p.url_patterns, prefix + str(p.pattern))
+            else:
+                yield "/" + prefix + str(p.pattern), p.callback
+
+    hot = [route for route, callback in walk(get_resolver().url_patterns) if getattr(callback, "hot", False)]
+    assert hot == ["/api/v1/allowances", "/api/v1/allowances/<str:hold_id>/commit"]
+    assert all(route.startswith(HOT_PREFIX) for route in hot)
 
 
 def test_a_grant_and_its_commit_answer_alike_past_the_chain(handlers, service_key, tenant, feature):
