@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import socket
 import threading
 from dataclasses import dataclass, field
@@ -173,6 +174,25 @@ def test_a_kept_connection_closed_as_it_is_used_is_tried_once_more_on_a_new_one(
     assert server.connections == 2
     sent = [body for method, _, body in server.requests if method == "POST"]
     assert len(sent) == 2 and sent[0] == sent[1]  # the same idempotency key: held once on the server
+
+
+def test_a_forked_child_asks_on_a_connection_of_its_own(wire, make):
+    server = wire(keep_alive=True)
+    client = make(server.url)
+    reserve(client)
+
+    pid = os.fork()
+    if pid == 0:  # the child: a pre-forking server's worker
+        code = 1
+        try:
+            code = 0 if reserve(client).granted else 1
+        finally:
+            os._exit(code)
+    _, status = os.waitpid(pid, 0)
+    allowance = reserve(client)
+
+    assert os.waitstatus_to_exitcode(status) == 0 and allowance.granted
+    assert server.connections == 2  # the parent kept its own; the child did not write on it
 
 
 def test_a_server_that_is_not_there_is_unavailable(make):

@@ -25,15 +25,30 @@ what they would from httpx.
 from __future__ import annotations
 
 import http.client
+import os
 import select
 import socket
 import ssl
 import threading
+import weakref
 from urllib.parse import urlsplit
 
 import httpx
 
 MAX_IDLE = 4  # connections kept per client: the sender and a few calling threads
+
+_transports: weakref.WeakSet[StdlibTransport] = weakref.WeakSet()
+
+
+def _forget_connections() -> None:
+    # A forked child (a pre-forking server) must not talk on its parent's kept connections.
+    for transport in list(_transports):
+        transport._idle = []
+        transport._lock = threading.Lock()
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_forget_connections)
 
 
 # What a kept connection that the server closed raises when it is used.
@@ -53,6 +68,7 @@ class StdlibTransport(httpx.BaseTransport):
         self._context: ssl.SSLContext | None = httpx.create_ssl_context() if self._https else None
         self._idle: list[http.client.HTTPConnection] = []
         self._lock = threading.Lock()
+        _transports.add(self)
 
     def _connection(self, timeout: float | None) -> tuple[http.client.HTTPConnection, bool]:
         """Return a connection and whether it was kept from an earlier request."""
