@@ -176,6 +176,16 @@ class Governor:
             return None
         return {**body, "model": allowance.model, "max_tokens": allowance.max_tokens}
 
+    @classmethod
+    def outgoing(cls, module: ModuleType, request: Any, body: dict[str, Any], allowance: Allowance) -> Any:
+        """Return the request to send Anthropic: the SDK's own when granted as asked, else a rewritten copy."""
+        granted = cls.granted_body(body, allowance)
+        if granted is None and cls.sendable(request):
+            return request  # granted as asked: what the SDK built goes as it is, uncopied
+        content = json.dumps(granted).encode() if granted is not None else request.content
+        return module.Request(request.method, request.url, headers=cls.forward_headers(request),
+                              content=content, extensions=request.extensions)
+
     @staticmethod
     def decision_headers(allowance: Allowance, worst: WorstCase | None) -> dict[str, str]:
         headers = {
@@ -413,13 +423,7 @@ def _build_sync(module: ModuleType) -> type:
             allowance = self._reserve(feature, str(body.get("model")), fields)
             if not allowance.granted:
                 raise BudgetExceeded(allowance)
-            granted = g.granted_body(body, allowance)
-            if granted is None and g.sendable(request):
-                outgoing = request  # granted as asked: what the SDK built goes as it is, uncopied
-            else:
-                content = json.dumps(granted).encode() if granted is not None else request.content
-                outgoing = module.Request(request.method, request.url, headers=g.forward_headers(request),
-                                          content=content, extensions=request.extensions)
+            outgoing = g.outgoing(module, request, body, allowance)
             cpt = g.comptroller
             try:
                 inner = self.inner.send(outgoing, stream=True)
@@ -616,13 +620,7 @@ def _build_async(module: ModuleType) -> type:
             allowance = await self._reserve(feature, str(body.get("model")), fields)
             if not allowance.granted:
                 raise BudgetExceeded(allowance)
-            granted = g.granted_body(body, allowance)
-            if granted is None and g.sendable(request):
-                outgoing = request  # granted as asked: what the SDK built goes as it is, uncopied
-            else:
-                content = json.dumps(granted).encode() if granted is not None else request.content
-                outgoing = module.Request(request.method, request.url, headers=g.forward_headers(request),
-                                          content=content, extensions=request.extensions)
+            outgoing = g.outgoing(module, request, body, allowance)
             cpt = g.comptroller
             try:
                 inner = await self.inner.send(outgoing, stream=True)
