@@ -646,7 +646,7 @@ def provider_sync_failed(*, connection: ProviderConnection, report: str, error: 
     last_ok = (locked.usage_synced_at if report == "usage" else locked.cost_synced_at) or locked.created_at
     if error.permanent or now - last_ok > STALE_AFTER:
         what = "rejected the admin key" if error.auth_failed else "cannot be synced"
-        _alert(
+        alert_raise(
             tenant=locked.tenant,
             kind="sync_failing",
             dedup_key=f"sync_failing:{locked.pk}:{now.date().isoformat()}",
@@ -687,7 +687,7 @@ def provider_unpriced_alert(*, tenant: Tenant, report: str, rows: list[Any]) -> 
             continue
         what = f"{tokens} tokens in the usage report" if report == "usage" else (
             f"${nano_to_usd(billed)} in the cost report")
-        _alert(
+        alert_raise(
             tenant=tenant,
             kind="unpriced_usage",
             dedup_key=f"unpriced_usage:{tenant.pk}:{model}:{day}",
@@ -699,11 +699,6 @@ def provider_unpriced_alert(*, tenant: Tenant, report: str, rows: list[Any]) -> 
             data={"model": model, "day": day, "tokens": tokens, "billed_usd": nano_to_usd(billed),
                   "source": f"{report}_report"},
         )
-
-
-def _alert(*, tenant: Tenant, kind: str, dedup_key: str, title: str, body: str, data: dict | None = None):
-    """Raise an alert through the alerts path: recorded once per dedup key, sent to the channels."""
-    return alert_raise(tenant=tenant, kind=kind, dedup_key=dedup_key, title=title, body=body, data=data)
 
 
 # --- reconciliation -----------------------------------------------------------------------------
@@ -791,7 +786,7 @@ def _feature_drift_alert(tenant: Tenant, line: selectors.FeatureReconciledLine) 
         title = f"The ledger has more for {line.feature_name} than Anthropic reports on {day}"
         cause = (f"The feature also calls Claude with API keys or workspaces not mapped to it (mapped: {ids}); "
                  "map them on the provider page, or check the mapping is right.")
-    _alert(
+    alert_raise(
         tenant=tenant,
         kind="drift",
         dedup_key=f"drift:{tenant.pk}:{day}:feature:{line.feature_id}",
@@ -820,7 +815,7 @@ def _bill_drift_alert(tenant: Tenant, day: selectors.ReconciledDay) -> None:
     diff = day.bill_diff_nano or 0
     pct = f"{day.bill_drift_pct}%" if day.bill_drift_pct is not None else "all of it"
     direction = "more" if diff > 0 else "less"
-    _alert(
+    alert_raise(
         tenant=tenant,
         kind="drift",
         dedup_key=f"drift:{tenant.pk}:{day.day.isoformat()}:cost_report",
@@ -847,7 +842,7 @@ def _bill_drift_alert(tenant: Tenant, day: selectors.ReconciledDay) -> None:
 
 def _drift_alert(tenant: Tenant, day: selectors.ReconciledDay) -> None:
     drift = f"{day.drift_pct}%" if day.drift_pct is not None else "all of it"
-    _alert(
+    alert_raise(
         tenant=tenant,
         kind="drift",
         dedup_key=f"drift:{tenant.pk}:{day.day.isoformat()}",
