@@ -63,13 +63,19 @@ def _read_statement() -> tuple[str, frozenset[int]]:
 
 def hold_read(*, tenant_id: int, hold_id) -> Hold | None:
     """Return the tenant's hold (a denial is no hold), read without a lock, or None."""
-    sql, json_at = _read_statement()
+    sql, _ = _read_statement()
     cursor = hot_cursor()
     with connection.wrap_database_errors:
         cursor.execute(sql, (hold_id, tenant_id), prepare=True)
         row = cursor.fetchone()
     if row is None:
         return None
+    return _hold_from_row(row)
+
+
+def _hold_from_row(row) -> Hold:
+    """Return the hold whose every column, in field order, is ``row`` (JSON columns come as text)."""
+    _, json_at = _read_statement()
     return instance_from_row(Hold, [json.loads(v) if i in json_at and v is not None else v for i, v in enumerate(row)])
 
 
@@ -225,7 +231,6 @@ def hold_release(*, tenant_id: int, hold_id, feature_ids: frozenset, now: dateti
     committed one is left as it is, for the caller to answer. A key restricted to
     ``feature_ids`` sees only those features' holds.
     """
-    _, json_at = _read_statement()
     params = {
         "hold_id": hold_id, "tenant_id": tenant_id, "now": now, "any_feature": not feature_ids,
         "feature_ids": "{" + ",".join(str(i) for i in feature_ids) + "}",
@@ -237,4 +242,4 @@ def hold_release(*, tenant_id: int, hold_id, feature_ids: frozenset, now: dateti
             row = cursor.fetchone()
     if row is None:
         return None
-    return instance_from_row(Hold, [json.loads(v) if i in json_at and v is not None else v for i, v in enumerate(row)])
+    return _hold_from_row(row)
