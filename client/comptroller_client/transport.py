@@ -73,6 +73,10 @@ FEATURE_HEADER = "x-comptroller-feature"
 RUN_ID_HEADER = "x-comptroller-run-id"
 TTL_HEADER = "x-comptroller-ttl"
 METADATA_HEADER = "x-comptroller-metadata"
+# Accept-Encoding values the meter can decode (spaces removed); any other is replaced on the way out.
+DECODABLE = frozenset({"gzip,deflate", "gzip", "identity"})
+_DECODABLE_RAW = frozenset(v.encode() for v in DECODABLE)
+_PREFIX_RAW = HEADER_PREFIX.encode()
 ERROR_EXTENSION = "comptroller_error"
 ALLOWANCE_EXTENSION = "comptroller_allowance"
 COUNT_TOKENS_FIELDS = ("model", "messages", "system", "tools", "tool_choice", "thinking", "mcp_servers")
@@ -150,7 +154,7 @@ class Governor:
         headers = {k: v for k, v in request.headers.items()
                    if not k.lower().startswith(HEADER_PREFIX) and k.lower() != "content-length"}
         encoding = request.headers.get("accept-encoding")
-        if encoding and encoding.replace(" ", "") not in ("gzip,deflate", "gzip", "identity"):
+        if encoding and encoding.replace(" ", "") not in DECODABLE:
             headers["accept-encoding"] = "gzip, deflate"  # what the meter can decode
         return headers
 
@@ -159,9 +163,9 @@ class Governor:
         """Return whether the SDK's request may go to Anthropic as it is (``forward_headers`` would keep it)."""
         for name, value in request.headers.raw:
             name = name.lower()
-            if name.startswith(b"x-comptroller-"):
+            if name.startswith(_PREFIX_RAW):
                 return False
-            if name == b"accept-encoding" and value.replace(b" ", b"") not in (b"gzip,deflate", b"gzip", b"identity"):
+            if name == b"accept-encoding" and value.replace(b" ", b"") not in _DECODABLE_RAW:
                 return False
         return True
 
