@@ -130,3 +130,23 @@ def pytest_collection_modifyitems(config, items):
     for item in items:
         if "postgres" in item.keywords:
             item.add_marker(skip)
+
+
+@pytest.fixture
+def make(tmp_path):
+    """Build Comptroller clients (the client tests'), each with a spool under tmp_path, closed after the test."""
+    from comptroller_client import Comptroller
+
+    made: list[Comptroller] = []
+
+    def build(url: str, **options) -> Comptroller:
+        options.setdefault("backoff", 0)
+        options.setdefault("breaker_seconds", 0)
+        options.setdefault("flush_interval", 0)  # the sender goes when woken, not on a timer
+        options.setdefault("spool_dir", str(tmp_path / "spool"))
+        made.append(Comptroller(url, "cpt_test_secret", **options))
+        return made[-1]
+
+    yield build
+    for client in made:
+        client.close(timeout=1)

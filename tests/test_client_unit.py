@@ -54,24 +54,6 @@ def relay(httpserver: HTTPServer):
     relay.stop()
 
 
-@pytest.fixture
-def make(tmp_path):
-    """Build clients with a spool of their own under tmp_path, closed after the test."""
-    made: list[Comptroller] = []
-
-    def build(url: str, **options) -> Comptroller:
-        options.setdefault("backoff", 0)
-        options.setdefault("breaker_seconds", 0)
-        options.setdefault("flush_interval", 0)  # the sender goes when woken, not on a timer
-        options.setdefault("spool_dir", str(tmp_path / "spool"))
-        client = Comptroller(url, "cpt_test_secret", **options)
-        made.append(client)
-        return client
-
-    yield build
-    for client in made:
-        client.close(timeout=1)
-
 
 def test_a_granted_allowance_is_typed(fake, make):
     # Given a feature with room, when the service asks

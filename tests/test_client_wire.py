@@ -107,22 +107,6 @@ def wire():
         server.stop()
 
 
-@pytest.fixture
-def make(tmp_path):
-    made: list[Comptroller] = []
-
-    def build(url: str, **options) -> Comptroller:
-        options.setdefault("backoff", 0)
-        options.setdefault("breaker_seconds", 0)
-        options.setdefault("flush_interval", 0)
-        options.setdefault("spool_dir", str(tmp_path / "spool"))
-        made.append(Comptroller(url, "cpt_test_secret", **options))
-        return made[-1]
-
-    yield build
-    for client in made:
-        client.close(timeout=1)
-
 
 def reserve(client: Comptroller):
     return client.reserve("support-bot", "claude-sonnet-4-5", 100, 256, idempotency_key="wire-test")
