@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gzip
 import json
 import os
 import socket
@@ -10,7 +11,7 @@ from dataclasses import dataclass, field
 
 import httpx
 import pytest
-from comptroller_client import Comptroller, ComptrollerUnavailable
+from comptroller_client import ApiError, Comptroller, ComptrollerUnavailable
 from pytest_httpserver import HTTPServer
 
 from tests.client_stubs import FakeComptroller
@@ -226,3 +227,79 @@ def test_a_proxy_named_in_the_environment_is_used(httpserver: HTTPServer, make, 
 
     assert allowance.granted
     assert fake.count("POST", "/api/v1/allowances") == 1
+
+
+def scripted(answer: bytes):
+    """Return a server's URL that answers every request with ``answer``, then closes the connection."""
+    listener = socket.create_server(("127.0.0.1", 0))
+
+    def serve() -> None:
+        while True:
+            try:
+                sock, _ = listener.accept()
+            except OSError:
+                return
+            with sock:
+                received = b""
+                while b"\r\n\r\n" not in received:
+                    received += sock.recv(65536)
+                head, _, body = received.partition(b"\r\n\r\n")
+                length = int(next(line.split(b":")[1] for line in head.split(b"\r\n")
+                                  if line.lower().startswith(b"content-length")) or 0)
+                while len(body) < length:
+                    body += sock.recv(65536)
+                sock.sendall(answer)
+
+    threading.Thread(target=serve, daemon=True).start()
+    return listener, f"http://127.0.0.1:{listener.getsockname()[1]}"
+
+
+GRANT_BYTES = json.dumps(GRANT).encode()
+CHUNKED = b"".join(b"%x;ext=1\r\n%s\r\n" % (len(part), part) for part in (GRANT_BYTES[:7], GRANT_BYTES[7:]))
+
+
+@pytest.mark.parametrize("answer", [
+    pytest.param(b"HTTP/1.1 201 Created\r\nTransfer-Encoding: chunked\r\nConnection: close\r\n\r\n"
+                 + CHUNKED + b"0\r\nX-Trailer: 1\r\n\r\n", id="chunked, with a trailer"),
+    pytest.param(b"HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 201 Created\r\nContent-Length: %d\r\n"
+                 b"Connection: close\r\n\r\n%s" % (len(GRANT_BYTES), GRANT_BYTES), id="after 100 Continue"),
+    pytest.param(b"HTTP/1.0 201 Created\r\nContent-Type: application/json\r\n\r\n" + GRANT_BYTES,
+                 id="no length: to the close"),
+    pytest.param(b"HTTP/1.1 201 Created\r\nContent-Encoding: gzip\r\nContent-Length: %d\r\nConnection: close"
+                 b"\r\n\r\n%s" % (len(gzip.compress(GRANT_BYTES)), gzip.compress(GRANT_BYTES)), id="gzip"),
+])
+def test_an_answer_in_any_framing_http_allows_is_read(answer, make):
+    listener, url = scripted(answer)
+    with listener:
+        client = make(url, fail_mode="closed")
+
+        allowance = reserve(client)
+
+    assert allowance.granted and allowance.id == "hold_1"
+
+
+@pytest.mark.parametrize("answer", [
+    pytest.param(b"SSH-2.0-OpenSSH_9.6\r\n\r\n", id="not HTTP"),
+    pytest.param(b"HTTP/1.1 201 Created\r\nContent-Length: 500\r\n\r\n{}", id="a body cut short"),
+])
+def test_an_answer_that_is_not_http_is_a_protocol_error(answer, make):
+    listener, url = scripted(answer)
+    with listener:
+        client = make(url, fail_mode="closed", max_retries=0)
+
+        with pytest.raises(ComptrollerUnavailable, match="RemoteProtocolError"):
+            reserve(client)
+
+
+def test_an_error_answer_keeps_its_status_code_and_message(make):
+    body = json.dumps({"error": {"code": "invalid_request", "message": "max_tokens: too big"}}).encode()
+    listener, url = scripted(b"HTTP/1.1 400 Bad Request\r\nContent-Type: application/json\r\n"
+                             b"Content-Length: %d\r\nConnection: close\r\n\r\n%s" % (len(body), body))
+    with listener:
+        client = make(url, fail_mode="closed")
+
+        with pytest.raises(ApiError) as raised:
+            reserve(client)
+
+    assert (raised.value.status, raised.value.code, raised.value.message) == (400, "invalid_request",
+                                                                               "max_tokens: too big")

@@ -76,7 +76,7 @@ from comptroller_client.types import (
     UsageReport,
     parse_usd,
 )
-from comptroller_client.wire import StdlibTransport
+from comptroller_client.wire import StdlibTransport, answer_response
 
 logger = logging.getLogger("comptroller_client")
 
@@ -320,16 +320,23 @@ class _Base:
                                        timeout=timeout, transport=sync_transport, follow_redirects=False)
         # Requests are built here and handed to the transport: the httpx client's per-request work
         # (URL and header merging, cookies, hooks) is a third of an allowance's CPU and buys nothing.
-        # Without an injected transport, http.client sends them (comptroller_client.wire), unless
-        # the environment names a proxy, which the httpx client knows how to reach.
+        # Without an injected transport, they go over a plain socket (comptroller_client.wire) as
+        # bytes, no httpx object made for a success, unless the environment names a proxy, which
+        # the httpx client knows how to reach.
         self._transport: httpx.BaseTransport | None = sync_transport
+        self._wire: StdlibTransport | None = None
         if sync_transport is None and not _proxied(root):
-            self._transport = StdlibTransport(root)
+            self._transport = self._wire = StdlibTransport(root)
         self._api = f"{root}/api/v1"
         self._urls: dict[str, httpx.URL] = {}
+        self._targets: dict[str, str] = {}
         self._json_headers = httpx.Headers(
             {**self._headers, "Accept": "application/json", "Content-Type": "application/json"})
-        self._extensions = {"timeout": httpx.Timeout(timeout).as_dict()}
+        self._timeouts = httpx.Timeout(timeout).as_dict()
+        self._extensions = {"timeout": self._timeouts}
+        # The header lines of every request on the wire, as httpx.Request would write them.
+        self._head = b"".join(b"%s: %s\r\n" % pair for pair in [
+            (b"Host", self._wire.host_header.encode("ascii") if self._wire else b""), *self._json_headers.raw])
         self._wake = threading.Event()
         self._stopping = threading.Event()
         self._deliver_lock = threading.Lock()
@@ -357,16 +364,7 @@ class _Base:
         if response is not None:
             status = response.status_code
             if status < 300:
-                self.breaker.success()
-                if self._not_before:  # Comptroller answers again: the sender may go now
-                    self._not_before = 0.0
-                    self._wake.set()
-                if not response.content:
-                    return {}
-                try:
-                    return response.json()
-                except ValueError as exc:
-                    raise ComptrollerError(f"Comptroller answered {status} with non-JSON") from exc
+                return self._succeeded(status, response.content)
             if status < 400:
                 self.breaker.settled()
                 raise _redirect(response, self.base_url)
@@ -389,6 +387,19 @@ class _Base:
         self.breaker.failure()
         raise _Unreachable(f"{self.base_url}: {_describe(error)}")
 
+    def _succeeded(self, status: int, content: bytes) -> Any:
+        """Return a success's decoded answer; the breaker closes, and a held-back sender may go."""
+        self.breaker.success()
+        if self._not_before:  # Comptroller answers again: the sender may go now
+            self._not_before = 0.0
+            self._wake.set()
+        if not content:
+            return {}
+        try:
+            return json.loads(content)
+        except ValueError as exc:
+            raise ComptrollerError(f"Comptroller answered {status} with non-JSON") from exc
+
     def _url(self, path: str) -> httpx.URL:
         url = self._urls.get(path)
         if url is None:
@@ -397,11 +408,21 @@ class _Base:
                 self._urls[path] = url
         return url
 
-    def _request(self, method: str, path: str, body: Any) -> httpx.Response:
-        """Send one request on the calling thread and return the answer, read."""
-        content = None if body is None else json.dumps(body, separators=(",", ":"), ensure_ascii=False).encode()
-        request = httpx.Request(method, self._url(path), headers=self._json_headers, content=content,
-                                extensions=self._extensions)
+    def _target(self, path: str) -> str:
+        target = self._targets.get(path)
+        if target is None:
+            target = self._url(path).raw_path.decode("ascii")
+            if path in CONSTANT_PATHS:
+                self._targets[path] = target
+        return target
+
+    def _build(self, method: str, path: str, content: bytes | None) -> httpx.Request:
+        return httpx.Request(method, self._url(path), headers=self._json_headers, content=content,
+                             extensions=self._extensions)
+
+    def _request(self, method: str, path: str, content: bytes | None) -> httpx.Response:
+        """Send one request through httpx's client or the injected transport; return the answer, read."""
+        request = self._build(method, path, content)
         if self._transport is None:
             return self._sync_http.send(request)
         response = self._transport.handle_request(request)
@@ -416,11 +437,18 @@ class _Base:
         """Send on the calling thread (``force`` ignores an open breaker: close() and flush())."""
         if not force and not self.breaker.allow():
             raise _Unreachable(f"{self.base_url}: unavailable moments ago")
+        content = None if body is None else json.dumps(body, separators=(",", ":"), ensure_ascii=False).encode()
         attempt = 0
         while True:
             response, error = None, None
             try:
-                response = self._request(method, path, body)
+                if self._wire is None:
+                    response = self._request(method, path, content)
+                else:
+                    reply = self._wire.exchange(method, self._target(path), self._head, content, self._timeouts)
+                    if reply.status < 300 and not any(k.lower() == b"content-encoding" for k, _ in reply.headers):
+                        return self._succeeded(reply.status, reply.content)  # no httpx object for a success
+                    response = answer_response(reply, self._build(method, path, content))
             except httpx.TransportError as exc:
                 error = exc
             answer = self._settle(attempt, response, error, self.max_retries)
