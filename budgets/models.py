@@ -115,8 +115,13 @@ class Hold(models.Model):
 
     id = models.UUIDField(primary_key=True, default=uuid.uuid4, editable=False)
     tenant = models.ForeignKey(Tenant, on_delete=models.CASCADE, related_name="holds")
-    feature = models.ForeignKey(Feature, on_delete=models.CASCADE, related_name="holds")
-    api_key = models.ForeignKey(ApiKey, null=True, blank=True, on_delete=models.SET_NULL, related_name="+")
+    # Holds are read by id, by (tenant, idempotency key) and, while live, by expiry; never by
+    # feature or key. Every index costs each allowance's insert and each commit's update, so
+    # those two foreign keys have none (deleting an unused feature scans the table once).
+    feature = models.ForeignKey(Feature, on_delete=models.CASCADE, related_name="holds", db_index=False)
+    api_key = models.ForeignKey(
+        ApiKey, null=True, blank=True, on_delete=models.SET_NULL, related_name="+", db_index=False
+    )
     run_id = models.CharField(max_length=200, blank=True)
     requested_model = models.CharField(max_length=100)
     model = models.CharField(max_length=100, help_text="The model granted (a fallback when downgraded)")
@@ -157,7 +162,8 @@ class Hold(models.Model):
                 name="hold_idempotency_unique",
             )
         ]
-        indexes = [models.Index(fields=["state", "expires_at"])]
+        # The expiry sweep's: only live holds, so it stays small and a commit leaves it alone.
+        indexes = [models.Index(fields=["expires_at"], condition=models.Q(state=HoldState.HELD), name="hold_live_expiry")]
 
     def __str__(self) -> str:
         return f"hold {self.pk.hex[:8]} {self.model} {self.state}"

@@ -649,6 +649,7 @@ def _decide_in_one_statement(req, hold: Hold, budgets_by_id, now: datetime) -> A
     for window in windows:
         window.budget = budgets_by_id[window.budget_id]
     if not refusing:
+        settle.hold_granted(hold)
         return AllowanceDecision(
             decision=hold.decision, model=hold.model, max_tokens=hold.max_tokens, clamped=hold.clamped,
             amount_nano=hold.amount_nano, tokens=hold.tokens, windows=windows, binding_ids=set(), hold=hold,
@@ -833,12 +834,13 @@ def hold_commit(
 def _commit_in_one_statement(tenant, hold_id, api_key, data, fingerprint, policy, feature_ids) -> CommitResult:
     """Commit on PostgreSQL: read the hold, price and find the windows, then settle in one statement.
 
-    The statement goes ahead only if the hold is still in the state it was read in; when a
-    racing commit, release or expiry changed it meanwhile, the commit starts again from
-    the hold as it is now.
+    The statement goes ahead only if the hold is still in the state it was read in (or
+    granted in, when this process granted it: ``settle.hold_for_commit``); when a racing
+    commit, release or expiry changed it meanwhile, the commit starts again from the hold
+    as it is now.
     """
     for _ in range(MAX_ATTEMPTS):
-        hold = settle.hold_read(tenant_id=tenant.pk, hold_id=hold_id)
+        hold = settle.hold_for_commit(tenant_id=tenant.pk, hold_id=hold_id)
         if hold is None or (feature_ids and hold.feature_id not in feature_ids):
             raise AllowanceError("not_found", "No such allowance.")
         policy = policy or tenant_policy(tenant.pk)

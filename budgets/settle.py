@@ -24,12 +24,13 @@ It is prepared once per connection, like the allowance's statement.
 from __future__ import annotations
 
 import json
-from contextlib import nullcontext
+from contextlib import nullcontext, suppress
 from dataclasses import dataclass
 from datetime import datetime
 from functools import cache
+from typing import Any
 
-from django.db import connection, models, transaction
+from django.db import DEFAULT_DB_ALIAS, connection, models, transaction
 from psycopg.types.json import Jsonb
 
 from budgets.models import Budget, BudgetWindow, Enforcement, Hold, HoldState
@@ -59,6 +60,37 @@ def _read_statement() -> tuple[str, frozenset[int]]:
     )
     json_at = frozenset(i for i, f in enumerate(fields) if isinstance(f, models.JSONField))
     return sql, json_at
+
+
+# The holds this process granted and has not seen committed, by id (at most GRANTED_KEPT, the
+# oldest dropped first). A commit that reaches the process that granted its hold (every
+# gateway call; one REST commit in N under N sync workers) takes the hold from here instead
+# of reading it. Everything the commit reads of a hold is fixed when it is granted, except
+# its state, and the settle statement checks that itself: when a release, an expiry or a
+# commit elsewhere moved the hold on, the statement does nothing and the commit reads it.
+GRANTED_KEPT = 1024
+_granted: dict[Any, Hold] = {}
+
+
+def hold_granted(hold: Hold) -> None:
+    """Keep a hold just granted and stored (autocommitted) for its commit in this process."""
+    if connection.in_atomic_block:
+        return  # the caller's transaction may yet roll it back
+    state = hold._state
+    state.adding, state.db = False, DEFAULT_DB_ALIAS  # as stored
+    _granted[hold.pk] = hold
+    if len(_granted) > GRANTED_KEPT:
+        # When another thread changes the dict meanwhile, the next grant trims it.
+        with suppress(KeyError, RuntimeError, StopIteration):
+            del _granted[next(iter(_granted))]
+
+
+def hold_for_commit(*, tenant_id: int, hold_id) -> Hold | None:
+    """Return the tenant's hold for a commit: the one this process granted, or as read now."""
+    hold = _granted.pop(hold_id, None)
+    if hold is not None and hold.tenant_id == tenant_id:
+        return hold
+    return hold_read(tenant_id=tenant_id, hold_id=hold_id)
 
 
 def hold_read(*, tenant_id: int, hold_id) -> Hold | None:

@@ -1,7 +1,7 @@
 """The two calls made around every model call cost the database what docs/design.md says, on the wire.
 
-The allowance is one autocommitted statement; the commit is the unlocked read of its hold and
-one statement; a commit that crosses no threshold asks nothing more for the threshold check.
+The allowance is one autocommitted statement; the commit is one statement in the process that
+granted its hold, and the unlocked read of its hold and one statement elsewhere; a commit that crosses no threshold asks nothing more for the threshold check.
 Counted as round trips on the connection (governance.postgresql.wire), so a query added on the
 hot path, a BEGIN/COMMIT pair, a savepoint or a health check shows up here, without timing anything.
 """
@@ -9,11 +9,18 @@ hot path, a BEGIN/COMMIT pair, a savepoint or a health check shows up here, with
 from __future__ import annotations
 
 import json
+from datetime import timedelta
 
 import pytest
+from django.utils import timezone
 
+from budgets import settle
+from budgets.models import BudgetWindow, Hold
+from budgets.services import holds_expire
+from governance.api.ids import parse_public_id
 from governance.postgresql.wire import round_trips
 from tests.factories import BudgetFactory
+from usage.models import UsageEvent
 
 pytestmark = [pytest.mark.postgres, pytest.mark.django_db(transaction=True)]
 
@@ -30,8 +37,11 @@ def warm_api(api, tenant, feature):
     """A service key's client after one full cycle: the policy, window ids and prepared statements are in place."""
     BudgetFactory(tenant=tenant, scope="tenant", period="month", limit_nano=10**15, thresholds=[50, 80])
     BudgetFactory(tenant=tenant, scope="feature", feature=feature, period="day", limit_nano=10**15)
-    hold = post(api, "/api/v1/allowances", ASK).json()["id"]
-    assert post(api, f"/api/v1/allowances/{hold}/commit", USAGE).status_code == 200
+    for elsewhere in (False, True):  # a commit with the hold kept, then one that reads it
+        hold = post(api, "/api/v1/allowances", ASK).json()["id"]
+        if elsewhere:
+            settle._granted.clear()
+        assert post(api, f"/api/v1/allowances/{hold}/commit", USAGE).status_code == 200
     return api
 
 
@@ -42,13 +52,71 @@ def test_an_allowance_is_one_round_trip(warm_api):
     assert trips.count == 1, trips.sent
 
 
-def test_a_commit_is_the_holds_read_and_one_statement(warm_api):
+def test_a_commit_in_the_process_that_granted_the_hold_is_one_statement(warm_api):
     hold = post(warm_api, "/api/v1/allowances", ASK).json()["id"]
     with round_trips() as trips:
         response = post(warm_api, f"/api/v1/allowances/{hold}/commit", USAGE)
     assert response.status_code == 200
     assert response.json()["state"] == "committed"
+    assert trips.count == 1, trips.sent
+
+
+def test_a_commit_elsewhere_is_the_holds_read_and_one_statement(warm_api):
+    hold = post(warm_api, "/api/v1/allowances", ASK).json()["id"]
+    settle._granted.clear()  # as in another process
+    with round_trips() as trips:
+        response = post(warm_api, f"/api/v1/allowances/{hold}/commit", USAGE)
+    assert response.status_code == 200
+    assert response.json()["state"] == "committed"
     assert trips.count == 2, trips.sent
+
+
+def _granted_here_moved_on_elsewhere(api, move) -> str:
+    """Grant a hold here, then let ``move(hold_id)`` act on it as another process would."""
+    hold = post(api, "/api/v1/allowances", ASK).json()["id"]
+    kept = dict(settle._granted)
+    settle._granted.clear()
+    move(hold)
+    settle._granted.update(kept)  # this process still has the hold as it granted it
+    return hold
+
+
+def _reserved(tenant) -> list[int]:
+    return sorted(BudgetWindow.objects.filter(budget__tenant=tenant).values_list("reserved_nano", flat=True))
+
+
+def test_a_hold_released_elsewhere_is_not_committed_from_this_process(warm_api, tenant):
+    hold = _granted_here_moved_on_elsewhere(
+        warm_api, lambda h: post(warm_api, f"/api/v1/allowances/{h}/release", {}))
+    response = post(warm_api, f"/api/v1/allowances/{hold}/commit", USAGE)
+    assert response.status_code == 409 and "released" in response.json()["error"]["message"]
+    assert _reserved(tenant) == [0, 0]
+
+
+def test_a_hold_committed_elsewhere_replays_or_conflicts_here(warm_api, tenant):
+    first: dict = {}
+    hold = _granted_here_moved_on_elsewhere(
+        warm_api, lambda h: first.update(post(warm_api, f"/api/v1/allowances/{h}/commit", USAGE).json()))
+    again = post(warm_api, f"/api/v1/allowances/{hold}/commit", USAGE)
+    assert again.status_code == 200 and again.json()["usage_event_id"] == first["usage_event_id"]
+    hold = _granted_here_moved_on_elsewhere(
+        warm_api, lambda h: post(warm_api, f"/api/v1/allowances/{h}/commit", USAGE))
+    other = post(warm_api, f"/api/v1/allowances/{hold}/commit", {"usage": {"input_tokens": 100, "output_tokens": 21}})
+    assert other.status_code == 409
+    assert UsageEvent.objects.filter(tenant=tenant).count() == 4  # warm_api's two, and one for each hold
+    assert _reserved(tenant) == [0, 0]
+
+
+def test_a_hold_expired_elsewhere_is_committed_late_from_this_process(warm_api, tenant):
+    def expire(hold_id: str) -> None:
+        Hold.objects.filter(pk=parse_public_id(hold_id, "hold")).update(expires_at=timezone.now() - timedelta(seconds=1))
+        assert holds_expire() == 1
+
+    hold = _granted_here_moved_on_elsewhere(warm_api, expire)
+    response = post(warm_api, f"/api/v1/allowances/{hold}/commit", USAGE)
+    assert response.status_code == 200
+    assert response.json()["late"] is True and response.json()["state"] == "committed"
+    assert _reserved(tenant) == [0, 0]  # the reservation came off once, at expiry
 
 
 

@@ -105,7 +105,8 @@ class UsageEvent(models.Model):
     """The ledger: one row per model call, token counts exactly as Anthropic reports them."""
 
     id = models.UUIDField(primary_key=True, default=uuid.uuid4, editable=False)
-    tenant = models.ForeignKey(Tenant, on_delete=models.CASCADE, related_name="usage_events")
+    # No index of its own: (tenant, occurred_at) serves every lookup by tenant.
+    tenant = models.ForeignKey(Tenant, on_delete=models.CASCADE, related_name="usage_events", db_index=False)
     feature = models.ForeignKey(Feature, on_delete=models.PROTECT, related_name="usage_events")
     api_key = models.ForeignKey(ApiKey, null=True, blank=True, on_delete=models.SET_NULL, related_name="+")
     run_id = models.CharField(max_length=200, blank=True)
@@ -198,7 +199,8 @@ class UsageRollup(models.Model):
         "streamed_calls",
     )
 
-    tenant = models.ForeignKey(Tenant, on_delete=models.CASCADE, related_name="usage_rollups")
+    # No index of its own: the unique key (tenant, feature, …) serves every lookup by tenant.
+    tenant = models.ForeignKey(Tenant, on_delete=models.CASCADE, related_name="usage_rollups", db_index=False)
     feature = models.ForeignKey(Feature, on_delete=models.CASCADE, related_name="usage_rollups")
     model = models.CharField(max_length=100)
     family = models.CharField(max_length=FAMILY_MAX_LENGTH, blank=True)
