@@ -9,7 +9,9 @@ load on the machine moves the figures little. It prints, per request:
 - ``constant``: ``POST /api/v1/bench-constant``, a view answering a constant through the
   same middleware and URL resolution (``bench/hot_path_urls.py``): the stack's own cost;
 - ``allowance``: ``POST /api/v1/allowances``;
-- ``commit``: ``POST /api/v1/allowances/{id}/commit`` of a fresh hold (its allowance is not timed);
+- ``commit``: ``POST /api/v1/allowances/{id}/commit`` of a fresh hold (its allowance is not timed),
+  which this process granted and kept (``budgets.settle.hold_granted``);
+- ``commit-read``: the same, of a hold this process did not keep: the commit reads it first;
 - ``floor``: ``bench/floor.py``'s WSGI app (one statement, no framework) with the same body;
 
 with the round trips to PostgreSQL each one makes (counted on the wire), then the top
@@ -82,6 +84,14 @@ class Caller:
             raise SystemExit("the allowance answered no hold id")
         return match.group(1).decode()
 
+    def hold_elsewhere(self) -> str:
+        """Return a hold as if another process had granted it: this one does not keep it."""
+        from budgets import settle
+
+        hold_id = self.hold()
+        settle._granted.clear()
+        return hold_id
+
     def commit(self, hold_id: str) -> bytes:
         return self.post(f"/api/v1/allowances/{hold_id}/commit", USAGE, 200)
 
@@ -136,7 +146,7 @@ def main() -> None:
     parser.add_argument("--top", type=int, default=15)
     parser.add_argument("--sort", default="cumulative", help="pstats order: cumulative, tottime, ...")
     parser.add_argument("--redis", action="store_true", help="keep REDIS_URL (the rate limit and policy version)")
-    parser.add_argument("--loads", default="constant,allowance,commit,floor", help="the requests to measure")
+    parser.add_argument("--loads", default="constant,allowance,commit,commit-read,floor", help="the requests to measure")
     parser.add_argument("--no-profile", action="store_true")
     parser.add_argument("--profile", default="allowance,commit", help="the requests to profile")
     parser.add_argument("--save", default="", help="write each profile to SAVE-<request>.pstats")
@@ -168,7 +178,8 @@ def main() -> None:
     loads: dict[str, tuple[Callable, Callable[[], tuple]]] = {
         "constant": (lambda: app.post("/api/v1/bench-constant", ASK, 201), tuple),
         "allowance": (app.allowance, tuple),
-        "commit": (app.commit, lambda: (app.hold(),)),
+        "commit": (app.commit, lambda: (app.hold(),)),  # its hold kept by this process
+        "commit-read": (app.commit, lambda: (app.hold_elsewhere(),)),  # as in another process
         "floor": (lambda: bare.post("/", ASK, 201), tuple),
     }
     loads = {name: loads[name] for name in args.loads.split(",")}
