@@ -150,10 +150,15 @@ class Governor:
         return worst, fields
 
     @staticmethod
-    def forward_headers(request: Any) -> dict[str, str]:
-        headers = {k: v for k, v in request.headers.items()
-                   if not k.lower().startswith(HEADER_PREFIX) and k.lower() != "content-length"}
-        encoding = request.headers.get("accept-encoding")
+    def forward_headers(request: Any) -> Any:
+        """Return a copy of the request's headers for Anthropic: no ``x-comptroller-*``, no Content-Length."""
+        # A copy of the SDK's Headers keeps its names and values encoded, where a dict of them
+        # would have each one normalised again by the new Request.
+        headers = type(request.headers)(request.headers)
+        for name in {n for n, _ in request.headers.raw if n.lower().startswith(_PREFIX_RAW)
+                     or n.lower() == b"content-length"}:
+            del headers[name.decode("latin-1")]
+        encoding = headers.get("accept-encoding")
         if encoding and encoding.replace(" ", "") not in DECODABLE:
             headers["accept-encoding"] = "gzip, deflate"  # what the meter can decode
         return headers
@@ -187,8 +192,14 @@ class Governor:
         if granted is None and cls.sendable(request):
             return request  # granted as asked: what the SDK built goes as it is, uncopied
         content = json.dumps(granted).encode() if granted is not None else request.content
-        return module.Request(request.method, request.url, headers=cls.forward_headers(request),
-                              content=content, extensions=request.extensions)
+        headers = cls.forward_headers(request)
+        headers["Content-Length"] = str(len(content))
+        # A stream rather than content: the headers are complete (Host included, from the SDK's
+        # request), so the Request need not add its own and build them all a second time.
+        rewritten = module.Request(request.method, request.url, headers=headers, stream=module.ByteStream(content),
+                                   extensions=request.extensions)
+        rewritten.read()
+        return rewritten
 
     @staticmethod
     def decision_headers(allowance: Allowance, worst: WorstCase | None) -> dict[str, str]:
