@@ -303,3 +303,36 @@ def test_an_error_answer_keeps_its_status_code_and_message(make):
 
     assert (raised.value.status, raised.value.code, raised.value.message) == (400, "invalid_request",
                                                                                "max_tokens: too big")
+
+
+def test_a_connection_opened_ahead_carries_the_next_allowance(wire, make):
+    server = wire(keep_alive=False)
+    client = make(server.url, fail_mode="closed")
+
+    ahead = client._open_ahead()
+    allowance = reserve(client)
+    client._close_ahead(ahead)
+
+    assert ahead is not None and allowance.granted
+    assert server.connections == 1 and len(server.requests) == 1
+
+
+def test_a_connection_opened_ahead_and_not_used_is_closed(wire, make):
+    server = wire(keep_alive=False)
+    client = make(server.url, fail_mode="closed")
+
+    client._close_ahead(client._open_ahead())
+    allowance = reserve(client)
+
+    assert allowance.granted
+    assert server.connections == 2 and len(server.requests) == 1  # the first closed without a request
+
+
+def test_a_connection_opened_ahead_to_a_server_that_is_not_there_is_a_connect_error(make):
+    with socket.create_server(("127.0.0.1", 0)) as placeholder:
+        url = f"http://127.0.0.1:{placeholder.getsockname()[1]}"
+    client = make(url, fail_mode="closed", max_retries=0)
+
+    client._open_ahead()
+    with pytest.raises(ComptrollerUnavailable, match="ConnectError"):
+        reserve(client)

@@ -408,6 +408,17 @@ class _Base:
                 self._urls[path] = url
         return url
 
+    def _open_ahead(self) -> Any:
+        """Start the next allowance's connection while the caller sizes its request; return a handle."""
+        if self._wire is None or self.breaker.is_open:
+            return None
+        return self._wire.open_ahead()
+
+    def _close_ahead(self, handle: Any) -> None:
+        """Close what ``_open_ahead`` opened if no request took it (a sync worker waits on it)."""
+        if handle is not None and self._wire is not None:
+            self._wire.close_ahead(handle)
+
     def _target(self, path: str) -> str:
         target = self._targets.get(path)
         if target is None:

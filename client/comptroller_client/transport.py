@@ -343,11 +343,13 @@ def transport_class(module: ModuleType, is_async: bool) -> type:
 
 def _response(module: ModuleType, inner: Any, stream: Any, extra_headers: Mapping[str, str] | None,
               extensions: Mapping[str, Any] | None = None) -> Any:
-    headers = list(inner.headers.multi_items())
+    # The raw (bytes) pairs go into the new Response as they are; decoded to str, each would be
+    # encoded back again.
+    headers: list[tuple[Any, Any]] = inner.headers.raw
     if inner.is_stream_consumed:  # read already (a MockTransport, an event hook): passed on decoded
-        headers = [(k, v) for k, v in headers if k.lower() != "content-encoding"]
+        headers = [(k, v) for k, v in headers if k.lower() != b"content-encoding"]
     if extra_headers:
-        headers += list(extra_headers.items())
+        headers += extra_headers.items()
     return module.Response(inner.status_code, headers=headers, stream=stream,
                            extensions={**inner.extensions, **(extensions or {})})
 
@@ -429,17 +431,25 @@ def _build_sync(module: ModuleType) -> type:
 
         def _messages(self, request: Any) -> Any:
             g = self.governor
+            cpt = g.comptroller
             started = time.perf_counter()
-            body = json.loads(request.read())
-            feature, options = g.options(request.headers)
-            size = size_request(body)
-            counted = self._count(request, body) if g.should_count(size) else None
-            worst, fields = g.reservation(body, size, counted, options)
-            allowance = self._reserve(feature, str(body.get("model")), fields)
+            # Comptroller accepts the allowance's connection while the request is sized.
+            ahead = cpt._open_ahead()
+            try:
+                body = json.loads(request.read())
+                feature, options = g.options(request.headers)
+                size = size_request(body)
+                counted = None
+                if g.should_count(size):
+                    cpt._close_ahead(ahead)  # not to keep a server's worker waiting through the count
+                    counted = self._count(request, body)
+                worst, fields = g.reservation(body, size, counted, options)
+                allowance = self._reserve(feature, str(body.get("model")), fields)
+            finally:
+                cpt._close_ahead(ahead)
             if not allowance.granted:
                 raise BudgetExceeded(allowance)
             outgoing = g.outgoing(module, request, body, allowance)
-            cpt = g.comptroller
             try:
                 inner = self.inner.send(outgoing, stream=True)
             except BaseException as exc:
