@@ -17,7 +17,7 @@ from django.conf import settings
 from django.core.handlers.wsgi import WSGIHandler
 from django.utils.module_loading import import_string
 
-from governance.hot_handler import HOT_PREFIX, KNOWN_MIDDLEWARE, HotPathHandler
+from governance.hot_handler import HOT_PREFIX, KNOWN_MIDDLEWARE, HotPathHandler, hot_routes
 from tests.factories import BudgetFactory
 
 pytestmark = pytest.mark.django_db(transaction=True)
@@ -109,6 +109,57 @@ def test_every_hot_view_is_under_the_hot_prefix():
     hot = [route for route, callback in walk(get_resolver().url_patterns) if getattr(callback, "hot", False)]
     assert hot == ["/api/v1/allowances", "/api/v1/allowances/<str:hold_id>/commit"]
     assert all(route.startswith(HOT_PREFIX) for route in hot)
+
+
+@pytest.mark.parametrize("path", [
+    "/api/v1/allowances", "/api/v1/allowances/hold_0123/commit", "/api/v1/allowances/x.y~z/commit",
+    "/api/v1/allowances/", "/api/v1/allowances/a/b/commit", "/api/v1/allowances//commit",
+    "/api/v1/allowances/hold_1/commit/", "/api/v1/allowances/hold_1/release", "/api/v1/allowancesx",
+    "/api/v1/allowances/hold_1", "/api/v1/allowances\n",
+])
+def test_the_bare_routes_match_what_the_resolver_resolves(path):
+    """The bare path matches the raw path by the hot views' own patterns: the same view and arguments."""
+    from django.urls import Resolver404, resolve
+
+    found = [(view, m.groupdict()) for regex, view in hot_routes() if (m := regex.fullmatch(path))]
+    try:
+        match = resolve(path)
+    except Resolver404:
+        match = None
+    if match is None or not getattr(match.func, "hot", False):
+        assert found == []
+    else:
+        assert found == [(match.func, match.kwargs)]
+
+
+def test_a_plain_request_takes_the_bare_path_and_others_the_resolver(handlers, service_key, tenant, feature, monkeypatch):
+    resolved = []
+    match = HotPathHandler._hot_match
+    monkeypatch.setattr(HotPathHandler, "_hot_match", lambda self, request: resolved.append(request.path) or match(self, request))
+    hot, django = clients(handlers, service_key[1])
+    same(post(hot, "/api/v1/allowances", ASK), post(django, "/api/v1/allowances", ASK))
+    assert resolved == []  # matched by the bare path's own routes
+    html = {"Accept": "text/html"}
+    same(post(hot, "/api/v1/allowances", ASK, headers=html), post(django, "/api/v1/allowances", ASK, headers=html))
+    assert resolved == ["/api/v1/allowances"]  # not plain: Django's __call__, then the resolver
+
+
+def test_the_bare_path_stands_aside_for_another_request_receiver(handlers, service_key, tenant, feature):
+    """With a receiver of its own on request_started, every request goes the way Django sends signals."""
+    from django.core.signals import request_started
+
+    calls = []
+
+    def receiver(**kwargs):
+        calls.append(kwargs["environ"]["PATH_INFO"])
+
+    request_started.connect(receiver)
+    try:
+        hot, django = clients(handlers, service_key[1])
+        same(post(hot, "/api/v1/allowances", ASK), post(django, "/api/v1/allowances", ASK))
+    finally:
+        request_started.disconnect(receiver)
+    assert calls == ["/api/v1/allowances", "/api/v1/allowances"]
 
 
 def test_a_grant_and_its_commit_answer_alike_past_the_chain(handlers, service_key, tenant, feature):

@@ -303,16 +303,19 @@ class _Throttled:
         self.auth = key
 
 
-def _is_plain(request: HttpRequest) -> bool:
-    """Return whether DRF would take this request exactly as a plain view does."""
-    meta = request.META
+def is_plain(environ: dict[str, Any]) -> bool:
+    """Return whether DRF would take this request (its WSGI environ, or request.META) exactly as a plain view does."""
     return (
-        request.method == "POST"
-        and not meta.get("QUERY_STRING")
-        and meta.get("CONTENT_TYPE") in JSON_TYPES
-        and meta.get("HTTP_ACCEPT", "*/*") in ACCEPT_JSON
-        and meta.get("CONTENT_LENGTH") not in (None, "", "0")
+        environ.get("REQUEST_METHOD", "").upper() == "POST"
+        and not environ.get("QUERY_STRING")
+        and environ.get("CONTENT_TYPE") in JSON_TYPES
+        and environ.get("HTTP_ACCEPT", "*/*") in ACCEPT_JSON
+        and environ.get("CONTENT_LENGTH") not in (None, "", "0")
     )
+
+
+def _is_plain(request: HttpRequest) -> bool:
+    return is_plain(request.META)
 
 
 Handler = Callable[..., tuple[Any, int]]
