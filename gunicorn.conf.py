@@ -25,3 +25,27 @@ keepalive = 5
 accesslog = "-"
 errorlog = "-"
 loglevel = os.environ.get("LOG_LEVEL", "info").lower()
+
+
+# Granted holds shared by this master's workers (budgets/shelf.py): a commit that reaches
+# another worker than its allowance's takes its hold from memory instead of the database.
+# GRANTED_HOLD_SHELF=0 turns it off.
+def on_starting(server):
+    if os.environ.get("GRANTED_HOLD_SHELF", "1") != "0":
+        from budgets import shelf
+
+        # Room for a new worker while the one it replaces is still finishing its requests.
+        shelf.create(regions=2 * server.cfg.workers + 2)
+
+
+def pre_fork(server, worker):
+    from budgets import shelf
+
+    taken = {getattr(w, "shelf_region", None) for w in server.WORKERS.values()}
+    worker.shelf_region = shelf.region_free({r for r in taken if r is not None})
+
+
+def post_fork(server, worker):
+    from budgets import shelf
+
+    shelf.attach(getattr(worker, "shelf_region", None))

@@ -839,8 +839,8 @@ def _commit_in_one_statement(tenant, hold_id, api_key, data, fingerprint, policy
     commit, release or expiry changed it meanwhile, the commit starts again from the hold
     as it is now.
     """
-    for _ in range(MAX_ATTEMPTS):
-        hold = settle.hold_for_commit(tenant_id=tenant.pk, hold_id=hold_id)
+    for attempt in range(MAX_ATTEMPTS):
+        hold = settle.hold_for_commit(tenant_id=tenant.pk, hold_id=hold_id, fresh=attempt > 0)
         if hold is None or (feature_ids and hold.feature_id not in feature_ids):
             raise AllowanceError("not_found", "No such allowance.")
         policy = policy or tenant_policy(tenant.pk)

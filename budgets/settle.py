@@ -26,16 +26,19 @@ from __future__ import annotations
 import json
 from contextlib import nullcontext, suppress
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import UTC, datetime, timedelta
 from functools import cache
+from operator import attrgetter
 from typing import Any
+from uuid import UUID
 
 from django.db import DEFAULT_DB_ALIAS, connection, models, transaction
 from psycopg.types.json import Jsonb
 
+from budgets import shelf
 from budgets.models import Budget, BudgetWindow, Enforcement, Hold, HoldState
 from budgets.reserve import WINDOW_COLUMNS, hot_cursor, int_array, json_param, window_from_row
-from governance.instances import instance_from_row
+from governance.instances import attnames, instance_from_row
 from usage.models import UsageEvent, UsageRollup
 from usage.services import ROLLUP_HISTOGRAMS, rollup_delta
 
@@ -63,17 +66,18 @@ def _read_statement() -> tuple[str, frozenset[int]]:
 
 
 # The holds this process granted and has not seen committed, by id (at most GRANTED_KEPT, the
-# oldest dropped first). A commit that reaches the process that granted its hold (every
-# gateway call; one REST commit in N under N sync workers) takes the hold from here instead
-# of reading it. Everything the commit reads of a hold is fixed when it is granted, except
-# its state, and the settle statement checks that itself: when a release, an expiry or a
-# commit elsewhere moved the hold on, the statement does nothing and the commit reads it.
+# oldest dropped first), and the same on the shelf the host's web processes share
+# (``budgets.shelf``, under gunicorn). A commit takes its hold from here, or from the shelf
+# when another worker granted it, instead of reading it. Everything the commit reads of a
+# hold is fixed when it is granted, except its state, and the settle statement checks that
+# itself: when a release, an expiry or a commit elsewhere moved the hold on, the statement
+# does nothing and the commit reads the hold (``fresh``).
 GRANTED_KEPT = 1024
 _granted: dict[Any, Hold] = {}
 
 
 def hold_granted(hold: Hold) -> None:
-    """Keep a hold just granted and stored (autocommitted) for its commit in this process."""
+    """Keep a hold just granted and stored (autocommitted) for its commit, here and on the shelf."""
     if connection.in_atomic_block:
         return  # the caller's transaction may yet roll it back
     state = hold._state
@@ -83,14 +87,70 @@ def hold_granted(hold: Hold) -> None:
         # When another thread changes the dict meanwhile, the next grant trims it.
         with suppress(KeyError, RuntimeError, StopIteration):
             del _granted[next(iter(_granted))]
+    if shelf.active():
+        shelf.put(hold.pk.bytes, _shelf_encode(hold))
 
 
-def hold_for_commit(*, tenant_id: int, hold_id) -> Hold | None:
-    """Return the tenant's hold for a commit: the one this process granted, or as read now."""
+def hold_for_commit(*, tenant_id: int, hold_id, fresh: bool = False) -> Hold | None:
+    """Return the tenant's hold for a commit: as granted (here or by a worker of this host), or as read now.
+
+    ``fresh`` reads it: the hold as granted turned out to have moved on.
+    """
     hold = _granted.pop(hold_id, None)
-    if hold is not None and hold.tenant_id == tenant_id:
-        return hold
+    if not fresh:
+        if hold is None and shelf.active():
+            hold = _shelved(hold_id)
+        if hold is not None and hold.tenant_id == tenant_id:
+            return hold
     return hold_read(tenant_id=tenant_id, hold_id=hold_id)
+
+
+# How a hold's columns go on the shelf, which takes only what marshal writes: a UUID as its
+# 16 bytes, a choice as a plain str (the enum member a new hold has is a str subclass), a
+# time as microseconds since the epoch (every stored time is aware, in UTC).
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+_MICROSECOND = timedelta(microseconds=1)
+
+
+@cache
+def _shelf_columns() -> tuple[tuple[int, ...], tuple[int, ...], tuple[int, ...]]:
+    """The positions, in field order, of the hold's UUID, choice and time columns."""
+    fields = Hold._meta.concrete_fields
+    uuids = tuple(i for i, f in enumerate(fields)
+                  if isinstance(f.target_field if isinstance(f, models.ForeignKey) else f, models.UUIDField))
+    choices = tuple(i for i, f in enumerate(fields) if isinstance(f, models.CharField) and f.choices)
+    times = tuple(i for i, f in enumerate(fields) if isinstance(f, models.DateTimeField))
+    return uuids, choices, times
+
+
+def _shelf_encode(hold: Hold) -> tuple:
+    values = list(attrgetter(*attnames(Hold))(hold))
+    uuids, choices, times = _shelf_columns()
+    for i in uuids:
+        if values[i] is not None:
+            values[i] = values[i].bytes
+    for i in choices:
+        values[i] = str(values[i])
+    for i in times:
+        if values[i] is not None:
+            values[i] = (values[i] - _EPOCH) // _MICROSECOND
+    return tuple(values)
+
+
+def _shelved(hold_id) -> Hold | None:
+    """Return the hold a worker of this host shelved for ``hold_id``, as stored, or None."""
+    values = shelf.get(hold_id.bytes) if isinstance(hold_id, UUID) else None
+    if values is None or len(values) != len(attnames(Hold)) or values[0] != hold_id.bytes:
+        return None
+    row = list(values)
+    uuids, _, times = _shelf_columns()
+    for i in uuids:
+        if row[i] is not None:
+            row[i] = UUID(bytes=row[i])
+    for i in times:
+        if row[i] is not None:
+            row[i] = _EPOCH + row[i] * _MICROSECOND
+    return instance_from_row(Hold, row)
 
 
 def hold_read(*, tenant_id: int, hold_id) -> Hold | None:

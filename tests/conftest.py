@@ -2,14 +2,17 @@
 
 from __future__ import annotations
 
+import json
+
 import pytest
 from django.core.servers import basehttp
 from rest_framework.test import APIClient
 
+from budgets import settle
 from governance.audit import Actor
 from governance.models import KeyRole
 from governance.services import api_key_create
-from tests.factories import FeatureFactory, TenantFactory
+from tests.factories import BudgetFactory, FeatureFactory, TenantFactory
 from usage.pricing import clear_price_cache
 
 # Django's test server listens with a backlog of 10. The race tests open 40 connections
@@ -150,3 +153,25 @@ def make(tmp_path):
     yield build
     for client in made:
         client.close(timeout=1)
+
+
+# The hot paths' bodies, and a client that has run them (test_hot_path_round_trips.py, test_shelf.py).
+HOT_ASK = {"feature": "support-bot", "model": "claude-sonnet-4-5", "input_tokens": 100, "max_tokens": 50}
+HOT_USAGE = {"usage": {"input_tokens": 100, "output_tokens": 20}}
+
+
+def post_json(client, path: str, body: dict):
+    return client.generic("POST", path, json.dumps(body), content_type="application/json")
+
+
+@pytest.fixture
+def warm_api(api, tenant, feature):
+    """A service key's client after one full cycle: the policy, window ids and prepared statements are in place."""
+    BudgetFactory(tenant=tenant, scope="tenant", period="month", limit_nano=10**15, thresholds=[50, 80])
+    BudgetFactory(tenant=tenant, scope="feature", feature=feature, period="day", limit_nano=10**15)
+    for elsewhere in (False, True):  # a commit with the hold kept, then one that reads it
+        hold = post_json(api, "/api/v1/allowances", HOT_ASK).json()["id"]
+        if elsewhere:
+            settle._granted.clear()
+        assert post_json(api, f"/api/v1/allowances/{hold}/commit", HOT_USAGE).status_code == 200
+    return api

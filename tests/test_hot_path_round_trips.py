@@ -8,7 +8,6 @@ hot path, a BEGIN/COMMIT pair, a savepoint or a health check shows up here, with
 
 from __future__ import annotations
 
-import json
 from datetime import timedelta
 
 import pytest
@@ -19,30 +18,12 @@ from budgets.models import BudgetWindow, Hold
 from budgets.services import holds_expire
 from governance.api.ids import parse_public_id
 from governance.postgresql.wire import round_trips
-from tests.factories import BudgetFactory
+from tests.conftest import HOT_ASK, HOT_USAGE, post_json
 from usage.models import UsageEvent
 
 pytestmark = [pytest.mark.postgres, pytest.mark.django_db(transaction=True)]
 
-ASK = {"feature": "support-bot", "model": "claude-sonnet-4-5", "input_tokens": 100, "max_tokens": 50}
-USAGE = {"usage": {"input_tokens": 100, "output_tokens": 20}}
-
-
-def post(client, path: str, body: dict):
-    return client.generic("POST", path, json.dumps(body), content_type="application/json")
-
-
-@pytest.fixture
-def warm_api(api, tenant, feature):
-    """A service key's client after one full cycle: the policy, window ids and prepared statements are in place."""
-    BudgetFactory(tenant=tenant, scope="tenant", period="month", limit_nano=10**15, thresholds=[50, 80])
-    BudgetFactory(tenant=tenant, scope="feature", feature=feature, period="day", limit_nano=10**15)
-    for elsewhere in (False, True):  # a commit with the hold kept, then one that reads it
-        hold = post(api, "/api/v1/allowances", ASK).json()["id"]
-        if elsewhere:
-            settle._granted.clear()
-        assert post(api, f"/api/v1/allowances/{hold}/commit", USAGE).status_code == 200
-    return api
+ASK, USAGE, post = HOT_ASK, HOT_USAGE, post_json
 
 
 def test_an_allowance_is_one_round_trip(warm_api):
