@@ -142,7 +142,7 @@ if REDIS_URL:
         "socket_connect_timeout": REDIS_CONNECT_TIMEOUT, "socket_timeout": max(REDIS_TIMEOUT, 5.0),
     }
 else:
-    CACHES = {"default": {"BACKEND": "django.core.cache.backends.locmem.LocMemCache"}}
+    CACHES = {"default": {"BACKEND": "governance.shared_cache.LocalCache"}}
     # A broker that needs no server: messages are files in var/broker. The host is a
     # placeholder the transport ignores; without one kombu warns that it is missing.
     CELERY_BROKER_URL = env("CELERY_BROKER_URL", default="filesystem://localhost//")

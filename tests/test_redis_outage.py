@@ -137,3 +137,30 @@ def test_healthz_says_redis_is_down_but_keeps_the_process_in_the_load_balancer(c
     assert detailed["database"] == "ok"
     assert detailed["cache"].startswith("unreachable since")
     assert "per-process" in detailed["cache"]
+
+
+@pytest.mark.parametrize("key", ["policy-version:1", "with space", "tab\there", "x" * 251, "é" * 300, "del\x7f"])
+def test_the_quick_key_check_warns_exactly_as_djangos(key):
+    import warnings
+
+    from django.core.cache.backends.locmem import LocMemCache
+
+    def warned(cache) -> list[str]:
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            cache.set(key, 1)
+        return [str(w.message) for w in caught]
+
+    assert warned(shared_cache.LocalCache("quick-check", {})) == warned(LocMemCache("django-check", {}))
+
+
+def test_a_count_starts_at_one_and_expires_with_its_window(monkeypatch):
+    cache = shared_cache.LocalCache("count-check", {})
+    from types import SimpleNamespace
+
+    clock = [1000.0]
+    for module in ("django.core.cache.backends.locmem", "django.core.cache.backends.base"):
+        monkeypatch.setattr(f"{module}.time", SimpleNamespace(time=lambda: clock[0]))
+    assert [shared_cache._add_or_incr(cache, "rl:k", 2) for _ in range(3)] == [1, 2, 3]
+    clock[0] += 3  # past the window's expiry: counting again from one
+    assert [shared_cache._add_or_incr(cache, "rl:k", 2) for _ in range(2)] == [1, 2]
