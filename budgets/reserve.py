@@ -21,14 +21,17 @@ locked transaction in ``services._decide``; both apply the same rule.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from contextlib import nullcontext
 from datetime import datetime
 from functools import cache
+from operator import itemgetter
 from typing import Any
 
 import orjson
 import psycopg
-from django.db import DEFAULT_DB_ALIAS, connection, connections, transaction
+from django.db import DEFAULT_DB_ALIAS, connections, transaction
+from django.db.backends.base.base import BaseDatabaseWrapper
 from psycopg._tz import get_tzinfo
 from psycopg.types.datetime import TimestamptzLoader
 from psycopg.types.json import Jsonb
@@ -43,14 +46,16 @@ WINDOW_COLUMNS = (
 )
 
 
-def hot_cursor() -> psycopg.Cursor:
+def hot_cursor(wrapper: BaseDatabaseWrapper | None = None) -> psycopg.Cursor:
     """Return this connection's cursor for the hot-path statements, opening the connection if needed.
 
     One cursor per connection, kept: psycopg keeps the adapters it looked up for the last
     statement a cursor ran, so running the same statement again skips that work. The
-    caller wraps its use in ``connection.wrap_database_errors``.
+    caller wraps its use in ``connection.wrap_database_errors``, and may pass this thread's
+    ``connections[DEFAULT_DB_ALIAS]`` when it has it at hand.
     """
-    wrapper = connections[DEFAULT_DB_ALIAS]  # this thread's
+    if wrapper is None:
+        wrapper = connections[DEFAULT_DB_ALIAS]  # this thread's
     wrapper.ensure_connection()
     raw = wrapper.connection
     cursor: psycopg.Cursor | None = getattr(wrapper, "hot_cursor", None)
@@ -63,6 +68,12 @@ def hot_cursor() -> psycopg.Cursor:
             cursor.adapters.register_loader("timestamptz", TimestamptzLoader)
         wrapper.hot_cursor = cursor  # type: ignore[attr-defined]
     return cursor
+
+
+@cache
+def on_postgresql() -> bool:
+    """Return whether the database is PostgreSQL (every thread's connection has the same backend)."""
+    return connections[DEFAULT_DB_ALIAS].vendor == "postgresql"
 
 
 def window_from_row(row) -> BudgetWindow:
@@ -141,6 +152,13 @@ ORDER BY locked.id
 """
 
 
+@cache
+def _hold_columns() -> tuple[tuple[str | None, ...], Callable[[dict], tuple]]:
+    """Return Hold's columns, and what takes the values of their attributes from an instance's __dict__."""
+    fields = Hold._meta.concrete_fields
+    return tuple(f.column for f in fields), itemgetter(*(f.attname for f in fields))
+
+
 def hold_reserve(hold: Hold, *, now: datetime) -> tuple[list[BudgetWindow], set[int], bool]:
     """Run the decision for ``hold`` (not yet saved) over ``hold.window_ids``.
 
@@ -150,17 +168,19 @@ def hold_reserve(hold: Hold, *, now: datetime) -> tuple[list[BudgetWindow], set[
     has an idempotency key; when a window is gone, nothing at all is written.
     """
     # The hold goes as one JSON row; its created_at is set by the caller, as nothing here
-    # runs Django's pre_save.
+    # runs Django's pre_save. A new hold has every field's value in its __dict__.
+    columns, values = _hold_columns()
     params = {
-        "hold": json_param({f.column: getattr(hold, f.attname) for f in Hold._meta.concrete_fields}),
+        "hold": json_param(dict(zip(columns, values(hold.__dict__), strict=True))),
         "lock_ids": int_array(hold.window_ids), "window_count": len(hold.window_ids), "now": now,
         "keep_denial": bool(hold.idempotency_key), "amount_nano": hold.amount_nano, "tokens": hold.tokens,
     }
     # Autocommitted on its own; inside a caller's transaction, a savepoint keeps a failure
     # (a racing idempotency key) from aborting that transaction.
-    with transaction.atomic() if connection.in_atomic_block else nullcontext():
-        cursor = hot_cursor()
-        with connection.wrap_database_errors:
+    wrapper = connections[DEFAULT_DB_ALIAS]  # this thread's: looked up once (each lookup costs)
+    with transaction.atomic() if wrapper.in_atomic_block else nullcontext():
+        cursor = hot_cursor(wrapper)
+        with wrapper.wrap_database_errors:
             cursor.execute(_statement(), params, prepare=True)
             rows = cursor.fetchall()
     windows: dict[int, BudgetWindow] = {}

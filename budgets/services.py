@@ -604,7 +604,7 @@ def _decide(tenant, api_key, feature, req, max_tokens, clamped, fingerprint, pol
         window_ids=window_ids[req.model], expires_at=now + timedelta(seconds=req.ttl_seconds),
         idempotency_key=req.idempotency_key, request_hash=fingerprint, metadata=req.metadata, created_at=now,
     )
-    if len(candidates) == 1 and connection.vendor == "postgresql":
+    if len(candidates) == 1 and reserve.on_postgresql():
         return _decide_in_one_statement(req, hold, union, now)
     with transaction.atomic():
         hold.save(force_insert=True)
@@ -805,7 +805,7 @@ def hold_commit(
     On PostgreSQL the locked part is one statement (``budgets.settle``); elsewhere it is
     a transaction that locks the hold, then the windows.
     """
-    if connection.vendor == "postgresql":
+    if reserve.on_postgresql():
         return _commit_in_one_statement(tenant, hold_id, api_key, data, fingerprint, policy, feature_ids)
     with transaction.atomic():
         hold = _hold_locked(tenant, hold_id, feature_ids)
