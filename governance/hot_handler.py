@@ -129,6 +129,7 @@ class HotPathHandler(WSGIHandler):
     def __init__(self, *args, **kwargs) -> None:
         super().__init__(*args, **kwargs)
         self._outbound: list[Any] = [m(_unused) for m in RESPONSE_MIDDLEWARE]
+        self._outbound_added: dict[tuple, list[tuple[str, tuple[str, str] | None]]] = {}  # _add_outbound_headers
         self._errors = ApiErrorMiddleware(_unused)
         # SecurityMiddleware redirects to HTTPS what its exemptions do not cover; /api/ is exempt.
         self._redirect_exempt = [re.compile(r) for r in settings.SECURE_REDIRECT_EXEMPT]
@@ -160,7 +161,8 @@ class HotPathHandler(WSGIHandler):
             response = self._answer(request, view, kwargs)
         response._handler_class = self.__class__  # type: ignore[attr-defined]
         response.close = partial(self._finish, response)  # type: ignore[method-assign]
-        headers = [*response.items(), *(("Set-Cookie", c.output(header="")) for c in response.cookies.values())]
+        # response.items(), without a lookup per header through the case-insensitive mapping
+        headers = [*response.headers._store.values(), *(("Set-Cookie", c.output(header="")) for c in response.cookies.values())]
         start_response(f"{response.status_code} {response.reason_phrase}", headers)
         return response
 
@@ -210,15 +212,43 @@ class HotPathHandler(WSGIHandler):
                 response = response.render()
         except Exception as exc:  # what ApiErrorMiddleware answers for the chain: a JSON 500 or 503
             response = self._errors.process_exception(request, exc)
-        x_frame, common, security = self._outbound
-        response = common.process_response(request, x_frame.process_response(request, response))
-        if response.status_code >= 400 and not response.get("Content-Type", "").startswith("application/json"):
-            response = self._errors.json_for(response)  # ApiErrorMiddleware, on the way out
-        response = security.process_response(request, response)
+        if type(response) is HttpResponse and response.status_code < 400 and not response.cookies:
+            self._add_outbound_headers(request, response)
+        else:
+            x_frame, common, security = self._outbound
+            response = common.process_response(request, x_frame.process_response(request, response))
+            if response.status_code >= 400 and not response.get("Content-Type", "").startswith("application/json"):
+                response = self._errors.json_for(response)  # ApiErrorMiddleware, on the way out
+            response = security.process_response(request, response)
         response._resource_closers.append(request.close)
         if response.status_code >= 400:
             log_response("%s: %s", response.reason_phrase, request.path, response=response, request=request)
         return response
+
+    def _add_outbound_headers(self, request: HttpRequest, response: HttpResponse) -> None:
+        """Add to a successful answer without cookies the headers the response hooks would add.
+
+        To such an answer they only add headers, each decided by the headers it already has,
+        the settings and (for HSTS) whether the request is secure; only Content-Length is the
+        answer's own. So the hooks run on the first answer of each kind, and the next ones get
+        the headers they added then, in the same order.
+        """
+        x_frame, common, security = self._outbound
+        store = response.headers._store
+        kind = (
+            tuple(store), getattr(response, "xframe_options_exempt", False),
+            getattr(settings, "X_FRAME_OPTIONS", "DENY"),  # read by XFrameOptionsMiddleware on every answer
+            bool(security.sts_seconds) and request.is_secure(),
+        )
+        added = self._outbound_added.get(kind)
+        if added is None:
+            before = set(store)
+            security.process_response(request, common.process_response(request, x_frame.process_response(request, response)))
+            self._outbound_added[kind] = [(name, None if name == "content-length" else header)
+                                          for name, header in store.items() if name not in before]
+            return
+        for name, header in added:
+            store[name] = header or ("Content-Length", str(len(response.content)))
 
     def _hot_match(self, request: HttpRequest):
         """Return the URL match of a hot view the chain would pass this request to untouched, or None."""

@@ -182,6 +182,26 @@ def test_a_grant_and_its_commit_answer_alike_past_the_chain(handlers, service_ke
     assert seen.chain == 2
 
 
+def test_answers_after_the_first_get_the_chains_headers_in_its_order(handlers, service_key, tenant, feature, settings):
+    BudgetFactory(tenant=tenant, scope="tenant", period="month", limit_nano=10**15)
+    hot, django = clients(handlers, service_key[1])
+
+    def headers(response: httpx.Response) -> list[tuple[str, str]]:
+        assert int(response.headers["content-length"]) == len(response.content)
+        return [(k, "n" if k == "content-length" else v) for k, v in response.headers.multi_items() if k != "date"]
+
+    # The hot path runs the response hooks on the first answer of a kind, and gives the next ones what they added.
+    for frame_options in ("DENY", "DENY", "SAMEORIGIN", "SAMEORIGIN"):
+        settings.X_FRAME_OPTIONS = frame_options
+        answers = [post(c, "/api/v1/allowances", ASK) for c in (hot, django)]
+        assert headers(answers[0]) == headers(answers[1])
+        assert answers[0].headers["x-frame-options"] == frame_options
+        commits = [post(c, f"/api/v1/allowances/{a.json()['id']}/commit", USAGE)
+                   for c, a in zip((hot, django), answers, strict=True)]
+        assert headers(commits[0]) == headers(commits[1])
+        assert commits[0].status_code == 200
+
+
 @pytest.mark.parametrize(
     "path, body, headers",
     [
