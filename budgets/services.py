@@ -647,7 +647,7 @@ def _decide_in_one_statement(req, hold: Hold, budgets_by_id, now: datetime) -> A
     if not complete:
         raise StalePolicy
     for window in windows:
-        window.budget = budgets_by_id[window.budget_id]
+        reserve.attach_budget(window, budgets_by_id[window.budget_id])
     if not refusing:
         settle.hold_granted(hold)
         return AllowanceDecision(
@@ -783,7 +783,7 @@ def _with_budgets(windows: list[BudgetWindow], policy: TenantPolicy) -> list[Bud
     if missing:
         known.update((b.pk, b) for b in Budget.objects.filter(pk__in=missing).select_related("tenant"))
     for window in windows:
-        window.budget = known[window.budget_id]
+        reserve.attach_budget(window, known[window.budget_id])
     return windows
 
 
