@@ -406,6 +406,10 @@ def usage_report(
 # --- allowances ------------------------------------------------------------------------
 
 
+# What json.dumps(data, sort_keys=True, default=str) encodes with (stateless; the stored hashes depend on its output).
+_FINGERPRINT_ENCODER = json.JSONEncoder(sort_keys=True, default=str)
+
+
 @dataclass
 class AllowanceRequest:
     feature: str
@@ -430,7 +434,7 @@ class AllowanceRequest:
     @staticmethod
     def fingerprint_of(data: Any) -> str:
         """Return a stable hash of a request body, to tell a repeat from a different request."""
-        return hashlib.sha256(json.dumps(data, sort_keys=True, default=str).encode()).hexdigest()
+        return hashlib.sha256(_FINGERPRINT_ENCODER.encode(data).encode()).hexdigest()
 
 
 @dataclass

@@ -196,3 +196,48 @@ def test_the_hot_answers_render_as_drf_renders_them(api, feature):
     commit = post(api, f"/api/v1/allowances/{allowance.json()['id']}/commit", USAGE)
     for response in (allowance, commit):
         assert response.content == render(response.json()) == render(json.loads(response.content))
+
+
+def _parsed(text: str):
+    """What the API's parser makes of a body: the data, or the error it answers."""
+    import io
+
+    from rest_framework.exceptions import ParseError
+
+    from governance.api.parsers import JSONParser
+
+    try:
+        return JSONParser().parse(io.BytesIO(text.encode("utf-8", "surrogatepass")), "application/json",
+                                  {"encoding": "utf-8"})
+    except ParseError as exc:
+        return ("error", str(exc.detail))
+
+
+def _loaded(text: str):
+    """What DRF's json.loads (strict) makes of it, as the parser reports it."""
+    from rest_framework.utils import json as drf_json
+
+    try:
+        return drf_json.loads(text)
+    except ValueError as exc:
+        return ("error", f"JSON parse error - {exc}")
+
+
+@pytest.mark.parametrize("text", ['{"a": 1}', "\ufeff{}", '{"a": NaN}', '{"a": Infinity}', "[1, 2", '"x"', "{} x",
+                                  '{"a": 1.5e3, "b": [true, null], "c": "\\u00e9"}', ""])
+def test_the_parser_decodes_as_json_loads_does(text):
+    assert _parsed(text) == _loaded(text)
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.recursive(st.one_of(st.none(), st.booleans(), st.integers(), st.text(), st.floats(allow_nan=False)),
+                    lambda inner: st.one_of(st.lists(inner, max_size=3), st.dictionaries(st.text(max_size=5), inner,
+                                                                                        max_size=3)),
+                    max_leaves=12))
+def test_a_fingerprint_is_the_hash_of_the_sorted_json(data):
+    import hashlib
+
+    from budgets.services import AllowanceRequest
+
+    expected = hashlib.sha256(json.dumps(data, sort_keys=True, default=str).encode()).hexdigest()
+    assert AllowanceRequest.fingerprint_of(data) == expected

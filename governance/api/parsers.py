@@ -8,6 +8,7 @@ with the path of each offending key or value, means no serializer can forget to.
 
 from __future__ import annotations
 
+import json as stdlib_json
 import re
 from typing import Any
 
@@ -22,6 +23,8 @@ _MAYBE_UNFIT = re.compile(r"\\u(?:0000|[dD][89a-fA-F][0-9a-fA-F]{2})|[\x00\ud800
 _UNFIT_CHAR = re.compile("[\x00\ud800-\udfff]")
 _PLAIN_KEY = re.compile(r"[A-Za-z0-9_\-]+")
 MAX_REPORTED = 10
+# What json.loads(text, parse_constant=strict_constant) decodes with (stateless, like json's own default decoder).
+_STRICT_DECODER = stdlib_json.JSONDecoder(parse_constant=json.strict_constant)
 
 
 def unfit_char(text: str) -> str | None:
@@ -80,7 +83,10 @@ class JSONParser(parsers.JSONParser):
         encoding = (parser_context or {}).get("encoding", settings.DEFAULT_CHARSET)
         try:
             text = stream.read().decode(encoding)
-            data = json.loads(text, parse_constant=json.strict_constant if self.strict else None)
+            if self.strict and not text.startswith("\ufeff"):
+                data = _STRICT_DECODER.decode(text)  # json.loads, less the decoder it makes per call
+            else:  # json.loads also says what is wrong with a BOM
+                data = json.loads(text, parse_constant=json.strict_constant if self.strict else None)
         except RecursionError:
             raise ParseError("JSON parse error - nested too deeply.") from None
         except (ValueError, LookupError) as exc:  # LookupError: an unknown charset
