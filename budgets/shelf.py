@@ -25,6 +25,7 @@ from __future__ import annotations
 import marshal
 import mmap
 import struct
+import threading
 import zlib
 from typing import Any
 
@@ -37,6 +38,7 @@ _REGION_BYTES = SLOTS * SLOT_BYTES
 _memory: mmap.mmap | None = None
 _regions = 0
 _own: int | None = None  # the region this process writes, once a worker
+_writing = threading.Lock()  # one writer per region: a threaded worker's threads take turns
 
 
 def create(regions: int) -> None:
@@ -89,13 +91,14 @@ def put(key: bytes, values: tuple[Any, ...]) -> bool:
     if len(payload) > _PAYLOAD_MAX:
         return False
     at = _slot(region, key)
-    sequence = _HEADER.unpack_from(memory, at)[0]
-    writing = sequence + 1 if sequence % 2 == 0 else sequence + 2  # odd: being written
     checksum = zlib.crc32(payload, zlib.crc32(key))
-    struct.pack_into("<Q", memory, at, writing)
-    memory[at + _HEADER.size:at + _HEADER.size + len(payload)] = payload
-    struct.pack_into("<I16sI", memory, at + 8, checksum, key, len(payload))
-    struct.pack_into("<Q", memory, at, writing + 1)
+    with _writing:
+        sequence = _HEADER.unpack_from(memory, at)[0]
+        writing = sequence + 1 if sequence % 2 == 0 else sequence + 2  # odd: being written
+        struct.pack_into("<Q", memory, at, writing)
+        memory[at + _HEADER.size:at + _HEADER.size + len(payload)] = payload
+        struct.pack_into("<I16sI", memory, at + 8, checksum, key, len(payload))
+        struct.pack_into("<Q", memory, at, writing + 1)
     return True
 
 

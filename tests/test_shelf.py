@@ -183,3 +183,18 @@ def test_a_hold_from_the_shelf_is_the_hold_as_stored(warm_api, shelved):
     names = [f.attname for f in Hold._meta.concrete_fields]
     assert [getattr(shelved_hold, n) for n in names] == [getattr(stored, n) for n in names]
     assert [type(getattr(shelved_hold, n)) for n in names] == [type(getattr(stored, n)) for n in names]
+
+
+def test_a_slot_whose_header_and_body_come_from_two_writes_is_no_hold(shelved):
+    """What racing writers (or a weakly ordered memory) could leave: one hold's header over another's body."""
+    first = uuid.uuid4().bytes
+    second = first[:8] + uuid.uuid4().bytes[8:]  # the same slot
+    memory = shelf._memory
+    assert memory is not None
+    at = shelf._slot(0, first)
+    shelf.put(first, (first, "model-aaaa", 1))
+    header = memory[at:at + shelf._HEADER.size]
+    shelf.put(second, (second, "model-bbbb", 2))  # as long as the first
+    memory[at:at + shelf._HEADER.size] = header  # the sequence even, the first hold's id and checksum
+    assert shelf.get(first) is None
+    assert shelf.get(second) is None
