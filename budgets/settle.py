@@ -24,6 +24,7 @@ It is prepared once per connection, like the allowance's statement.
 from __future__ import annotations
 
 import json
+import logging
 from contextlib import nullcontext, suppress
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -41,6 +42,8 @@ from budgets.reserve import WINDOW_COLUMNS, hot_cursor, int_array, json_param, w
 from governance.instances import attnames, instance_from_row
 from usage.models import UsageEvent, UsageRollup
 from usage.services import ROLLUP_HISTOGRAMS, rollup_delta
+
+logger = logging.getLogger(__name__)
 
 ROLLUP_KEY = ("tenant_id", "feature_id", "model", "service_tier", "day")
 # Histograms are JSON arrays of one length; added bucket by bucket (usage.services does the same
@@ -88,7 +91,10 @@ def hold_granted(hold: Hold) -> None:
         with suppress(KeyError, RuntimeError, StopIteration):
             del _granted[next(iter(_granted))]
     if shelf.active():
-        shelf.put(hold.pk.bytes, _shelf_encode(hold))
+        try:
+            shelf.put(hold.pk.bytes, _shelf_encode(hold))
+        except Exception:  # the hold is granted and stored: its commit reads it instead
+            logger.exception("hold %s not shelved", hold.pk)
 
 
 def hold_for_commit(*, tenant_id: int, hold_id, fresh: bool = False) -> Hold | None:
@@ -130,7 +136,8 @@ def _shelf_encode(hold: Hold) -> tuple:
         if values[i] is not None:
             values[i] = values[i].bytes
     for i in choices:
-        values[i] = str(values[i])
+        if values[i] is not None:
+            values[i] = str(values[i])
     for i in times:
         if values[i] is not None:
             values[i] = (values[i] - _EPOCH) // _MICROSECOND

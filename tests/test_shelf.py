@@ -198,3 +198,17 @@ def test_a_slot_whose_header_and_body_come_from_two_writes_is_no_hold(shelved):
     memory[at:at + shelf._HEADER.size] = header  # the sequence even, the first hold's id and checksum
     assert shelf.get(first) is None
     assert shelf.get(second) is None
+
+
+@pytest.mark.postgres
+@pytest.mark.django_db(transaction=True)
+def test_a_hold_the_shelf_cannot_take_is_still_granted_and_committed(warm_api, shelved, monkeypatch, caplog):
+    def broken(key, values):
+        raise RuntimeError("the shelf is broken")
+
+    monkeypatch.setattr(shelf, "put", broken)
+    response = post(warm_api, "/api/v1/allowances", ASK)
+    assert response.status_code == 201
+    assert "not shelved" in caplog.text
+    settle._granted.clear()
+    assert post(warm_api, f"/api/v1/allowances/{response.json()['id']}/commit", USAGE).status_code == 200
