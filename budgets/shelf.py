@@ -16,8 +16,9 @@ that does not match its bytes has no hold from the shelf. Nothing is ever read f
 slot that is not checked whole, so a worker killed mid-write or a read racing a write
 costs a database read, never a wrong hold.
 
-No gunicorn master (the development server, the test suite, the gateway's processes,
-which commit their own holds) means no shelf, and every call here does nothing.
+No gunicorn master (the development server, the test suite) means no shelf, and every
+call here does nothing. The gateway's workers have one too, though they commit their own
+holds.
 """
 
 from __future__ import annotations

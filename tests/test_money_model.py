@@ -36,7 +36,7 @@ from hypothesis.stateful import (
     run_state_machine_as_test,
 )
 
-from budgets import services
+from budgets import services, settle, shelf
 from budgets.models import Budget, BudgetWindow, Enforcement, Hold, HoldState, Period, Scope
 from budgets.selectors import current_window
 from governance.audit import Actor
@@ -336,6 +336,58 @@ def test_the_books_balance_whatever_clients_do():
         MoneyPath,
         settings=settings(
             max_examples=int(os.environ.get("MONEY_EXAMPLES", "30")), stateful_step_count=30, deadline=None,
+            derandomize=True, database=None,
+            suppress_health_check=[HealthCheck.too_slow, HealthCheck.filter_too_much],
+        ),
+    )
+
+
+class MoneyPathAcrossWorkers(MoneyPath):
+    """The same, with each statement autocommitted as under a web server, the holds kept where
+    they were granted and on the host's shelf (``budgets/shelf.py``), and commits arriving at
+    the process that granted the hold or at another one (the one-statement path trusts the
+    hold as granted, and must notice when it moved on)."""
+
+    def __init__(self) -> None:
+        shelf.create(regions=2)
+        shelf.attach(0)
+        super().__init__()
+
+    def teardown(self) -> None:
+        super().teardown()
+        shelf.close()
+        settle._granted.clear()
+
+    @rule()
+    def next_commit_reaches_another_worker(self):
+        settle._granted.clear()  # only the shelf has the holds granted so far
+
+    @rule(
+        feature=st.sampled_from([0, 1]),
+        model=st.sampled_from(MODELS),
+        max_tokens=st.integers(1, 4_000),
+        share=st.fractions(0, 1),
+        overrun=st.booleans(),
+        elsewhere=st.booleans(),
+        again=st.booleans(),
+    )
+    def call(self, feature, model, max_tokens, share, overrun, elsewhere, again):
+        """A whole call: its allowance, then its commit, here or at another worker (the rules
+        above draw a commit for a hold of theirs too seldom to try this often)."""
+        hold = self.allowance(feature, model, 500, max_tokens, "", False)
+        if hold is not None and elsewhere:
+            settle._granted.clear()
+        self.commit(hold, None, share, overrun, again)
+
+
+@pytest.mark.postgres
+@pytest.mark.django_db(transaction=True)
+def test_the_books_balance_when_commits_reach_another_worker():
+    ensure_prices()
+    run_state_machine_as_test(
+        MoneyPathAcrossWorkers,
+        settings=settings(
+            max_examples=int(os.environ.get("MONEY_EXAMPLES", "15")), stateful_step_count=30, deadline=None,
             derandomize=True, database=None,
             suppress_health_check=[HealthCheck.too_slow, HealthCheck.filter_too_much],
         ),
