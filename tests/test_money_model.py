@@ -24,7 +24,7 @@ from datetime import UTC, datetime, timedelta
 import pytest
 import time_machine
 from django.db.models import Sum
-from hypothesis import HealthCheck, settings
+from hypothesis import HealthCheck, event, settings
 from hypothesis import strategies as st
 from hypothesis.stateful import (
     Bundle,
@@ -193,10 +193,13 @@ class MoneyPath(RuleBasedStateMachine):
     )
     def commit(self, hold, model, share, overrun, again):
         if hold is None:
+            event("commit: of a denial (nothing to commit)")
             return
         obj = Hold.objects.get(pk=hold)
         if obj.state not in (HoldState.HELD, HoldState.EXPIRED):
+            event("commit: of a hold already finished")
             return
+        event(f"commit: of a hold {obj.state}")
         output = obj.max_tokens * 2 if overrun else int(obj.max_tokens * share)
         data = services.CommitData(
             usage=TokenUsage(input_tokens=obj.input_tokens, output_tokens=output),
@@ -210,6 +213,25 @@ class MoneyPath(RuleBasedStateMachine):
             self._snapshot()
             services.hold_commit(tenant=self.tenant, hold_id=hold, api_key=None, data=data, fingerprint=fingerprint)
             self._check_limits(off_hold_ok=False)
+
+    @rule(
+        feature=st.sampled_from([0, 1]),
+        model=st.sampled_from(MODELS),
+        max_tokens=st.integers(1, 4_000),
+        share=st.fractions(0, 1),
+        overrun=st.booleans(),
+        elsewhere=st.booleans(),
+        again=st.booleans(),
+    )
+    def call(self, feature, model, max_tokens, share, overrun, elsewhere, again):
+        """A whole call: its allowance, then its commit (the rules above, drawing a hold from
+        every one granted or denied so far, reach a commit of a live hold too seldom). Where
+        holds are kept for their commit (autocommitted statements, as under a web server),
+        ``elsewhere`` commits at another process than the one that granted the hold."""
+        hold = self.allowance(feature, model, 500, max_tokens, "", False)
+        if hold is not None and elsewhere:
+            settle._granted.clear()
+        self.commit(hold, None, share, overrun, again)
 
     @rule(hold=holds)
     def release(self, hold):
@@ -361,23 +383,6 @@ class MoneyPathAcrossWorkers(MoneyPath):
     @rule()
     def next_commit_reaches_another_worker(self):
         settle._granted.clear()  # only the shelf has the holds granted so far
-
-    @rule(
-        feature=st.sampled_from([0, 1]),
-        model=st.sampled_from(MODELS),
-        max_tokens=st.integers(1, 4_000),
-        share=st.fractions(0, 1),
-        overrun=st.booleans(),
-        elsewhere=st.booleans(),
-        again=st.booleans(),
-    )
-    def call(self, feature, model, max_tokens, share, overrun, elsewhere, again):
-        """A whole call: its allowance, then its commit, here or at another worker (the rules
-        above draw a commit for a hold of theirs too seldom to try this often)."""
-        hold = self.allowance(feature, model, 500, max_tokens, "", False)
-        if hold is not None and elsewhere:
-            settle._granted.clear()
-        self.commit(hold, None, share, overrun, again)
 
 
 @pytest.mark.postgres
