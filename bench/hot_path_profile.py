@@ -14,7 +14,9 @@ load on the machine moves the figures little. It prints, per request:
 - ``commit-read``: the same, of a hold this process did not keep: the commit reads it first;
 - ``floor``: ``bench/floor.py``'s WSGI app (one statement, no framework) with the same body;
 
-with the round trips to PostgreSQL each one makes (counted on the wire), then the top
+with the round trips to PostgreSQL each one makes (counted on the wire) and the CPU of the
+PostgreSQL backend serving it (``/proc/PID/schedstat``, when the server is on this host; the
+mean over every request), then the top
 entries of a cProfile of the allowance and of the commit (cumulative time). gunicorn's own
 request handling (~0.3 ms here) is not in any of these figures; the throughput bench pays it
 for every load alike.
@@ -96,15 +98,28 @@ class Caller:
         return self.post(f"/api/v1/allowances/{hold_id}/commit", USAGE, 200)
 
 
-def cpu_ns(run: Callable[[], object], prepare: Callable[[], tuple] = tuple, n: int = 2000) -> list[int]:
-    """Return the CPU ns of each of n calls of ``run(*prepare())`` (``prepare`` not timed)."""
+def cpu_ns(run: Callable[[], object], prepare: Callable[[], tuple] = tuple, n: int = 2000,
+           backend: int | None = None) -> tuple[list[int], int]:
+    """Return the CPU ns of each of n calls of ``run(*prepare())`` (``prepare`` not timed), and
+    the CPU ns PostgreSQL's ``backend`` (a process id) spent in them all."""
     samples = []
+    db = 0
     for _ in range(n):
         args = prepare()
+        before = backend_cpu_ns(backend)
         t0 = time.process_time_ns()
         run(*args)
         samples.append(time.process_time_ns() - t0)
-    return samples
+        db += backend_cpu_ns(backend) - before
+    return samples, db
+
+
+def backend_cpu_ns(pid: int | None) -> int:
+    """Return the CPU ns a process has run so far (Linux's schedstat, to the nanosecond), or 0."""
+    if pid is None:
+        return 0
+    with open(f"/proc/{pid}/schedstat") as stat:
+        return int(stat.read().split()[0])
 
 
 def round_trips(run: Callable[[], object], prepare: Callable[[], tuple] = tuple, n: int = 20,
@@ -185,23 +200,37 @@ def main() -> None:
     loads = {name: loads[name] for name in args.loads.split(",")}
     for run, prepare in loads.values():  # imports, connections, prepared statements, caches
         cpu_ns(run, prepare, 200)
+    from django.db import connection
+
+    with connection.cursor() as cursor:
+        cursor.execute("SELECT pg_backend_pid()")
+        app_backend = cursor.fetchone()[0]
+    # The database's CPU is read off the backend serving each load (same host): schedstat.
+    backends = {name: floor._conn().info.backend_pid if name == "floor" else app_backend for name in loads}
+    if not os.path.exists(f"/proc/{app_backend}/schedstat"):
+        backends = dict.fromkeys(loads)  # PostgreSQL on another host: no database CPU
     print(f"{args.requests} requests each, in process, {args.rounds} rounds interleaved; "
           f"Redis {'on' if args.redis else 'off'}")
     # Each round runs every load in turn, so a burst of other load on the machine moves one
     # round of each, not one load's figure; the figure is the median of the rounds' means.
     size = max(1, args.requests // args.rounds)
     samples: dict[str, list[list[int]]] = {name: [] for name in loads}
+    db_ns: dict[str, int] = dict.fromkeys(loads, 0)
     for _ in range(args.rounds):
         for name, (run, prepare) in loads.items():
-            samples[name].append(cpu_ns(run, prepare, size))
+            app_ns, database_ns = cpu_ns(run, prepare, size, backends[name])
+            samples[name].append(app_ns)
+            db_ns[name] += database_ns
     # The least round is the one other processes disturbed least: the figure to compare runs by.
-    print(f"{'request':<12}{'CPU ms':>8}{'least':>8}{'most':>8}{'p10':>8}{'p50':>8}{'round trips':>13}")
+    print(f"{'request':<12}{'CPU ms':>8}{'least':>8}{'most':>8}{'p10':>8}{'p50':>8}{'round trips':>13}"
+          f"{'db CPU ms':>11}")
     for name, (run, prepare) in loads.items():
         means = [statistics.fmean(chunk) / 1e6 for chunk in samples[name]]
         cuts = statistics.quantiles([ns / 1e6 for chunk in samples[name] for ns in chunk], n=10)
         trips = round_trips(run, prepare, pgconn=(lambda: floor._conn().pgconn) if name == "floor" else None)
+        db = db_ns[name] / 1e6 / (size * args.rounds) if backends[name] else float("nan")
         print(f"{name:<12}{statistics.median(means):>8.3f}{min(means):>8.3f}{max(means):>8.3f}"
-              f"{cuts[0]:>8.3f}{cuts[4]:>8.3f}{trips:>13.2f}")
+              f"{cuts[0]:>8.3f}{cuts[4]:>8.3f}{trips:>13.2f}{db:>11.3f}")
     if args.no_profile:
         return
     for name in args.profile.split(","):
