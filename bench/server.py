@@ -15,11 +15,16 @@ ROOT = Path(__file__).resolve().parent.parent
 PORT = 8765
 
 
-def setup_database() -> str:
-    """Migrate the bench database and return a service key for a tenant with a big budget."""
-    env = bench_env()
+def setup_database(root: Path = ROOT, env: dict[str, str] | None = None) -> str:
+    """Migrate the bench database and return a service key for a tenant with a big budget.
+
+    ``root`` is the checkout whose code migrates and seeds it (its own .venv), ``env`` the
+    environment (``bench_env()``: its DATABASE_URL names the database).
+    """
+    env = env or bench_env()
+    python = sys.executable if root == ROOT else str(root / ".venv/bin/python")
     database_create(env["DATABASE_URL"])
-    subprocess.run([sys.executable, "manage.py", "migrate", "--noinput", "-v0"], cwd=ROOT, env=env, check=True)
+    subprocess.run([python, "manage.py", "migrate", "--noinput", "-v0"], cwd=root, env=env, check=True)
     script = """
 from governance.audit import Actor
 from governance.models import Feature, KeyRole, Tenant
@@ -33,7 +38,7 @@ if not Budget.objects.filter(tenant=tenant).exists():
                           limit_nano=10**18)
 print(api_key_create(tenant=tenant, actor=Actor.system(), name="bench", role=KeyRole.SERVICE)[1])
 """
-    out = subprocess.run([sys.executable, "manage.py", "shell", "-c", script], cwd=ROOT, env=env,
+    out = subprocess.run([python, "manage.py", "shell", "-c", script], cwd=root, env=env,
                          check=True, capture_output=True, text=True)
     return out.stdout.strip().splitlines()[-1]
 
@@ -71,18 +76,19 @@ def free_port() -> int:
 
 
 def start_server(workers: int = 4, threads: int = 1, *, port: int = PORT, app: str = "governance.wsgi",
-                 env: dict[str, str] | None = None, quiet: bool = False) -> subprocess.Popen:
+                 env: dict[str, str] | None = None, quiet: bool = False, root: Path = ROOT) -> subprocess.Popen:
     """Start gunicorn: sync workers, or gthread workers (which keep connections alive) when threads > 1.
 
-    It runs with the project's gunicorn.conf.py (the production settings) and the options
-    given here; ``quiet`` sends its output (the access log) to /dev/null.
+    It runs the code of the checkout ``root`` (with its .venv) under that checkout's
+    gunicorn.conf.py (the production settings) and the options given here; ``quiet`` sends
+    its output (the access log) to /dev/null.
     """
-    cmd = [str(ROOT / ".venv/bin/gunicorn"), app, "-b", f"127.0.0.1:{port}",
+    cmd = [str(root / ".venv/bin/gunicorn"), app, "-b", f"127.0.0.1:{port}",
            "-w", str(workers), "--log-level", "warning"]
     if threads > 1:
         cmd += ["--worker-class", "gthread", "--threads", str(threads)]
     out = subprocess.DEVNULL if quiet else None
-    proc = subprocess.Popen(cmd, cwd=ROOT, env=env or bench_env(), stdout=out, stderr=out)
+    proc = subprocess.Popen(cmd, cwd=root, env=env or bench_env(), stdout=out, stderr=out)
     for _ in range(100):
         try:
             httpx.get(f"http://127.0.0.1:{port}/healthz", timeout=1)
