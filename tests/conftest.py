@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import json
+import threading
 
+import httpx
 import pytest
 from django.core.servers import basehttp
 from rest_framework.test import APIClient
@@ -14,6 +16,41 @@ from governance.models import KeyRole
 from governance.services import api_key_create
 from tests.factories import BudgetFactory, FeatureFactory, TenantFactory
 from usage.pricing import clear_price_cache
+
+
+class ThreadClients:
+    """An httpx client per thread, for the race tests' thread pools (``client.post`` from any thread).
+
+    One client shared by 40 threads can have its connection pool close a connection it has
+    just handed to a waiting thread (encode/httpcore#1110, open on 1.0.9): that request
+    fails with EBADF, or hangs until its read timeout, and the test with it. Each thread's
+    own client has its own pool, so no thread closes another's socket.
+    """
+
+    def __init__(self, **options) -> None:
+        self.options = options
+        self._local = threading.local()
+        self._made: list[httpx.Client] = []
+        self._lock = threading.Lock()
+
+    def _client(self) -> httpx.Client:
+        client = getattr(self._local, "client", None)
+        if client is None:
+            client = self._local.client = httpx.Client(**self.options)
+            with self._lock:
+                self._made.append(client)
+        return client
+
+    def post(self, *args, **kwargs) -> httpx.Response:
+        return self._client().post(*args, **kwargs)
+
+    def __enter__(self) -> ThreadClients:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        for client in self._made:
+            client.close()
+
 
 # Django's test server listens with a backlog of 10. The race tests open 40 connections
 # at once; an overflowing accept queue (with SYN cookies on) resets some of them.

@@ -15,6 +15,7 @@ from governance.notify import services
 from governance.notify.alerts import alert_raise
 from governance.notify.models import Alert, Notification, NotificationStatus
 from governance.services import api_key_create
+from tests.conftest import ThreadClients
 from tests.factories import BudgetFactory, FeatureFactory, TenantFactory
 
 pytestmark = [pytest.mark.postgres, pytest.mark.django_db(transaction=True)]
@@ -46,7 +47,7 @@ def setup(live_server, settings, httpserver):
 
 def in_parallel(url: str, secret: str, requests: list[tuple[str, dict]]) -> list[httpx.Response]:
     headers = {"Authorization": f"Bearer {secret}"}
-    with httpx.Client(base_url=url, headers=headers, timeout=120) as client, ThreadPoolExecutor(CLIENTS) as pool:
+    with ThreadClients(base_url=url, headers=headers, timeout=120) as client, ThreadPoolExecutor(CLIENTS) as pool:
         return list(pool.map(lambda r: client.post(r[0], json=r[1]), requests))
 
 

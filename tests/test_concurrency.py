@@ -17,6 +17,7 @@ from budgets.services import holds_expire
 from governance.audit import Actor
 from governance.models import KeyRole
 from governance.services import api_key_create
+from tests.conftest import ThreadClients
 from tests.factories import BudgetFactory, FeatureFactory, TenantFactory
 from usage.models import UsageEvent, UsageRollup
 
@@ -55,14 +56,14 @@ class Sampler(threading.Thread):
 
 def race(url: str, secret: str, body: dict, n: int = REQUESTS) -> list[httpx.Response]:
     headers = {"Authorization": f"Bearer {secret}"}
-    with httpx.Client(base_url=url, headers=headers, timeout=60) as client, ThreadPoolExecutor(CLIENTS) as pool:
+    with ThreadClients(base_url=url, headers=headers, timeout=60) as client, ThreadPoolExecutor(CLIENTS) as pool:
         return list(pool.map(lambda _: client.post("/api/v1/allowances", json=body), range(n)))
 
 
 def commit_all_at_worst_case(url: str, secret: str, hold_ids: list[str]) -> None:
     headers = {"Authorization": f"Bearer {secret}"}
     usage = {"usage": {"input_tokens": 1000, "output_tokens": 1000}}
-    with httpx.Client(base_url=url, headers=headers, timeout=60) as client, ThreadPoolExecutor(CLIENTS) as pool:
+    with ThreadClients(base_url=url, headers=headers, timeout=60) as client, ThreadPoolExecutor(CLIENTS) as pool:
         responses = list(pool.map(lambda h: client.post(f"/api/v1/allowances/{h}/commit", json=usage), hold_ids))
     assert all(r.status_code == 200 for r in responses), {r.status_code for r in responses}
 
@@ -127,7 +128,7 @@ def test_100_threads_reporting_the_same_batch_record_each_event_once(setup):
         for i in range(50)
     ]
     headers = {"Authorization": f"Bearer {secret}"}
-    with httpx.Client(base_url=url, headers=headers, timeout=120) as client, ThreadPoolExecutor(CLIENTS) as pool:
+    with ThreadClients(base_url=url, headers=headers, timeout=120) as client, ThreadPoolExecutor(CLIENTS) as pool:
         responses = list(pool.map(lambda _: client.post("/api/v1/usage", json={"events": events}), range(100)))
     assert {r.status_code for r in responses} == {201}
     recorded = sum(1 for r in responses for e in r.json()["results"] if e["status"] == "recorded")
@@ -185,7 +186,7 @@ def test_commits_releases_and_expiry_racing_on_the_same_holds_settle_each_once(s
         hold, action = item
         return hold, action, client.post(f"/api/v1/allowances/{hold}/{action}", json=usage if action == "commit" else None)
 
-    with httpx.Client(base_url=url, headers=headers, timeout=60) as client, ThreadPoolExecutor(CLIENTS) as pool:
+    with ThreadClients(base_url=url, headers=headers, timeout=60) as client, ThreadPoolExecutor(CLIENTS) as pool:
         futures = [pool.submit(call, c) for c in calls]
         holds_expire(now=timezone.now() + timedelta(hours=1))  # meanwhile, the sweep finds them all expired
         answers = [f.result() for f in futures]

@@ -10,7 +10,6 @@ from concurrent.futures import ThreadPoolExecutor
 from datetime import timedelta
 from decimal import Decimal
 
-import httpx
 import pytest
 import time_machine
 from django.utils import timezone
@@ -22,6 +21,7 @@ from budgets.services import budget_create, holds_expire
 from governance.audit import Actor
 from governance.models import KeyRole
 from governance.services import api_key_create
+from tests.conftest import ThreadClients
 from tests.factories import BudgetFactory, FeatureFactory, TenantFactory
 from tests.test_api_foundation import assert_error
 from usage.models import UsageEvent
@@ -137,7 +137,7 @@ def test_holds_committed_at_once_with_one_request_id_record_one_call(live_server
     FeatureFactory(tenant=tenant, key="support-bot")
     _, secret = api_key_create(tenant=tenant, actor=Actor.system(), name="svc", role=KeyRole.SERVICE)
     headers = {"Authorization": f"Bearer {secret}"}
-    with httpx.Client(base_url=live_server.url, headers=headers, timeout=60) as client:
+    with ThreadClients(base_url=live_server.url, headers=headers, timeout=60) as client:
         holds = [client.post("/api/v1/allowances", json={
             "feature": "support-bot", "model": "claude-sonnet-4-5", "input_tokens": 10, "max_tokens": 10,
         }).json()["id"] for _ in range(30)]
