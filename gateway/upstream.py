@@ -46,7 +46,10 @@ def _new_client() -> httpx.AsyncClient:
         ),
         limits=httpx.Limits(
             max_connections=settings.GATEWAY_MAX_CONNECTIONS,
-            max_keepalive_connections=settings.GATEWAY_MAX_KEEPALIVE,
+            # Never fewer than it may open: httpcore 1.0.9 closes an idle connection whenever the
+            # pool holds more than it keeps alive, even one just handed to a waiting call, which
+            # then fails or hangs until its read timeout (encode/httpcore#1110).
+            max_keepalive_connections=max(settings.GATEWAY_MAX_KEEPALIVE, settings.GATEWAY_MAX_CONNECTIONS),
             keepalive_expiry=settings.GATEWAY_KEEPALIVE_EXPIRY,
         ),
         trust_env=False,  # the operator's settings say where Anthropic is, not a proxy variable

@@ -618,3 +618,28 @@ def test_an_older_server_that_refuses_the_newer_fields_is_asked_without_them(fak
     assert first.granted and second.granted
     bodies = [body for method, path, body in fake.requests if path == "/api/v1/allowances"]
     assert [("max_web_searches" in b) for b in bodies] == [True, False, False]
+
+
+def _pool(http) -> tuple[int, int]:
+    pool = http._transport._pool  # httpx's HTTP(S) transport and its httpcore pool
+    return pool._max_connections, pool._max_keepalive_connections
+
+
+def test_the_httpx_pools_keep_alive_as_many_connections_as_they_open(tmp_path):
+    """httpcore 1.0.9 closes an idle connection whenever its pool holds more connections than it
+    keeps alive, even one it has just handed to a waiting request, which then fails or hangs
+    until its timeout (encode/httpcore#1110): with as many kept alive as opened, it never does.
+    The pools serve the client behind a proxy and AsyncComptroller; the direct path has its own."""
+    client = Comptroller("http://127.0.0.1:9", "cpt_test_secret", spool_dir=str(tmp_path / "a"), flush_interval=0)
+    try:
+        opened, kept = _pool(client._sync_http)
+        assert kept >= opened
+    finally:
+        client.close(timeout=1)
+    async_client = AsyncComptroller("http://127.0.0.1:9", "cpt_test_secret", spool_dir=str(tmp_path / "b"),
+                                    flush_interval=0)
+    try:
+        opened, kept = _pool(async_client._http)
+        assert kept >= opened
+    finally:
+        asyncio.run(async_client.close(timeout=1))

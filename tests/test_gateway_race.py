@@ -41,7 +41,7 @@ def test_racing_calls_through_the_gateway_never_overspend(shop, upstream, asgi_u
     headers = {"x-api-key": shop.secret, "x-comptroller-feature": "support-bot"}
 
     async def race() -> list[httpx.Response]:
-        limits = httpx.Limits(max_connections=CALLS)
+        limits = httpx.Limits(max_connections=CALLS, max_keepalive_connections=CALLS)  # httpcore#1110
         async with httpx.AsyncClient(base_url=asgi_url, timeout=60, limits=limits) as http:
             return await asyncio.gather(*(http.post("/anthropic/v1/messages", json=body, headers=headers)
                                           for _ in range(CALLS)))

@@ -99,6 +99,11 @@ RESERVE_OPTIONS = frozenset({
 NEWER_FIELDS = frozenset({"inference_geo", "speed", "max_web_searches"})
 
 CONSTANT_PATHS = frozenset({"/allowances", "/usage"})  # the paths whose URL is kept, built once
+# httpx's connection pools (behind a proxy, and AsyncComptroller's) keep alive as many
+# connections as they may open: httpcore 1.0.9 closes an idle connection whenever the pool
+# holds more connections than it keeps alive, even one it has just handed to a waiting
+# request, which then fails (EBADF) or hangs until its timeout (encode/httpcore#1110).
+POOL_LIMITS = httpx.Limits(max_connections=100, max_keepalive_connections=100)
 
 HoldRef = Union[Allowance, str]
 # Unique keys without a read of the OS's random source per call (slow on some VMs).
@@ -317,7 +322,8 @@ class _Base:
         self._unsupported: set[str] = set()
         # The sender's connection pool; Comptroller's own calls share it.
         self._sync_http = httpx.Client(base_url=f"{self.base_url}/api/v1", headers=self._headers,
-                                       timeout=timeout, transport=sync_transport, follow_redirects=False)
+                                       timeout=timeout, transport=sync_transport, follow_redirects=False,
+                                       limits=POOL_LIMITS)
         # Requests are built here and handed to the transport: the httpx client's per-request work
         # (URL and header merging, cookies, hooks) is a third of an allowance's CPU and buys nothing.
         # Without an injected transport, they go over a plain socket (comptroller_client.wire) as
@@ -1042,7 +1048,8 @@ class AsyncComptroller(_Base):
     ) -> None:
         super().__init__(base_url, api_key, sync_transport=sync_transport, **options)
         self._http = httpx.AsyncClient(base_url=f"{self.base_url}/api/v1", headers=self._headers,
-                                       timeout=self.timeout, transport=transport, follow_redirects=False)
+                                       timeout=self.timeout, transport=transport, follow_redirects=False,
+                                       limits=POOL_LIMITS)
 
     async def __aenter__(self) -> AsyncComptroller:
         return self
