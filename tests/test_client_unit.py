@@ -642,4 +642,4 @@ def test_the_httpx_pools_keep_alive_as_many_connections_as_they_open(tmp_path):
         opened, kept = _pool(async_client._http)
         assert kept >= opened
     finally:
-        asyncio.run(async_client.close(timeout=1))
+        run_async(lambda: async_client.close(timeout=1))
