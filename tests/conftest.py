@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import threading
+from concurrent.futures import ThreadPoolExecutor
 
 import httpx
 import pytest
@@ -16,6 +18,12 @@ from governance.models import KeyRole
 from governance.services import api_key_create
 from tests.factories import BudgetFactory, FeatureFactory, TenantFactory
 from usage.pricing import clear_price_cache
+
+
+def run_async(scenario):
+    """Run the coroutine in a thread of its own: a loop left running by another test cannot refuse it."""
+    with ThreadPoolExecutor(1) as pool:
+        return pool.submit(lambda: asyncio.run(scenario())).result()
 
 
 class ThreadClients:

@@ -9,12 +9,10 @@ runs this file against the newest and the oldest supported ``anthropic``.
 
 from __future__ import annotations
 
-import asyncio
 import gc
 import math
 import subprocess
 import sys
-from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime
 from decimal import Decimal
 from types import SimpleNamespace
@@ -37,6 +35,7 @@ from governance.audit import Actor
 from governance.models import KeyRole
 from governance.services import api_key_create
 from tests.client_stubs import DOCUMENT_TOKENS, MessagesStub, TcpRelay
+from tests.conftest import run_async
 from tests.factories import FeatureFactory, TenantFactory
 from usage.models import NANO, UsageEvent
 
@@ -47,11 +46,6 @@ ASK = {"role": "user", "content": "How should I think about a monthly budget for
 SONNET_IN, SONNET_OUT = 3_000, 15_000
 SDK_2 = int(anthropic.__version__.split(".")[0]) >= 2
 
-
-def run_async(scenario):
-    """Run the coroutine in a thread of its own: a loop left running by another test cannot refuse it."""
-    with ThreadPoolExecutor(1) as pool:
-        return pool.submit(lambda: asyncio.run(scenario())).result()
 
 
 @pytest.fixture

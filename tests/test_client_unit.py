@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import json
 import os
 import threading
@@ -26,6 +25,7 @@ from pytest_httpserver import HTTPServer
 from werkzeug import Response
 
 from tests.client_stubs import FakeComptroller, TcpRelay
+from tests.conftest import run_async
 
 USAGE = {"input_tokens": 1000, "output_tokens": 500, "cache_read_input_tokens": 0}
 
@@ -35,11 +35,6 @@ def policy(key: str = "support-bot", fail_mode: str = "closed", **extra) -> dict
             "fallback_models": [], "max_tokens_cap": 2048, "interactive": True, "fail_mode": fail_mode,
             "active": True, "budgets": [], **extra}
 
-
-def run_async(scenario):
-    """Run the coroutine in a thread of its own: a loop left running by another test cannot refuse it."""
-    with ThreadPoolExecutor(1) as pool:
-        return pool.submit(lambda: asyncio.run(scenario())).result()
 
 
 @pytest.fixture

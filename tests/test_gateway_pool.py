@@ -2,10 +2,8 @@
 
 from __future__ import annotations
 
-import asyncio
-from concurrent.futures import ThreadPoolExecutor
-
 from gateway import upstream
+from tests.conftest import run_async
 
 
 def test_the_upstream_pool_keeps_alive_as_many_connections_as_it_opens(settings):
@@ -19,5 +17,4 @@ def test_the_upstream_pool_keeps_alive_as_many_connections_as_it_opens(settings)
         assert pool._max_connections == 200
         assert pool._max_keepalive_connections >= 200
     finally:
-        with ThreadPoolExecutor(1) as pool:  # a loop another test left running cannot refuse it
-            pool.submit(lambda: asyncio.run(client.aclose())).result()
+        run_async(client.aclose)

@@ -9,13 +9,13 @@ allowances interleave.
 from __future__ import annotations
 
 import asyncio
-from concurrent.futures import ThreadPoolExecutor
 
 import httpx
 import pytest
 from comptroller_client.estimate import size_request
 
 from budgets.models import Budget, Hold, HoldState
+from tests.conftest import run_async
 from tests.gateway_support import (
     ASK,
     asgi_url,  # noqa: F401  (fixtures)
@@ -46,8 +46,7 @@ def test_racing_calls_through_the_gateway_never_overspend(shop, upstream, asgi_u
             return await asyncio.gather(*(http.post("/anthropic/v1/messages", json=body, headers=headers)
                                           for _ in range(CALLS)))
 
-    with ThreadPoolExecutor(1) as pool:
-        responses = pool.submit(lambda: asyncio.run(race())).result()
+    responses = run_async(race)
 
     statuses = sorted(r.status_code for r in responses)
     assert statuses == [200] * FITS + [403] * (CALLS - FITS)
