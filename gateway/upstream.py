@@ -2,7 +2,7 @@
 
 Under ASGI every request of a worker runs on one event loop, and one ``httpx.AsyncClient``
 per loop keeps its connections to Anthropic alive between calls (``GATEWAY_MAX_CONNECTIONS``,
-``GATEWAY_MAX_KEEPALIVE``). Under WSGI (Django runs an async view in a fresh loop per
+all of them kept alive). Under WSGI (Django runs an async view in a fresh loop per
 request) a client lives for one request: a loop's connections cannot outlive it.
 """
 
@@ -46,10 +46,10 @@ def _new_client() -> httpx.AsyncClient:
         ),
         limits=httpx.Limits(
             max_connections=settings.GATEWAY_MAX_CONNECTIONS,
-            # Never fewer than it may open: httpcore 1.0.9 closes an idle connection whenever the
-            # pool holds more than it keeps alive, even one just handed to a waiting call, which
-            # then fails or hangs until its read timeout (encode/httpcore#1110).
-            max_keepalive_connections=max(settings.GATEWAY_MAX_KEEPALIVE, settings.GATEWAY_MAX_CONNECTIONS),
+            # As many kept alive as it may open: httpcore 1.0.9 closes an idle connection whenever
+            # the pool holds more than it keeps alive, even one just handed to a waiting call,
+            # which then fails or hangs until its read timeout (encode/httpcore#1110).
+            max_keepalive_connections=settings.GATEWAY_MAX_CONNECTIONS,
             keepalive_expiry=settings.GATEWAY_KEEPALIVE_EXPIRY,
         ),
         trust_env=False,  # the operator's settings say where Anthropic is, not a proxy variable

@@ -337,10 +337,9 @@ GATEWAY_CONNECT_TIMEOUT = env.float("GATEWAY_CONNECT_TIMEOUT", default=10.0)
 GATEWAY_READ_TIMEOUT = env.float("GATEWAY_READ_TIMEOUT", default=600.0)
 GATEWAY_WRITE_TIMEOUT = env.float("GATEWAY_WRITE_TIMEOUT", default=60.0)
 GATEWAY_POOL_TIMEOUT = env.float("GATEWAY_POOL_TIMEOUT", default=10.0)
-# Connections to Anthropic per web process: at most, and kept open between calls.
+# Connections to Anthropic per web process: at most, and as many kept open between calls
+# (gateway/upstream.py says why there is no separate keep-alive limit).
 GATEWAY_MAX_CONNECTIONS = env.int("GATEWAY_MAX_CONNECTIONS", default=200)
-# Kept open between calls: never fewer than GATEWAY_MAX_CONNECTIONS (gateway/upstream.py says why).
-GATEWAY_MAX_KEEPALIVE = env.int("GATEWAY_MAX_KEEPALIVE", default=GATEWAY_MAX_CONNECTIONS)
 GATEWAY_KEEPALIVE_EXPIRY = env.float("GATEWAY_KEEPALIVE_EXPIRY", default=30.0)
 # Largest request body the gateway takes (Anthropic's own limit for the Messages API is 32 MB).
 GATEWAY_MAX_BODY_BYTES = env.int("GATEWAY_MAX_BODY_BYTES", default=32 * 1024 * 1024)
