@@ -38,6 +38,7 @@ import statistics
 import sys
 import time
 from collections.abc import Callable
+from functools import partial
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
@@ -96,24 +97,6 @@ class Caller:
 
     def commit(self, hold_id: str) -> bytes:
         return self.post(f"/api/v1/allowances/{hold_id}/commit", USAGE, 200)
-
-
-class Gap:
-    """Leave the CPU idle for ``ms`` before each request, as a worker waits for its next one.
-
-    In a loop, a request finds the code and data it touches where the previous one left them,
-    at full clock. After an idle gap it does not: on this machine (a 2-vCPU VM) 4 ms of sleep
-    before each request took an allowance from 0.53 to 1.18 ms of CPU, the floor's hold from
-    0.13 to 0.30 ms and PostgreSQL's backend from 0.64 to 1.05 ms, where writing 4 MiB of
-    memory in 0.05 ms changed nothing: the cost is the idle gap, not what another process
-    leaves in the caches. The single client's and the loaded workers' figures pay it (``--gap``).
-    """
-
-    def __init__(self, ms: float) -> None:
-        self.seconds = ms / 1000
-
-    def __call__(self) -> None:
-        time.sleep(self.seconds)
 
 
 def cpu_ns(run: Callable[[], object], prepare: Callable[[], tuple] = tuple, n: int = 2000,
@@ -235,7 +218,8 @@ def main() -> None:
     backends = {name: floor._conn().info.backend_pid if name == "floor" else app_backend for name in loads}
     if not os.path.exists(f"/proc/{app_backend}/schedstat"):
         backends = dict.fromkeys(loads)  # PostgreSQL on another host: no database CPU
-    pause = Gap(args.gap) if args.gap else None
+    # An idle gap before each request: this VM then runs it cold, as the loaded workers do (bench/README.md).
+    pause = partial(time.sleep, args.gap / 1000) if args.gap else None
     print(f"{args.requests} requests each, in process, {args.rounds} rounds interleaved; "
           f"Redis {'on' if args.redis else 'off'}; "
           + (f"{args.gap:g} ms idle before each request" if pause else "back to back"))
